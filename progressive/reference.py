@@ -1,0 +1,96 @@
+"""Fixed-resolution reference networks (the paper's CIFAR-10 experiments, 32x32).
+
+Generator: DCGAN-style transposed convolutions with batch norm; energy model and
+inference model: strided-convolution trunks with LeakyReLU and no normalisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def init_reference_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Initialise as the reference: conv weights N(0, std), BN weights N(1, std), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+
+
+def _down_trunk(channels: list[int], slope: float) -> nn.Sequential:
+    """3x3 stride-1 stem to channels[0], then one 4x4 stride-2 conv per further entry."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, channels[0], 3, 1, 1, bias=False),
+        nn.LeakyReLU(slope),
+    ]
+    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+        layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.LeakyReLU(slope)]
+    return nn.Sequential(*layers)
+
+
+class ReferenceGenerator(nn.Module):
+    """g(z): latent (B, latent_dim) -> image (B, 3, 32, 32) in [-1, 1]."""
+
+    def __init__(self, latent_dim: int = 100, channels: tuple[int, ...] = (512, 512, 256, 128)):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.resolution = 4 * 2 ** (len(channels) - 1)
+        layers: list[nn.Module] = []
+        c_prev = latent_dim
+        for i, c in enumerate(channels):
+            stride, padding = (1, 0) if i == 0 else (2, 1)
+            layers += [
+                nn.ConvTranspose2d(c_prev, c, 4, stride, padding, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+            ]
+            c_prev = c
+        layers += [nn.ConvTranspose2d(c_prev, 3, 3, 1, 1, bias=True), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        init_reference_weights(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        assert z.ndim == 2 and z.shape[1] == self.latent_dim, f"expected z (B, {self.latent_dim}), got {tuple(z.shape)}"
+        return self.net(z[:, :, None, None])
+
+
+class ReferenceEnergy(nn.Module):
+    """Raw energy network output s(x): image (B, 3, 32, 32) -> (B,). The objective applies the energy form."""
+
+    def __init__(self, channels: tuple[int, ...] = (64, 128, 256, 256), slope: float = 0.2):
+        super().__init__()
+        self.resolution = 4 * 2 ** (len(channels) - 1)
+        self.trunk = _down_trunk(list(channels), slope)
+        self.head = nn.Conv2d(channels[-1], 1, 4, 1, 0, bias=True)
+        init_reference_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[1:] == (3, self.resolution, self.resolution), (
+            f"expected (B, 3, {self.resolution}, {self.resolution}), got {tuple(x.shape)}"
+        )
+        return self.head(self.trunk(x)).flatten(1).squeeze(1)
+
+
+class ReferenceInference(nn.Module):
+    """q(z|x): image (B, 3, 32, 32) -> (mu, logvar), each (B, latent_dim)."""
+
+    def __init__(self, latent_dim: int = 100, channels: tuple[int, ...] = (64, 128, 256, 512), slope: float = 0.2):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.resolution = 4 * 2 ** (len(channels) - 1)
+        self.trunk = _down_trunk(list(channels), slope)
+        self.head_mu = nn.Conv2d(channels[-1], latent_dim, 4, 1, 0, bias=True)
+        self.head_logvar = nn.Conv2d(channels[-1], latent_dim, 4, 1, 0, bias=True)
+        init_reference_weights(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert x.shape[1:] == (3, self.resolution, self.resolution), (
+            f"expected (B, 3, {self.resolution}, {self.resolution}), got {tuple(x.shape)}"
+        )
+        h = self.trunk(x)
+        return self.head_mu(h).flatten(1), self.head_logvar(h).flatten(1)

@@ -1,0 +1,386 @@
+"""The divergence triangle objective and one joint training iteration.
+
+D = KL(Q||P) + KL(P||Pi) - KL(Q||Pi), maximised over the energy model and minimised over
+the generator and the inference model (Han et al., CVPR 2019, eq. 13). docs/objective.md maps
+every term below to the paper.
+
+One iteration on a real batch x (B images):
+  1. z ~ N(0, I), x_fake = G(z) once.
+  2. Energy step:     L_E = mean E(x) - mean E(stopgrad x_fake).
+  3. Inference step:  L_I = w_rec * sum||G(z_hat) - x||^2 / B + w_kl * KL(q(z|x) || N(0, I))
+                            + w_lat * NLL(z | I(stopgrad x_fake)),   z_hat = mu(x) + exp(s(x)/2) * eps1.
+  4. Generator step:  L_G = w_rec * sum||G(z_hat2) - x||^2 / B + w_energy * mean E(x_fake)
+                            + w_lat * NLL(z | I(x_fake)),   using the just-updated E and I, fresh eps2.
+
+Each step back-propagates into its own network's parameters only (`backward(inputs=...)`), so no
+gradient of one step can reach another network's update, and under DistributedDataParallel each
+network's gradient hooks fire exactly once per iteration. Forwards whose gradients update another
+network go through the unwrapped module (`.module`) so they never arm a second DDP reduction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENERGY_FORMS = ("identity", "softplus", "tanh", "sigmoid")
+KL_REDUCTIONS = ("mean", "sum")
+
+
+@dataclass
+class TriangleConfig:
+    """Every weight, reduction, form and optimiser setting of the objective (defaults: the reference)."""
+
+    energy_form: str = "identity"  # E(x) from the network output s: identity s, or softplus/tanh/sigmoid of -s
+    kl_reduction: str = "mean"  # "mean": over batch and latent dims (reference); "sum": over dims, mean over batch
+    weight_recon: float = 1.0  # w_rec: reconstruction sum||G(z_hat) - x||^2 / B in L_I and L_G
+    weight_kl: float = 1.0  # w_kl: KL(q(z|x) || N(0, I)) in L_I
+    weight_latent: float = 0.1  # w_lat: NLL of z under q(z|G(z)) in L_I and L_G
+    weight_energy: float = 1.0  # weight of mean E(G(z)) in L_G; 0 turns the energy model off (VAE-like)
+    nll_eps: float = 1e-6  # added to the variance in the latent NLL, as the reference
+    adam_beta1: float = 0.5  # Adam beta1, all three networks
+    adam_beta2: float = 0.999  # Adam beta2, all three networks
+    lr_energy: float = 1e-4  # learning rate of the energy model
+    lr_generator: float = 3e-4  # learning rate of the generator
+    lr_inference: float = 3e-4  # learning rate of the inference model
+    weight_decay_energy: float = 0.0  # L2 weight decay (Adam's coupled form) of the energy model
+    weight_decay_generator: float = 5e-4  # L2 weight decay of the generator
+    weight_decay_inference: float = 0.0  # L2 weight decay of the inference model
+    grad_clip: float = 100.0  # gradient-norm clipping per network; <= 0 disables it
+    lr_decay: float = 0.998  # learning rates are multiplied by this ...
+    lr_decay_images: int = 50_000  # ... every this many real images shown
+
+    def __post_init__(self) -> None:
+        if self.energy_form not in ENERGY_FORMS:
+            raise ValueError(f"energy_form must be one of {ENERGY_FORMS}, got {self.energy_form!r}")
+        if self.kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}")
+        if self.lr_decay_images <= 0:
+            raise ValueError(f"lr_decay_images must be positive, got {self.lr_decay_images}")
+
+    @property
+    def trains_energy(self) -> bool:
+        """The energy model is updated only when the generator's loss uses it."""
+        return self.weight_energy != 0
+
+    @property
+    def trains_inference(self) -> bool:
+        """The inference model is updated only when one of its terms has a weight."""
+        return any(w != 0 for w in (self.weight_recon, self.weight_kl, self.weight_latent))
+
+    def replace(self, **changes) -> TriangleConfig:
+        """A copy with some values changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------- loss terms
+
+
+def energy_from_output(output: torch.Tensor, form: str = "identity") -> torch.Tensor:
+    """E(x) from the energy network's raw output s (low energy = likely image), in float32."""
+    s = output.float()
+    if form == "identity":
+        return s
+    if form == "softplus":
+        return F.softplus(-s)
+    if form == "tanh":
+        return torch.tanh(-s)
+    if form == "sigmoid":
+        return torch.sigmoid(-s)
+    raise ValueError(f"energy_form must be one of {ENERGY_FORMS}, got {form!r}")
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum ||reconstruction - x||^2 / B: squared error summed over pixels, averaged over the batch."""
+    return (reconstruction.float() - x.float()).pow(2).sum() / x.shape[0]
+
+
+def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)).
+
+    "mean": -1/2 * mean over batch and latent dims of (1 + s - mu^2 - e^s), the reference's reduction.
+    "sum":  the same summed over latent dims, averaged over the batch (the exact per-sample KL).
+    """
+    mu, logvar = mu.float(), logvar.float()
+    elementwise = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
+    if reduction == "mean":
+        return elementwise.mean()
+    if reduction == "sum":
+        return elementwise.sum(dim=1).mean()
+    raise ValueError(f"kl_reduction must be one of {KL_REDUCTIONS}, got {reduction!r}")
+
+
+def latent_nll(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """-log q(z|x) up to a constant: mean over batch of 1/2 sum_j s_j + 1/2 sum_j (z_j - mu_j)^2 / (e^{s_j} + eps)."""
+    z, mu, logvar = z.float(), mu.float(), logvar.float()
+    per_sample = 0.5 * logvar.sum(dim=1) + 0.5 * ((z - mu).pow(2) / (logvar.exp() + eps)).sum(dim=1)
+    return per_sample.mean()
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z_hat = mu + exp(logvar / 2) * eps."""
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+# ----------------------------------------------------------------------------- optimisers and schedule
+
+
+@dataclass
+class TriangleOptimizers:
+    """One optimiser per network, with the same attribute names as the models."""
+
+    generator: torch.optim.Optimizer
+    energy: torch.optim.Optimizer
+    inference: torch.optim.Optimizer
+
+    def items(self) -> list[tuple[str, torch.optim.Optimizer]]:
+        return [("energy", self.energy), ("inference", self.inference), ("generator", self.generator)]
+
+
+def build_optimizers(models, config: TriangleConfig | None = None) -> TriangleOptimizers:
+    """Adam for each network with the configuration's learning rates, betas and weight decay."""
+    config = config or TriangleConfig()
+    betas = (config.adam_beta1, config.adam_beta2)
+
+    def adam(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+    return TriangleOptimizers(
+        generator=adam(models.generator, config.lr_generator, config.weight_decay_generator),
+        energy=adam(models.energy, config.lr_energy, config.weight_decay_energy),
+        inference=adam(models.inference, config.lr_inference, config.weight_decay_inference),
+    )
+
+
+def learning_rates(config: TriangleConfig, images_shown: int) -> dict[str, float]:
+    """Per-network learning rates after `images_shown` real images.
+
+    base * lr_decay ** (images_shown // lr_decay_images): a pure function of the images shown.
+    """
+    factor = config.lr_decay ** (images_shown // config.lr_decay_images)
+    return {
+        "energy": config.lr_energy * factor,
+        "inference": config.lr_inference * factor,
+        "generator": config.lr_generator * factor,
+    }
+
+
+def apply_learning_rates(optimizers: TriangleOptimizers, rates: dict[str, float]) -> None:
+    """Set every parameter group's learning rate from `rates` (keyed by network name)."""
+    for name, optimizer in optimizers.items():
+        for group in optimizer.param_groups:
+            group["lr"] = rates[name]
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+
+def bare(net: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or similar) wrapper; the module itself otherwise."""
+    return getattr(net, "module", net)
+
+
+def validate_batch(x: torch.Tensor, check_range: bool = True) -> None:
+    """Raise ValueError unless x is a float image batch (B, 3, R, R) with values in [-1, 1]."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise ValueError(
+            f"expected a floating-point image tensor (B, 3, R, R), got {type(x).__name__} {getattr(x, 'dtype', '')}"
+        )
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3] or x.shape[0] < 1:
+        raise ValueError(f"expected an image batch of shape (B, 3, R, R), got {tuple(x.shape)}")
+    if check_range:
+        low, high = torch.aminmax(x.detach())
+        if float(low) < -1.0 - 1e-3 or float(high) > 1.0 + 1e-3:
+            raise ValueError(f"expected pixel values in [-1, 1], got range [{float(low):.3g}, {float(high):.3g}]")
+
+
+Backward = Callable[[torch.Tensor, list[torch.Tensor]], None]
+
+
+def _default_backward(loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+    loss.backward(inputs=params)
+
+
+def _update(
+    optimizer: torch.optim.Optimizer,
+    net: nn.Module,
+    loss: torch.Tensor,
+    config: TriangleConfig,
+    backward: Backward,
+) -> torch.Tensor:
+    """Back-propagate `loss` into `net` only, clip, step. Returns the gradient norm before clipping."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    backward(loss, params)
+    if config.grad_clip > 0:
+        grad_norm = nn.utils.clip_grad_norm_(params, config.grad_clip)
+    else:
+        grad_norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])
+        )
+    optimizer.step()
+    return grad_norm.detach().float()
+
+
+STAT_NAMES = (
+    "loss_energy",
+    "loss_inference",
+    "loss_generator",
+    "recon",
+    "kl",
+    "latent_nll",
+    "energy_real",
+    "energy_fake",
+    "recon_generator",
+    "latent_nll_generator",
+    "grad_norm_energy",
+    "grad_norm_inference",
+    "grad_norm_generator",
+)
+
+
+def triangle_step(
+    models,
+    optimizers: TriangleOptimizers,
+    x: torch.Tensor,
+    z: torch.Tensor | None = None,
+    eps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    config: TriangleConfig | None = None,
+    *,
+    backward: Backward = _default_backward,
+    check_range: bool = True,
+) -> torch.Tensor:
+    """One joint iteration (module docstring); returns the STAT_NAMES values as one float32 tensor.
+
+    Stays on the device: no host synchronisation unless `check_range` (one per call).
+    `backward(loss, params)` lets a trainer substitute mixed-precision loss scaling.
+    """
+    config = config or TriangleConfig()
+    validate_batch(x, check_range=check_range)
+    generator, energy, inference = models.generator, models.energy, models.inference
+    batch = x.shape[0]
+    device = x.device
+    latent_dim = models.latent_dim
+    if z is None:
+        z = torch.randn(batch, latent_dim, device=device)
+    if eps is None:
+        eps = (torch.randn(batch, latent_dim, device=device), torch.randn(batch, latent_dim, device=device))
+    if z.shape[1:] != (latent_dim,):
+        raise ValueError(f"expected z of shape (N, {latent_dim}), got {tuple(z.shape)}")
+    for e in eps:
+        if e.shape != (batch, latent_dim):
+            raise ValueError(f"expected eps of shape ({batch}, {latent_dim}), got {tuple(e.shape)}")
+    zero = torch.zeros((), device=device)
+
+    # 1. Samples, once. Their graph is kept for the generator step.
+    x_fake = generator(z)
+    if x_fake.shape[1:] != x.shape[1:]:
+        raise ValueError(
+            f"expected real images of shape (B, {', '.join(map(str, x_fake.shape[1:]))}) to match "
+            f"the generator's current output, got {tuple(x.shape)}"
+        )
+    x_fake_const = x_fake.detach()
+
+    # 2. Energy step. Real and generated images go through one forward (one DDP reduction); without
+    #    batch statistics in the energy model this equals two separate forwards.
+    if config.trains_energy:
+        energies = energy_from_output(energy(torch.cat([x, x_fake_const])), config.energy_form)
+        energy_real, energy_fake = energies[:batch].mean(), energies[batch:].mean()
+        loss_energy = energy_real - energy_fake
+        grad_norm_energy = _update(optimizers.energy, energy, loss_energy, config, backward)
+    else:
+        energy_real = energy_fake = loss_energy = grad_norm_energy = zero
+
+    # 3. Inference step.
+    if config.trains_inference:
+        mu_all, logvar_all = inference(torch.cat([x, x_fake_const]))
+        mu, logvar = mu_all[:batch], logvar_all[:batch]
+        z_hat = reparameterize(mu, logvar, eps[0])
+        recon = reconstruction_loss(bare(generator)(z_hat), x)
+        kl = kl_to_prior(mu, logvar, config.kl_reduction)
+        nll = latent_nll(z, mu_all[batch:], logvar_all[batch:], config.nll_eps)
+        loss_inference = config.weight_recon * recon + config.weight_kl * kl + config.weight_latent * nll
+        grad_norm_inference = _update(optimizers.inference, inference, loss_inference, config, backward)
+    else:
+        recon = kl = nll = loss_inference = grad_norm_inference = zero
+
+    # 4. Generator step with the updated E and I; gradients reach G through x_fake and G(z_hat2).
+    loss_generator = zero
+    recon_generator = nll_generator = zero
+    need_encoding = config.weight_recon != 0 or config.weight_latent != 0
+    if need_encoding:
+        mu_all, logvar_all = bare(inference)(torch.cat([x, x_fake]))
+        if config.weight_recon != 0:
+            z_hat2 = reparameterize(mu_all[:batch], logvar_all[:batch], eps[1]).detach()
+            recon_generator = reconstruction_loss(bare(generator)(z_hat2), x)
+            loss_generator = loss_generator + config.weight_recon * recon_generator
+        if config.weight_latent != 0:
+            nll_generator = latent_nll(z, mu_all[batch:], logvar_all[batch:], config.nll_eps)
+            loss_generator = loss_generator + config.weight_latent * nll_generator
+    if config.trains_energy:
+        energy_of_fake = energy_from_output(bare(energy)(x_fake), config.energy_form).mean()
+        loss_generator = loss_generator + config.weight_energy * energy_of_fake
+    grad_norm_generator = _update(optimizers.generator, generator, loss_generator, config, backward)
+
+    values = (
+        loss_energy,
+        loss_inference,
+        loss_generator,
+        recon,
+        kl,
+        nll,
+        energy_real,
+        energy_fake,
+        recon_generator,
+        nll_generator,
+        grad_norm_energy,
+        grad_norm_inference,
+        grad_norm_generator,
+    )
+    return torch.stack([v.detach().float().reshape(()) for v in values])
+
+
+def train_step(
+    models,
+    optimizers: TriangleOptimizers,
+    x: torch.Tensor,
+    z: torch.Tensor | None = None,
+    eps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    config: TriangleConfig | None = None,
+) -> dict[str, float]:
+    """One joint iteration of the divergence triangle; returns its losses and statistics as floats.
+
+    With explicit `z` (N, latent_dim) and `eps` (a pair of (B, latent_dim) tensors) it is deterministic.
+    Trainers that must avoid a host sync per step call `triangle_step` instead.
+    """
+    return stats_to_dict(triangle_step(models, optimizers, x, z, eps, config))
+
+
+def stats_to_dict(stats: torch.Tensor) -> dict[str, float]:
+    """Name the values returned by `triangle_step` (one host sync)."""
+    return dict(zip(STAT_NAMES, stats.tolist(), strict=True))
+
+
+__all__ = [
+    "ENERGY_FORMS",
+    "KL_REDUCTIONS",
+    "STAT_NAMES",
+    "TriangleConfig",
+    "TriangleOptimizers",
+    "apply_learning_rates",
+    "build_optimizers",
+    "energy_from_output",
+    "kl_to_prior",
+    "latent_nll",
+    "learning_rates",
+    "reconstruction_loss",
+    "reparameterize",
+    "train_step",
+    "triangle_step",
+    "validate_batch",
+]
