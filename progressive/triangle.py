@@ -81,9 +81,14 @@ class TriangleConfig:
 # ----------------------------------------------------------------------------- loss terms
 
 
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    """Upcast half-precision values (autocast outputs) to float32; float32 and float64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def energy_from_output(output: torch.Tensor, form: str = "identity") -> torch.Tensor:
     """E(x) from the energy network's raw output s (low energy = likely image), in float32."""
-    s = output.float()
+    s = _full_precision(output)
     if form == "identity":
         return s
     if form == "softplus":
@@ -97,7 +102,7 @@ def energy_from_output(output: torch.Tensor, form: str = "identity") -> torch.Te
 
 def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum ||reconstruction - x||^2 / B: squared error summed over pixels, averaged over the batch."""
-    return (reconstruction.float() - x.float()).pow(2).sum() / x.shape[0]
+    return (_full_precision(reconstruction) - _full_precision(x)).pow(2).sum() / x.shape[0]
 
 
 def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -106,7 +111,7 @@ def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "mean")
     "mean": -1/2 * mean over batch and latent dims of (1 + s - mu^2 - e^s), the reference's reduction.
     "sum":  the same summed over latent dims, averaged over the batch (the exact per-sample KL).
     """
-    mu, logvar = mu.float(), logvar.float()
+    mu, logvar = _full_precision(mu), _full_precision(logvar)
     elementwise = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
     if reduction == "mean":
         return elementwise.mean()
@@ -117,7 +122,7 @@ def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "mean")
 
 def latent_nll(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """-log q(z|x) up to a constant: mean over batch of 1/2 sum_j s_j + 1/2 sum_j (z_j - mu_j)^2 / (e^{s_j} + eps)."""
-    z, mu, logvar = z.float(), mu.float(), logvar.float()
+    z, mu, logvar = _full_precision(z), _full_precision(mu), _full_precision(logvar)
     per_sample = 0.5 * logvar.sum(dim=1) + 0.5 * ((z - mu).pow(2) / (logvar.exp() + eps)).sum(dim=1)
     return per_sample.mean()
 

@@ -1,0 +1,286 @@
+"""The divergence-triangle objective: each term against an independent computation."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from progressive.presets import build_models
+from progressive.synthetic import shapes_tensor
+from progressive.triangle import (
+    TriangleConfig,
+    TriangleOptimizers,
+    build_optimizers,
+    energy_from_output,
+    kl_to_prior,
+    latent_nll,
+    learning_rates,
+    reconstruction_loss,
+    train_step,
+)
+
+
+def test_energy_forms_match_their_formulas():
+    s = torch.tensor([-3.0, -0.5, 0.0, 0.7, 4.0])
+    torch.testing.assert_close(energy_from_output(s, "identity"), s)
+    torch.testing.assert_close(energy_from_output(s, "softplus"), torch.log1p(torch.exp(-s)))
+    torch.testing.assert_close(
+        energy_from_output(s, "tanh"), (torch.exp(-s) - torch.exp(s)) / (torch.exp(-s) + torch.exp(s))
+    )
+    torch.testing.assert_close(energy_from_output(s, "sigmoid"), 1 / (1 + torch.exp(s)))
+    with pytest.raises(ValueError, match="energy_form"):
+        energy_from_output(s, "relu")
+
+
+def test_reconstruction_is_summed_over_pixels_and_averaged_over_batch():
+    x = torch.tensor([[[[0.0, 1.0]]], [[[-1.0, 0.5]]]])  # (2, 1, 1, 2)
+    r = torch.tensor([[[[1.0, 1.0]]], [[[0.0, 0.0]]]])
+    expected = ((1.0**2 + 0.0) + (1.0**2 + 0.5**2)) / 2
+    assert reconstruction_loss(r, x).item() == pytest.approx(expected)
+
+
+def test_kl_reductions_by_hand():
+    mu = torch.tensor([[0.5, -1.0, 0.0], [2.0, 0.1, -0.3]])
+    logvar = torch.tensor([[0.0, -1.0, 0.4], [1.0, 0.2, -2.0]])
+    terms = [
+        [-0.5 * (1 + s - m * m - math.exp(s)) for m, s in zip(mu_row, lv_row, strict=True)]
+        for mu_row, lv_row in zip(mu.tolist(), logvar.tolist(), strict=True)
+    ]
+    mean_over_all = sum(sum(row) for row in terms) / 6
+    sum_per_sample = sum(sum(row) for row in terms) / 2
+    assert kl_to_prior(mu, logvar, "mean").item() == pytest.approx(mean_over_all, rel=1e-6)
+    assert kl_to_prior(mu, logvar, "sum").item() == pytest.approx(sum_per_sample, rel=1e-6)
+
+
+def test_kl_matches_monte_carlo_estimate():
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, 4, generator=generator)
+    logvar = torch.randn(3, 4, generator=generator) * 0.5
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    torch.manual_seed(1)
+    samples = q.sample((200_000,))
+    per_sample_kl = (q.log_prob(samples) - p.log_prob(samples)).sum(-1).mean(0)  # (3,)
+    estimate = per_sample_kl.mean().item()
+    assert kl_to_prior(mu, logvar, "sum").item() == pytest.approx(estimate, rel=0.02)
+    assert kl_to_prior(mu, logvar, "mean").item() == pytest.approx(estimate / 4, rel=0.02)
+
+
+def test_latent_nll_by_hand():
+    z = torch.tensor([[0.3, -1.2], [2.0, 0.0]])
+    mu = torch.tensor([[0.0, -1.0], [1.0, 0.5]])
+    logvar = torch.tensor([[0.0, -0.5], [1.5, 0.1]])
+    expected = 0.0
+    for zr, mr, sr in zip(z.tolist(), mu.tolist(), logvar.tolist(), strict=True):
+        expected += sum(
+            0.5 * s + 0.5 * (zj - m) ** 2 / (math.exp(s) + 1e-6) for zj, m, s in zip(zr, mr, sr, strict=True)
+        )
+    expected /= 2
+    assert latent_nll(z, mu, logvar).item() == pytest.approx(expected, rel=1e-6)
+    # Equals the Gaussian negative log-density up to the constant d/2 * log(2 pi).
+    gaussian = -torch.distributions.Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(1).mean().item()
+    assert latent_nll(z, mu, logvar).item() == pytest.approx(gaussian - math.log(2 * math.pi), rel=1e-4)
+
+
+def _tiny_setup(seed: int = 0, batch: int = 4, dtype: torch.dtype = torch.float32):
+    torch.manual_seed(seed)
+    models = build_models("cifar10-tiny")
+    for net in models.networks().values():
+        net.to(dtype)
+    x = shapes_tensor(batch, 32, seed=seed).to(dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    z = torch.randn(batch, models.latent_dim, generator=g, dtype=dtype)
+    eps = tuple(torch.randn(batch, models.latent_dim, generator=g, dtype=dtype) for _ in range(2))
+    return models, x, z, eps
+
+
+def test_reported_losses_equal_an_independent_recomputation():
+    models, x, z, eps = _tiny_setup()
+    config = TriangleConfig()
+    before = copy.deepcopy(models)
+    stats = train_step(models, build_optimizers(models, config), x, z=z, eps=eps, config=config)
+
+    with torch.no_grad():
+        g0 = before.generator
+        x_fake = g0(z)
+        loss_energy = before.energy(x).mean() - before.energy(x_fake).mean()
+        mu, logvar = before.inference(x)
+        z_hat = mu + torch.exp(logvar / 2) * eps[0]
+        recon = ((g0(z_hat) - x) ** 2).sum() / x.shape[0]
+        kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp())).mean()
+        mu_f, logvar_f = before.inference(x_fake)
+        nll = (0.5 * logvar_f.sum(1) + 0.5 * ((z - mu_f) ** 2 / (logvar_f.exp() + 1e-6)).sum(1)).mean()
+        loss_inference = recon + kl + 0.1 * nll
+        # The generator step uses the already-updated energy and inference models (final after the step).
+        mu2, logvar2 = models.inference(x)
+        recon_g = ((g0(mu2 + torch.exp(logvar2 / 2) * eps[1]) - x) ** 2).sum() / x.shape[0]
+        mu_g, logvar_g = models.inference(x_fake)
+        nll_g = (0.5 * logvar_g.sum(1) + 0.5 * ((z - mu_g) ** 2 / (logvar_g.exp() + 1e-6)).sum(1)).mean()
+        loss_generator = recon_g + models.energy(x_fake).mean() + 0.1 * nll_g
+
+    assert stats["loss_energy"] == pytest.approx(loss_energy.item(), rel=1e-4, abs=1e-6)
+    assert stats["recon"] == pytest.approx(recon.item(), rel=1e-5)
+    assert stats["kl"] == pytest.approx(kl.item(), rel=1e-4, abs=1e-7)
+    assert stats["latent_nll"] == pytest.approx(nll.item(), rel=1e-5)
+    assert stats["loss_inference"] == pytest.approx(loss_inference.item(), rel=1e-5)
+    assert stats["loss_generator"] == pytest.approx(loss_generator.item(), rel=1e-5)
+
+
+class _SGDOptimizers:
+    """Plain SGD (lr 1, no momentum, no decay) so an update equals minus the gradient it used."""
+
+    @staticmethod
+    def build(models) -> TriangleOptimizers:
+        def sgd(net):
+            return torch.optim.SGD(net.parameters(), lr=1.0)
+
+        return TriangleOptimizers(
+            generator=sgd(models.generator), energy=sgd(models.energy), inference=sgd(models.inference)
+        )
+
+
+def _flat(net: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def _expected_generator_update(before, after, x, z, eps, config) -> torch.Tensor:
+    """Minus the gradient of L_G alone with respect to G, computed from copies of the networks."""
+    g = copy.deepcopy(before.generator)
+    x_fake = g(z)
+    with torch.no_grad():
+        mu2, logvar2 = after.inference(x)
+        z_hat2 = mu2 + torch.exp(logvar2 / 2) * eps[1]
+    mu_g, logvar_g = after.inference(x_fake)
+    loss = (
+        config.weight_recon * ((g(z_hat2) - x) ** 2).sum() / x.shape[0]
+        + config.weight_energy * after.energy(x_fake).mean()
+        + config.weight_latent
+        * (0.5 * logvar_g.sum(1) + 0.5 * ((z - mu_g) ** 2 / (logvar_g.exp() + 1e-6)).sum(1)).mean()
+    )
+    grads = torch.autograd.grad(loss, list(g.parameters()))
+    return -torch.cat([gr.flatten() for gr in grads])
+
+
+def _assert_update(after: torch.nn.Module, before: torch.nn.Module, expected: torch.Tensor) -> None:
+    """Parameter change equals `expected` (float64, so round-off is far below any leaked gradient)."""
+    torch.testing.assert_close(_flat(after) - _flat(before), expected, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("weight_recon", [1.0, 0.0])
+def test_each_update_uses_only_its_own_loss(weight_recon):
+    models, x, z, eps = _tiny_setup(seed=3, dtype=torch.float64)
+    config = TriangleConfig(weight_recon=weight_recon, grad_clip=0.0)
+    before = copy.deepcopy(models)
+    train_step(models, _SGDOptimizers.build(models), x, z=z, eps=eps, config=config)
+
+    # Energy: minus the gradient of mean E(x) - mean E(G(z)) with G's output held fixed.
+    e = copy.deepcopy(before.energy)
+    with torch.no_grad():
+        x_fake = before.generator(z)
+    loss_e = e(x).mean() - e(x_fake).mean()
+    expected_e = -torch.cat([g.flatten() for g in torch.autograd.grad(loss_e, list(e.parameters()))])
+    _assert_update(models.energy, before.energy, expected_e)
+
+    # Generator: exactly L_G's gradient; nothing left over from the inference step's reconstruction.
+    expected_g = _expected_generator_update(before, models, x, z, eps, config)
+    _assert_update(models.generator, before.generator, expected_g)
+    # Without reconstruction, the energy and latent terms still reach G through G(z).
+    assert expected_g.abs().sum() > 0
+
+
+def test_energy_step_leaves_generator_and_inference_untouched():
+    models, x, z, eps = _tiny_setup(seed=4)
+    before = copy.deepcopy(models)
+    optimizers = build_optimizers(models)
+    snapshots = {}
+
+    original_step = optimizers.energy.step
+
+    def step_and_snapshot(*args, **kwargs):
+        result = original_step(*args, **kwargs)
+        snapshots["after_energy_step"] = {name: _flat(net) for name, net in models.networks().items()}
+        return result
+
+    optimizers.energy.step = step_and_snapshot
+    train_step(models, optimizers, x, z=z, eps=eps)
+    after_energy = snapshots["after_energy_step"]
+    torch.testing.assert_close(after_energy["generator"], _flat(before.generator), rtol=0, atol=0)
+    torch.testing.assert_close(after_energy["inference"], _flat(before.inference), rtol=0, atol=0)
+    assert not torch.equal(after_energy["energy"], _flat(before.energy))
+    for name, net in models.networks().items():
+        assert not torch.equal(_flat(net), _flat(getattr(before, name))), f"{name} did not change"
+
+
+def test_variational_and_adversarial_parts_alone():
+    models, x, z, eps = _tiny_setup(seed=5)
+    before = copy.deepcopy(models)
+    vae = TriangleConfig(weight_energy=0.0, weight_latent=0.0)
+    stats = train_step(models, build_optimizers(models, vae), x, z=z, eps=eps, config=vae)
+    assert torch.equal(_flat(models.energy), _flat(before.energy))
+    assert stats["loss_energy"] == 0.0 and stats["loss_inference"] > 0
+
+    models, x, z, eps = _tiny_setup(seed=5)
+    before = copy.deepcopy(models)
+    adversarial = TriangleConfig(weight_recon=0.0, weight_kl=0.0, weight_latent=0.0)
+    train_step(models, build_optimizers(models, adversarial), x, z=z, eps=eps, config=adversarial)
+    assert torch.equal(_flat(models.inference), _flat(before.inference))
+    assert not torch.equal(_flat(models.energy), _flat(before.energy))
+    assert not torch.equal(_flat(models.generator), _flat(before.generator))
+
+
+def test_explicit_noise_makes_the_step_deterministic():
+    results = []
+    for _ in range(2):
+        models, x, z, eps = _tiny_setup(seed=7)
+        stats = train_step(models, build_optimizers(models), x, z=z, eps=eps)
+        results.append((stats, [_flat(net) for net in models.networks().values()]))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_learning_rates_decay_every_50k_images():
+    config = TriangleConfig()
+    assert learning_rates(config, 0) == {"energy": 1e-4, "inference": 3e-4, "generator": 3e-4}
+    assert learning_rates(config, 49_999)["generator"] == pytest.approx(3e-4)
+    assert learning_rates(config, 50_000)["generator"] == pytest.approx(3e-4 * 0.998)
+    assert learning_rates(config, 250_001)["energy"] == pytest.approx(1e-4 * 0.998**5)
+
+
+def test_optimisers_follow_the_reference_settings():
+    models = build_models("cifar10-tiny")
+    optimizers = build_optimizers(models)
+    assert optimizers.generator.param_groups[0]["weight_decay"] == 5e-4
+    assert optimizers.energy.param_groups[0]["weight_decay"] == 0
+    assert optimizers.inference.param_groups[0]["betas"] == (0.5, 0.999)
+    assert optimizers.energy.param_groups[0]["lr"] == 1e-4
+
+
+def test_bad_input_is_rejected_with_what_was_expected():
+    models, x, z, eps = _tiny_setup()
+    optimizers = build_optimizers(models)
+    with pytest.raises(ValueError, match=r"\(B, 3, R, R\)"):
+        train_step(models, optimizers, x[:, :1])
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        train_step(models, optimizers, x * 3)
+    with pytest.raises(ValueError, match="match"):
+        train_step(models, optimizers, torch.zeros(4, 3, 16, 16))
+    with pytest.raises(ValueError, match="unknown preset 'nope'; expected one of"):
+        build_models("nope")
+    with pytest.raises(ValueError, match="kl_reduction"):
+        TriangleConfig(kl_reduction="max")
+
+
+def test_short_training_run_reduces_reconstruction_error():
+    torch.manual_seed(0)
+    models = build_models("cifar10-tiny")
+    optimizers = build_optimizers(models)
+    data = shapes_tensor(16, 32, seed=11)
+    recon = []
+    for _ in range(60):
+        recon.append(train_step(models, optimizers, data)["recon"])
+    first, last = sum(recon[:5]) / 5, sum(recon[-5:]) / 5
+    assert last < 0.75 * first, (first, last)
