@@ -21,8 +21,8 @@ network go through the unwrapped module (`.module`) so they never arm a second D
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -204,32 +204,42 @@ def validate_batch(x: torch.Tensor, check_range: bool = True) -> None:
             raise ValueError(f"expected pixel values in [-1, 1], got range [{float(low):.3g}, {float(high):.3g}]")
 
 
-Backward = Callable[[torch.Tensor, list[torch.Tensor]], None]
+class Update(Protocol):
+    """How one network's loss becomes a parameter update; returns the gradient norm before clipping."""
+
+    def __call__(
+        self, name: str, optimizer: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, config: TriangleConfig
+    ) -> torch.Tensor: ...
 
 
-def _default_backward(loss: torch.Tensor, params: list[torch.Tensor]) -> None:
-    loss.backward(inputs=params)
+def trainable_parameters(net: nn.Module) -> list[torch.Tensor]:
+    """Parameters that receive gradients (the `inputs` of each network's backward)."""
+    return [p for p in net.parameters() if p.requires_grad]
 
 
-def _update(
-    optimizer: torch.optim.Optimizer,
-    net: nn.Module,
-    loss: torch.Tensor,
-    config: TriangleConfig,
-    backward: Backward,
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Total gradient norm before clipping (stays on the device); clips to `max_norm` when it is positive.
+
+    Parameters without a gradient (inactive blocks of a progressive network) are ignored.
+    """
+    if max_norm > 0:
+        return nn.utils.clip_grad_norm_(params, max_norm).detach().float()
+    return nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).detach().float()
+
+
+def plain_update(
+    name: str, optimizer: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, config: TriangleConfig
 ) -> torch.Tensor:
-    """Back-propagate `loss` into `net` only, clip, step. Returns the gradient norm before clipping."""
-    params = [p for p in net.parameters() if p.requires_grad]
+    """Back-propagate `loss` into `net` only, clip its gradient norm, step.
+
+    Trainers substitute their own (mixed-precision loss scaling, non-finite checks) via `triangle_step(update=...)`.
+    """
+    params = trainable_parameters(net)
     optimizer.zero_grad(set_to_none=True)
-    backward(loss, params)
-    if config.grad_clip > 0:
-        grad_norm = nn.utils.clip_grad_norm_(params, config.grad_clip)
-    else:
-        grad_norm = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])
-        )
+    loss.backward(inputs=params)
+    grad_norm = clip_gradients(params, config.grad_clip)
     optimizer.step()
-    return grad_norm.detach().float()
+    return grad_norm
 
 
 STAT_NAMES = (
@@ -257,13 +267,13 @@ def triangle_step(
     eps: tuple[torch.Tensor, torch.Tensor] | None = None,
     config: TriangleConfig | None = None,
     *,
-    backward: Backward = _default_backward,
+    update: Update = plain_update,
     check_range: bool = True,
 ) -> torch.Tensor:
     """One joint iteration (module docstring); returns the STAT_NAMES values as one float32 tensor.
 
     Stays on the device: no host synchronisation unless `check_range` (one per call).
-    `backward(loss, params)` lets a trainer substitute mixed-precision loss scaling.
+    `update` turns each network's loss into its parameter update (see `plain_update`).
     """
     config = config or TriangleConfig()
     validate_batch(x, check_range=check_range)
@@ -297,7 +307,7 @@ def triangle_step(
         energies = energy_from_output(energy(torch.cat([x, x_fake_const])), config.energy_form)
         energy_real, energy_fake = energies[:batch].mean(), energies[batch:].mean()
         loss_energy = energy_real - energy_fake
-        grad_norm_energy = _update(optimizers.energy, energy, loss_energy, config, backward)
+        grad_norm_energy = update("energy", optimizers.energy, energy, loss_energy, config)
     else:
         energy_real = energy_fake = loss_energy = grad_norm_energy = zero
 
@@ -310,7 +320,7 @@ def triangle_step(
         kl = kl_to_prior(mu, logvar, config.kl_reduction)
         nll = latent_nll(z, mu_all[batch:], logvar_all[batch:], config.nll_eps)
         loss_inference = config.weight_recon * recon + config.weight_kl * kl + config.weight_latent * nll
-        grad_norm_inference = _update(optimizers.inference, inference, loss_inference, config, backward)
+        grad_norm_inference = update("inference", optimizers.inference, inference, loss_inference, config)
     else:
         recon = kl = nll = loss_inference = grad_norm_inference = zero
 
@@ -330,7 +340,7 @@ def triangle_step(
     if config.trains_energy:
         energy_of_fake = energy_from_output(bare(energy)(x_fake), config.energy_form).mean()
         loss_generator = loss_generator + config.weight_energy * energy_of_fake
-    grad_norm_generator = _update(optimizers.generator, generator, loss_generator, config, backward)
+    grad_norm_generator = update("generator", optimizers.generator, generator, loss_generator, config)
 
     values = (
         loss_energy,
@@ -379,6 +389,8 @@ __all__ = [
     "TriangleOptimizers",
     "apply_learning_rates",
     "build_optimizers",
+    "clip_gradients",
+    "plain_update",
     "energy_from_output",
     "kl_to_prior",
     "latent_nll",
