@@ -1,0 +1,164 @@
+"""Building blocks of the progressive networks: scaled convolutions, normalisations, the channel rule.
+
+Equalised learning rate (Karras et al., 2018): weights are stored with unit variance and multiplied by
+their He constant at every forward, so Adam's per-parameter step is the same relative change in every
+layer, whatever its fan-in. Without it the weights are stored pre-scaled; both start as the same function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("pixel", "batch", "none")
+LEAKY_SLOPE = 0.2
+HIDDEN_GAIN = math.sqrt(2.0)  # He gain for layers followed by a LeakyReLU
+
+
+def channels_per_resolution(
+    min_resolution: int,
+    max_resolution: int,
+    channel_base: int,
+    channel_max: int,
+    channel_min: int = 1,
+) -> dict[int, int]:
+    """Feature channels at each resolution: clamp(channel_base // resolution, channel_min, channel_max).
+
+    With base 16384 and max 512 this is the progressive-GAN rule: 512 up to 32x32, halving after.
+    """
+    check_resolution_range(min_resolution, max_resolution)
+    if not 1 <= channel_min <= channel_max:
+        raise ValueError(f"expected 1 <= channel_min <= channel_max, got {channel_min} and {channel_max}")
+    return {
+        r: max(channel_min, min(channel_max, channel_base // r)) for r in resolutions(min_resolution, max_resolution)
+    }
+
+
+def is_power_of_two(n: int) -> bool:
+    return isinstance(n, int) and n > 0 and n & (n - 1) == 0
+
+
+def check_resolution_range(min_resolution: int, max_resolution: int) -> None:
+    """Raise ValueError unless both are powers of two with 4 <= min_resolution <= max_resolution."""
+    for name, value in (("min_resolution", min_resolution), ("max_resolution", max_resolution)):
+        if not is_power_of_two(value) or value < 4:
+            raise ValueError(f"{name} must be a power of two >= 4, got {value!r}")
+    if min_resolution > max_resolution:
+        raise ValueError(f"min_resolution {min_resolution} exceeds max_resolution {max_resolution}")
+
+
+def resolutions(min_resolution: int, max_resolution: int) -> list[int]:
+    """min_resolution, 2 * min_resolution, ..., max_resolution."""
+    count = int(math.log2(max_resolution // min_resolution)) + 1
+    return [min_resolution * 2**i for i in range(count)]
+
+
+class ScaledConv2d(nn.Module):
+    """Conv2d with He initialisation; `equalized` moves the He constant from the stored weight to the forward."""
+
+    def __init__(
+        self,
+        in_channels: int,  # input feature channels
+        out_channels: int,  # output feature channels
+        kernel_size: int,  # square kernel; padding keeps the spatial size
+        gain: float = HIDDEN_GAIN,  # He gain: sqrt(2) before a LeakyReLU, 1 for linear outputs
+        equalized: bool = True,  # scale at run time (equalised learning rate) instead of at init
+    ):
+        super().__init__()
+        he_std = gain / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        nn.init.normal_(self.weight, 0.0, 1.0 if equalized else he_std)
+        self.scale = he_std if equalized else 1.0
+        self.padding = kernel_size // 2
+
+    def extra_repr(self) -> str:
+        out_channels, in_channels, k, _ = self.weight.shape
+        return f"{in_channels}, {out_channels}, kernel_size={k}, scale={self.scale:.4g}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+class ScaledLinear(nn.Module):
+    """Linear layer with the same initialisation and equalisation as ScaledConv2d."""
+
+    def __init__(
+        self,
+        in_features: int,  # input width
+        out_features: int,  # output width
+        gain: float = HIDDEN_GAIN,  # He gain: sqrt(2) before a LeakyReLU, 1 for linear outputs
+        equalized: bool = True,  # scale at run time (equalised learning rate) instead of at init
+    ):
+        super().__init__()
+        he_std = gain / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        nn.init.normal_(self.weight, 0.0, 1.0 if equalized else he_std)
+        self.scale = he_std if equalized else 1.0
+
+    def extra_repr(self) -> str:
+        out_features, in_features = self.weight.shape
+        return f"{in_features}, {out_features}, scale={self.scale:.4g}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+class PixelNorm(nn.Module):
+    """Normalise each pixel's feature vector to unit root-mean-square (per sample: no batch statistics)."""
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The mean of squares overflows float16 once activations pass ~256, so it is taken in float32.
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(dim=1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """The normalisation layer named `kind` (one of NORMS) for `channels` feature maps."""
+    if kind == "pixel":
+        return PixelNorm()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+def conv_act_norm(in_channels: int, out_channels: int, norm: str, equalized: bool) -> list[nn.Module]:
+    """3x3 convolution, LeakyReLU(0.2), normalisation: the unit every block is made of."""
+    return [
+        ScaledConv2d(in_channels, out_channels, 3, equalized=equalized),
+        nn.LeakyReLU(LEAKY_SLOPE),
+        make_norm(norm, out_channels),
+    ]
+
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling (each pixel copied to a 2x2 square)."""
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def downsample2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pooling."""
+    return F.avg_pool2d(x, 2)
+
+
+def fade_in(alpha: float, old_path: Callable[[], torch.Tensor], new_path: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """(1 - alpha) * old_path() + alpha * new_path(), evaluating only the paths with a non-zero weight.
+
+    Skipping the zero-weight path makes alpha = 0 and alpha = 1 exact and saves the unused forward.
+    """
+    if alpha == 1:
+        return new_path()
+    if alpha == 0:
+        return old_path()
+    return (1.0 - alpha) * old_path() + alpha * new_path()
