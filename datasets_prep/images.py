@@ -1,0 +1,132 @@
+"""Turning one source image into its stored pyramid: orient, RGB, crop, resize, downsample, encode.
+
+`process_item` runs in worker processes. It never raises for a bad image: whatever goes wrong with
+one file comes back as `Skipped(reason)` so the build can report it and carry on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from datasets_prep.lmdb_format import encode_image, image_digest, resolution_ladder
+
+CROPS = ("center", "none")
+FILTERS = ("box", "lanczos")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How every image of a build is prepared; stored in the metadata and checked again on --resume."""
+
+    max_res: int  # side of the largest stored image
+    min_res: int  # side of the smallest stored image
+    crop: str  # "center": the largest centred square; "none": the whole image, stretched to a square
+    filter: str  # "box": each level averages 2x2 pixels of the next one up; "lanczos": each level from the source
+    image_format: str  # stored encoding: "png", "jpeg" or "raw"
+    upscale: bool  # enlarge images smaller than max_res instead of skipping them
+
+    @property
+    def resolutions(self) -> list[int]:
+        return resolution_ladder(self.min_res, self.max_res)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One image at every resolution, ascending, ready to store."""
+
+    values: list[bytes]
+    digest: bytes  # `image_digest(values)`, computed here so the main process only writes
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An item that could not be used, and why (one line for the report)."""
+
+    reason: str
+
+
+class SkipImage(Exception):
+    """Raised inside processing for an image that is readable but unusable (too small, unsupported mode)."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: transparency composited on white, 16-bit channels scaled (not clipped) to 8 bits."""
+    if image.mode == "F":
+        raise SkipImage("32-bit float images have no defined 0..255 range; convert them first")
+    if image.mode in SIXTEEN_BIT_MODES:
+        # Pillow's own conversion clips 16-bit values at 255; keep the top 8 bits instead.
+        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        return Image.fromarray((wide >> 8).astype(np.uint8)).convert("RGB")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def crop_square(image: Image.Image, crop: str) -> Image.Image:
+    """The centred square of the image ("center") or the image as it is ("none")."""
+    if crop == "none":
+        return image
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def box_pyramid(top: np.ndarray, min_res: int) -> list[np.ndarray]:
+    """`top` and each half-size level down to min_res, ascending; each level averages 2x2 of the one above.
+
+    Averaging runs in float32 on the unrounded level above, as the progressive GAN dataset tool does,
+    so rounding errors do not pile up down the chain.
+    """
+    levels = [top]
+    current = top.astype(np.float32)
+    while current.shape[0] > min_res:
+        current = (current[0::2, 0::2] + current[0::2, 1::2] + current[1::2, 0::2] + current[1::2, 1::2]) * 0.25
+        levels.append(np.rint(current).clip(0, 255).astype(np.uint8))
+    return levels[::-1]
+
+
+def prepare_square(image: Image.Image, settings: ImageSettings) -> Image.Image:
+    """Oriented, RGB, cropped image, checked to be large enough (not yet resized)."""
+    if image.format == "JPEG":
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves at least max_res pixels per side.
+        image.draft(None, (settings.max_res, settings.max_res))
+    oriented = ImageOps.exif_transpose(image)
+    square = crop_square(to_rgb(oriented), settings.crop)
+    width, height = square.size
+    if min(width, height) < settings.max_res and not settings.upscale:
+        raise SkipImage(
+            f"too small: {image.size[0]}x{image.size[1]} gives {width}x{height} after cropping, "
+            f"below --max-res {settings.max_res} (--upscale enlarges it)"
+        )
+    return square
+
+
+def pyramid(square: Image.Image, settings: ImageSettings) -> list[np.ndarray]:
+    """uint8 (r, r, 3) arrays for every resolution of the build, ascending."""
+    if settings.filter == "lanczos":
+        return [np.asarray(square.resize((r, r), Image.Resampling.LANCZOS)) for r in settings.resolutions]
+    side = settings.max_res
+    top = square if square.size == (side, side) else square.resize((side, side), Image.Resampling.LANCZOS)
+    return box_pyramid(np.asarray(top), settings.min_res)
+
+
+def process_item(item, settings: ImageSettings) -> Encoded | Skipped:
+    """Read, prepare and encode one source item; any failure becomes a Skipped with its reason."""
+    try:
+        with item.open() as image:
+            levels = pyramid(prepare_square(image, settings), settings)
+        values = [encode_image(level, settings.image_format) for level in levels]
+    except SkipImage as unusable:
+        return Skipped(str(unusable))
+    except Exception as error:  # noqa: BLE001 -- untrusted files make decoders raise nearly anything; report it
+        detail = str(error).splitlines()[0] if str(error) else "no message"
+        return Skipped(f"unreadable: {type(error).__name__}: {detail}")
+    return Encoded(values, image_digest(values))

@@ -1,0 +1,259 @@
+"""On-disk layout of a multi-resolution image LMDB, shared by the builder and the reader.
+
+One LMDB environment (a directory holding data.mdb and lock.mdb) holds every resolution:
+
+    __meta__                      JSON metadata (fields in docs/datasets.md), rewritten by every build transaction
+    {split}/{res}/{index:08d}     one image: PNG, JPEG or raw RGB bytes (H, W, 3) uint8
+    __skipped__/{source:08d}      "name<TAB>reason" for each source item the build could not use
+
+Splits are "train" and "holdout"; indices are dense from 0 in each split. LMDBs written by the
+progressive-GAN `prepare_data.py` convention ("{res}-{index:05d}" keys, a "length" key, JPEG values)
+are read too; `read_metadata` describes them with `layout == "prepare_data"`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import lmdb
+import numpy as np
+from PIL import Image
+
+FORMAT_VERSION = 1
+META_KEY = b"__meta__"
+SKIPPED_PREFIX = b"__skipped__/"
+LEGACY_LENGTH_KEY = b"length"
+SPLITS = ("train", "holdout")
+IMAGE_FORMATS = ("png", "jpeg", "raw")
+# Pillow's default zlib level is 6; level 3 encodes about 40% faster for a few percent more bytes on photos.
+PNG_COMPRESS_LEVEL = 3
+# High enough that JPEG artefacts stay well below what the models can resolve.
+JPEG_QUALITY = 95
+# Resolutions probed when describing a prepare_data.py LMDB, which stores no list of them.
+LEGACY_PROBE_RESOLUTIONS = tuple(2**k for k in range(1, 15))
+
+
+class DatasetFormatError(ValueError):
+    """The path is not a readable dataset LMDB, or it lacks what was asked for."""
+
+
+def image_key(split: str, resolution: int, index: int) -> bytes:
+    """Key of image `index` of `split` at `resolution` in an LMDB written by this package."""
+    return f"{split}/{resolution}/{index:08d}".encode()
+
+
+def legacy_image_key(resolution: int, index: int) -> bytes:
+    """Key of image `index` at `resolution` in a progressive-GAN prepare_data.py LMDB."""
+    return f"{resolution}-{index:05d}".encode()
+
+
+def key_for(metadata: dict, split: str, resolution: int, index: int) -> bytes:
+    """Key of an image in the LMDB that `metadata` describes, whichever layout it uses."""
+    if metadata["layout"] == "prepare_data":
+        return legacy_image_key(resolution, index)
+    return image_key(split, resolution, index)
+
+
+def skipped_key(source_index: int) -> bytes:
+    """Key recording why source item `source_index` was not written."""
+    return SKIPPED_PREFIX + f"{source_index:08d}".encode()
+
+
+def is_power_of_two(value: int) -> bool:
+    """True for 1, 2, 4, 8, ..."""
+    return value > 0 and value & (value - 1) == 0
+
+
+def resolution_ladder(min_res: int, max_res: int) -> list[int]:
+    """Every power of two from min_res to max_res inclusive, ascending."""
+    ladder = [max_res]
+    while ladder[-1] > min_res:
+        ladder.append(ladder[-1] // 2)
+    return sorted(ladder)
+
+
+def encode_image(pixels: np.ndarray, image_format: str) -> bytes:
+    """Encode uint8 (H, W, 3) pixels as stored in the LMDB."""
+    if image_format == "raw":
+        return np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+    buffer = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
+    if image_format == "png":
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    elif image_format == "jpeg":
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        raise ValueError(f"unknown image format {image_format!r}; expected one of {IMAGE_FORMATS}")
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes, image_format: str, resolution: int) -> np.ndarray:
+    """Decode a stored value to uint8 (resolution, resolution, 3); raise DatasetFormatError on a wrong shape."""
+    if image_format == "raw":
+        expected = resolution * resolution * 3
+        if len(data) != expected:
+            raise DatasetFormatError(f"raw value has {len(data)} bytes, expected {expected}")
+        return np.frombuffer(data, dtype=np.uint8).reshape(resolution, resolution, 3)
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    if pixels.shape != (resolution, resolution, 3):
+        raise DatasetFormatError(f"value decodes to {pixels.shape}, expected {(resolution, resolution, 3)}")
+    return pixels
+
+
+def stored_size(data: bytes, image_format: str) -> tuple[int, int]:
+    """(width, height) of a stored value from its header alone (raw values are square by construction)."""
+    if image_format == "raw":
+        side = int(round((len(data) / 3) ** 0.5))
+        if side * side * 3 != len(data):
+            raise DatasetFormatError(f"raw value of {len(data)} bytes is not a square RGB image")
+        return side, side
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def image_digest(values: list[bytes]) -> bytes:
+    """Digest of one image's stored values, all resolutions in ascending order."""
+    digest = hashlib.sha256()
+    for value in values:
+        digest.update(len(value).to_bytes(8, "little"))
+        digest.update(value)
+    return digest.digest()
+
+
+def accumulate_fingerprint(accumulator: int, split: str, index: int, digest: bytes) -> int:
+    """Add one image to the running content sum; order-free, so it survives an interrupted and resumed build."""
+    entry = hashlib.sha256(f"{split}/{index}".encode() + digest).digest()
+    return (accumulator + int.from_bytes(entry, "big")) % 2**256
+
+
+def finish_fingerprint(accumulator: int, resolutions: list[int], image_format: str, count: dict) -> str:
+    """Short content fingerprint from the running sum and what shapes the content."""
+    summary = json.dumps(
+        {"sum": f"{accumulator:064x}", "resolutions": resolutions, "format": image_format, "count": count},
+        sort_keys=True,
+    )
+    return hashlib.sha256(summary.encode()).hexdigest()[:16]
+
+
+def open_readonly(path: str | os.PathLike) -> lmdb.Environment:
+    """Open an existing dataset LMDB for reading, without locking (readers never share it with a writer)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DatasetFormatError(f"no dataset LMDB at {path}")
+    try:
+        return lmdb.open(
+            path,
+            subdir=os.path.isdir(path),  # prepare_data.py and this package write directories; a bare file works too
+            readonly=True,
+            lock=False,  # no lock file needed (or writable) when nothing writes concurrently
+            readahead=False,  # random access: OS readahead would only waste page cache
+            meminit=False,
+            max_readers=1024,  # generous: one reader slot per DataLoader worker and thread
+        )
+    except lmdb.Error as error:
+        raise DatasetFormatError(f"{path} is not a readable LMDB ({error})") from error
+
+
+def metadata_from_env(env: lmdb.Environment, path: str) -> dict:
+    """The metadata of an open dataset LMDB, synthesised for prepare_data.py LMDBs."""
+    with env.begin() as txn:
+        raw_meta = txn.get(META_KEY)
+        if raw_meta is not None:
+            try:
+                metadata = json.loads(raw_meta)
+            except json.JSONDecodeError as error:
+                raise DatasetFormatError(f"{path}: metadata is not valid JSON ({error})") from error
+            if metadata.get("format_version") != FORMAT_VERSION:
+                raise DatasetFormatError(
+                    f"{path}: format version {metadata.get('format_version')} is not {FORMAT_VERSION}; rebuild it"
+                )
+            return metadata
+        length = txn.get(LEGACY_LENGTH_KEY)
+        if length is None:
+            raise DatasetFormatError(f"{path}: neither a {META_KEY.decode()} nor a 'length' key; not a dataset LMDB")
+        return _legacy_metadata(txn, int(length.decode()))
+
+
+def _legacy_metadata(txn: lmdb.Transaction, length: int) -> dict:
+    resolutions = [r for r in LEGACY_PROBE_RESOLUTIONS if txn.get(legacy_image_key(r, 0)) is not None]
+    # No content fingerprint is stored; hash the count and the first and last image of every resolution.
+    digest = hashlib.sha256(f"prepare_data:{length}:{resolutions}".encode())
+    for resolution in resolutions:
+        for index in (0, length - 1):
+            digest.update(txn.get(legacy_image_key(resolution, index)) or b"missing")
+    return {
+        "format_version": 0,
+        "layout": "prepare_data",
+        "resolutions": resolutions,
+        "count": {"train": length},
+        "image_format": "jpeg",
+        "source": "progressive-GAN prepare_data.py LMDB",
+        "complete": True,
+        "fingerprint": digest.hexdigest()[:16],
+    }
+
+
+class ReadonlyEnvironments:
+    """The read-only LMDB environments open in this process, one per LMDB, shared by every reader.
+
+    py-lmdb refuses to open the same files twice in one process, and a process forked from one that
+    had them open inherits that refusal. So readers in a process share one handle per LMDB, and the
+    first use in a forked child closes the inherited handles (opened without locks, they hold only
+    this process's own mapping and descriptor) before opening its own.
+    """
+
+    def __init__(self):
+        self._pid = os.getpid()  # process that opened the handles below
+        self._environments: dict[str, lmdb.Environment] = {}
+
+    def _drop_inherited(self) -> None:
+        if self._pid != os.getpid():
+            for env in self._environments.values():
+                env.close()
+            self._environments = {}
+            self._pid = os.getpid()
+
+    def shared(self, path: str | os.PathLike) -> lmdb.Environment:
+        """This process's handle on the LMDB at `path`, opened on first use and kept open."""
+        self._drop_inherited()
+        key = os.path.realpath(path)
+        if key not in self._environments:
+            self._environments[key] = open_readonly(path)
+        return self._environments[key]
+
+    @contextmanager
+    def borrowed(self, path: str | os.PathLike) -> Iterator[lmdb.Environment]:
+        """The shared handle if one is open, else a handle closed again on exit (so writers can open later)."""
+        self._drop_inherited()
+        key = os.path.realpath(path)
+        if key in self._environments:
+            yield self._environments[key]
+            return
+        env = open_readonly(path)
+        try:
+            yield env
+        finally:
+            env.close()
+
+    def release(self, path: str | os.PathLike) -> None:
+        """Close this process's handle on `path`, if any, before the LMDB is written or replaced."""
+        self._drop_inherited()
+        env = self._environments.pop(os.path.realpath(path), None)
+        if env is not None:
+            env.close()
+
+
+# Process-wide by nature: the one-handle-per-LMDB rule it enforces is py-lmdb's, and it is per process.
+READERS = ReadonlyEnvironments()
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Metadata of the dataset LMDB at `path` (cheap: one key read); DatasetFormatError if it is not one."""
+    with READERS.borrowed(path) as env:
+        return metadata_from_env(env, os.fspath(path))

@@ -1,0 +1,263 @@
+"""Where images come from: a folder, a zip, a CIFAR-10 python tarball, or the built-in synthetic shapes.
+
+`open_source(spec, max_res)` lists a source's items in a fixed order (sorted names), so a build and its
+`--resume` see the same sequence. Items are small picklable records that a worker process turns into a
+PIL image with `item.open()`; zip members are read by the main process (`Source.for_worker`) so workers
+never re-parse a large zip's directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from PIL import Image
+
+from progressive.synthetic import render_shape_image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST_BATCH = "test_batch"
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+class SourceError(ValueError):
+    """The source is missing, empty or of a kind this package cannot read."""
+
+
+@dataclass(frozen=True)
+class FileItem:
+    """An image file on disk."""
+
+    name: str  # path relative to the source folder, for the report
+    split: str | None  # None: the build assigns train or holdout
+    path: str
+
+    def open(self) -> Image.Image:
+        return Image.open(self.path)
+
+
+@dataclass(frozen=True)
+class ZipMemberItem:
+    """A member of a zip; `Source.for_worker` replaces it by an EncodedItem before it leaves the main process."""
+
+    name: str
+    split: str | None
+    member: str
+
+
+@dataclass(frozen=True)
+class EncodedItem:
+    """An encoded image file already read into memory."""
+
+    name: str
+    split: str | None
+    data: bytes
+
+    def open(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.data))
+
+
+@dataclass(frozen=True)
+class PixelItem:
+    """Decoded uint8 (H, W, 3) pixels, as CIFAR-10 stores them."""
+
+    name: str
+    split: str | None
+    pixels: np.ndarray
+
+    def open(self) -> Image.Image:
+        return Image.fromarray(self.pixels)
+
+
+@dataclass(frozen=True)
+class ShapeItem:
+    """Image `index` of the synthetic shapes source, rendered directly at the build's largest resolution."""
+
+    name: str
+    split: str | None
+    seed: int
+    index: int
+    resolution: int
+
+    def open(self) -> Image.Image:
+        return Image.fromarray(render_shape_image(self.index, self.resolution, self.seed))
+
+
+class Source:
+    """An ordered list of items plus what the report and the metadata say about them."""
+
+    def __init__(self, description: str, items: list, ignored: list[str] | None = None):
+        self.description = description  # stored in the metadata; a resumed build must see the same
+        self.items = items
+        self.ignored = ignored or []  # files passed over because their extension is not an image's
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def listing_digest(self) -> str:
+        """Hash of the item names in order: a resumed build refuses a source that changed since."""
+        digest = hashlib.sha256()
+        for item in self.items:
+            digest.update(f"{item.split}:{item.name}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def limited(self, limit: int | None) -> Source:
+        """The first `limit` items of each predefined split (of the whole source when it has none)."""
+        if limit is None:
+            return self
+        taken: dict[str | None, int] = {}
+        kept = []
+        for item in self.items:
+            if taken.get(item.split, 0) < limit:
+                taken[item.split] = taken.get(item.split, 0) + 1
+                kept.append(item)
+        return self._with_items(kept)
+
+    def _with_items(self, items: list) -> Source:
+        return Source(self.description, items, self.ignored)
+
+    def for_worker(self, items: list) -> list:
+        """The items as a worker process needs them (overridden where the main process must read first)."""
+        return items
+
+
+class ZipSource(Source):
+    """Images inside a zip archive, read member by member by the main process."""
+
+    def __init__(self, path: str, description: str, items: list, ignored: list[str]):
+        super().__init__(description, items, ignored)
+        self.path = path
+
+    def _with_items(self, items: list) -> Source:
+        return ZipSource(self.path, self.description, items, self.ignored)
+
+    def for_worker(self, items: list) -> list:
+        with zipfile.ZipFile(self.path) as archive:
+            return [EncodedItem(item.name, item.split, archive.read(item.member)) for item in items]
+
+
+def has_image_extension(name: str) -> bool:
+    """True when the name ends with one of the image extensions this package reads (any case)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def open_source(spec: str, max_res: int) -> Source:
+    """The source named by `spec`: a folder, a .zip, a CIFAR-10 tarball or folder, or `synthetic:shapes?n=&seed=`."""
+    if spec.startswith(SYNTHETIC_PREFIX):
+        source = _synthetic_source(spec, max_res)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise SourceError(f"source not found: {spec}")
+        if path.is_dir() and (path / CIFAR_TEST_BATCH).is_file():
+            source = _cifar_source(path, _read_cifar_dir(path))
+        elif path.is_dir():
+            source = _folder_source(path)
+        elif zipfile.is_zipfile(path):
+            source = _zip_source(path)
+        elif tarfile.is_tarfile(path):
+            source = _cifar_source(path, _read_cifar_tarball(path))
+        else:
+            raise SourceError(f"{spec} is not a folder, a zip, a CIFAR-10 tarball or a synthetic: source")
+    if len(source) == 0:
+        raise SourceError(f"no images in {spec} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return source
+
+
+def _folder_source(root: Path) -> Source:
+    images, ignored = [], []
+    for directory, _subdirectories, files in os.walk(root):
+        for file in files:
+            relative = (Path(directory) / file).relative_to(root).as_posix()
+            (images if has_image_extension(file) else ignored).append(relative)
+    items = [FileItem(name, None, str(root / name)) for name in sorted(images)]
+    return Source(f"folder:{root.resolve()}", items, sorted(ignored))
+
+
+def _zip_source(path: Path) -> Source:
+    with zipfile.ZipFile(path) as archive:
+        members = [info.filename for info in archive.infolist() if not info.is_dir()]
+    items = [ZipMemberItem(m, None, m) for m in sorted(members) if has_image_extension(m)]
+    ignored = sorted(m for m in members if not has_image_extension(m))
+    return ZipSource(str(path), f"zip:{path.resolve()}", items, ignored)
+
+
+def _synthetic_source(spec: str, max_res: int) -> Source:
+    parts = urlsplit(spec[len(SYNTHETIC_PREFIX) :])
+    if parts.path != "shapes":
+        raise SourceError(f"unknown synthetic source {parts.path!r}; the one built in is synthetic:shapes")
+    query = parse_qs(parts.query)
+    unknown = set(query) - {"n", "seed"}
+    if unknown:
+        raise SourceError(f"unknown synthetic:shapes parameter(s) {sorted(unknown)}; use n and seed")
+    try:
+        count = int(query.get("n", ["1000"])[-1])
+        seed = int(query.get("seed", ["0"])[-1])
+    except ValueError as error:
+        raise SourceError(f"synthetic:shapes parameters must be integers ({error})") from error
+    items = [ShapeItem(f"shape {i}", None, seed, i, max_res) for i in range(count)]
+    return Source(f"synthetic:shapes?n={count}&seed={seed}", items)
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10 batches (dicts, lists, numpy arrays) and refuses anything else a tarball could smuggle."""
+
+    allowed = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell a bytes object
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.allowed:
+            raise pickle.UnpicklingError(f"CIFAR-10 batch refers to {module}.{name}, which a batch never needs")
+        return super().find_class(module, name)
+
+
+def _unpickle_batch(data: bytes, name: str) -> np.ndarray:
+    try:
+        batch = _ArrayOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+        rows = np.asarray(batch[b"data"], dtype=np.uint8)
+    except (pickle.UnpicklingError, KeyError, EOFError, TypeError, ValueError) as error:
+        raise SourceError(f"CIFAR-10 batch {name} is unreadable ({error})") from error
+    if rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32:
+        raise SourceError(f"CIFAR-10 batch {name} has data of shape {rows.shape}, expected (N, 3072)")
+    # Rows are channel-major (1024 red, 1024 green, 1024 blue values).
+    return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def _read_cifar_tarball(path: Path) -> dict[str, np.ndarray]:
+    batches = {}
+    with tarfile.open(path) as archive:
+        for member in archive.getmembers():
+            name = Path(member.name).name
+            if member.isfile() and name in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH):
+                batches[name] = _unpickle_batch(archive.extractfile(member).read(), name)
+    if not batches:
+        raise SourceError(f"{path} holds no CIFAR-10 batches (data_batch_1..5, test_batch)")
+    return batches
+
+
+def _read_cifar_dir(path: Path) -> dict[str, np.ndarray]:
+    names = [n for n in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH) if (path / n).is_file()]
+    return {name: _unpickle_batch((path / name).read_bytes(), name) for name in names}
+
+
+def _cifar_source(path: Path, batches: dict[str, np.ndarray]) -> Source:
+    items = []
+    for name in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH):
+        split = "holdout" if name == CIFAR_TEST_BATCH else "train"
+        for row, pixels in enumerate(batches.get(name, ())):
+            items.append(PixelItem(f"{name}[{row}]", split, np.ascontiguousarray(pixels)))
+    return Source(f"cifar10:{path.resolve()}", items)

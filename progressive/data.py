@@ -1,0 +1,93 @@
+"""Reading a multi-resolution image LMDB (built by `python -m datasets_prep build`) for training.
+
+`LMDBImageDataset` serves one resolution at a time as float tensors in [-1, 1]. It holds no LMDB
+handle: each process opens the file on first read and shares that handle between all datasets on it
+(`datasets_prep.lmdb_format.READERS`, which records the opening process id and replaces handles
+inherited through a fork). So the dataset pickles to DataLoader workers, and shards with a
+DistributedSampler, like any map-style dataset.
+
+DataLoader workers hold a copy of the dataset: after `set_resolution`, create a new DataLoader (or
+do not use persistent_workers) so the workers see the new resolution.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets_prep.lmdb_format import READERS, DatasetFormatError, decode_image, key_for
+from datasets_prep.lmdb_format import read_metadata as _read_format_metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Metadata of a dataset LMDB without reading any image: "resolutions", "count" per split, "fingerprint", ...
+
+    Raises ValueError (one line) when `path` is missing or not a dataset LMDB.
+    """
+    return _read_format_metadata(path)
+
+
+class LMDBImageDataset(Dataset):
+    """Images of one split at one resolution: `dataset[i]` is a float32 (3, r, r) tensor in [-1, 1]."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        resolution: int,
+        split: str = "train",  # "train", or "holdout" (from --holdout or the CIFAR-10 test batch)
+        hflip: bool = False,  # mirror each image left-right with probability 1/2
+    ):
+        self.path = os.fspath(path)
+        self.metadata = read_metadata(self.path)
+        if not self.metadata["complete"]:
+            raise DatasetFormatError(
+                f"{self.path} is an interrupted build ({sum(self.metadata['count'].values())} images so far); "
+                "finish it with `python -m datasets_prep build ... --resume`"
+            )
+        self.resolutions = sorted(self.metadata["resolutions"])
+        self.max_resolution = self.resolutions[-1]
+        self.fingerprint = self.metadata["fingerprint"]
+        self.image_format = self.metadata["image_format"]
+        available_splits = [s for s, n in self.metadata["count"].items() if n > 0]
+        if split not in available_splits:
+            raise DatasetFormatError(f"{self.path} has no {split!r} split; available: {available_splits}")
+        self.split = split
+        self.hflip = hflip
+        self.set_resolution(resolution)
+
+    def set_resolution(self, resolution: int) -> None:
+        """Serve images at `resolution` from now on (the LMDB stays open)."""
+        if resolution not in self.resolutions:
+            raise DatasetFormatError(f"{self.path} has no resolution {resolution}; available: {self.resolutions}")
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return self.metadata["count"][self.split]
+
+    def read_bytes(self, index: int) -> bytes:
+        """The stored (encoded) value of image `index` at the current resolution."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} {self.split} images")
+        key = key_for(self.metadata, self.split, self.resolution, index)
+        with READERS.shared(self.path).begin() as txn:
+            value = txn.get(key)
+        if value is None:
+            raise DatasetFormatError(
+                f"{self.path}: key {key.decode()} is missing; run `python -m datasets_prep verify`"
+            )
+        return value
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        value = self.read_bytes(index)
+        try:
+            pixels = decode_image(value, self.image_format, self.resolution)
+        except DatasetFormatError as error:
+            raise DatasetFormatError(f"{self.path}: {self.split} image {index} at {self.resolution}: {error}") from None
+        if self.hflip and torch.rand(()) < 0.5:
+            pixels = pixels[:, ::-1]
+        # One copy does it all: HWC uint8 to a contiguous, writable CHW float32 array.
+        image = torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32))
+        return image.div_(127.5).sub_(1.0)
