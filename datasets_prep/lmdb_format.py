@@ -99,8 +99,8 @@ def decode_image(data: bytes, image_format: str, resolution: int) -> np.ndarray:
         if len(data) != expected:
             raise DatasetFormatError(f"raw value has {len(data)} bytes, expected {expected}")
         return np.frombuffer(data, dtype=np.uint8).reshape(resolution, resolution, 3)
-    with Image.open(io.BytesIO(data)) as image:
-        pixels = np.asarray(image.convert("RGB"))
+    with Image.open(io.BytesIO(data), formats=[image_format.upper()]) as image:
+        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     if pixels.shape != (resolution, resolution, 3):
         raise DatasetFormatError(f"value decodes to {pixels.shape}, expected {(resolution, resolution, 3)}")
     return pixels
@@ -113,7 +113,7 @@ def stored_size(data: bytes, image_format: str) -> tuple[int, int]:
         if side * side * 3 != len(data):
             raise DatasetFormatError(f"raw value of {len(data)} bytes is not a square RGB image")
         return side, side
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data), formats=[image_format.upper()]) as image:
         return image.size
 
 
@@ -210,22 +210,27 @@ class ReadonlyEnvironments:
 
     def __init__(self):
         self._pid = os.getpid()  # process that opened the handles below
-        self._environments: dict[str, lmdb.Environment] = {}
+        self._environments: dict[str, lmdb.Environment] = {}  # by real path: one handle per file
+        self._as_given: dict[str, lmdb.Environment] = {}  # by the path callers pass, to skip realpath per read
 
     def _drop_inherited(self) -> None:
         if self._pid != os.getpid():
             for env in self._environments.values():
                 env.close()
             self._environments = {}
+            self._as_given = {}
             self._pid = os.getpid()
 
     def shared(self, path: str | os.PathLike) -> lmdb.Environment:
         """This process's handle on the LMDB at `path`, opened on first use and kept open."""
         self._drop_inherited()
-        key = os.path.realpath(path)
-        if key not in self._environments:
-            self._environments[key] = open_readonly(path)
-        return self._environments[key]
+        env = self._as_given.get(os.fspath(path))
+        if env is None:
+            key = os.path.realpath(path)
+            if key not in self._environments:
+                self._environments[key] = open_readonly(path)
+            env = self._as_given[os.fspath(path)] = self._environments[key]
+        return env
 
     @contextmanager
     def borrowed(self, path: str | os.PathLike) -> Iterator[lmdb.Environment]:
@@ -246,6 +251,7 @@ class ReadonlyEnvironments:
         self._drop_inherited()
         env = self._environments.pop(os.path.realpath(path), None)
         if env is not None:
+            self._as_given = {given: held for given, held in self._as_given.items() if held is not env}
             env.close()
 
 

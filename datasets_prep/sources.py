@@ -33,7 +33,7 @@ class SourceError(ValueError):
     """The source is missing, empty or of a kind this package cannot read."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileItem:
     """An image file on disk."""
 
@@ -45,7 +45,7 @@ class FileItem:
         return Image.open(self.path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ZipMemberItem:
     """A member of a zip; `Source.for_worker` replaces it by an EncodedItem before it leaves the main process."""
 
@@ -54,7 +54,7 @@ class ZipMemberItem:
     member: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EncodedItem:
     """An encoded image file already read into memory."""
 
@@ -66,7 +66,7 @@ class EncodedItem:
         return Image.open(io.BytesIO(self.data))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PixelItem:
     """Decoded uint8 (H, W, 3) pixels, as CIFAR-10 stores them."""
 
@@ -78,7 +78,7 @@ class PixelItem:
         return Image.fromarray(self.pixels)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ShapeItem:
     """Image `index` of the synthetic shapes source, rendered directly at the build's largest resolution."""
 
