@@ -1,5 +1,5 @@
-"""Shared test settings: small thread pool so parallel suites on 2 cores stay responsive."""
+"""Shared test settings: one intra-op thread (tiny networks run fastest that way, and suites share 2 cores)."""
 
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)

@@ -1,0 +1,302 @@
+"""Train the divergence triangle progressively: `accelerate launch launch/train.py --res 1024 --data celebahq.lmdb`.
+
+Works under `accelerate launch` (any number of processes, --mixed_precision no|fp16|bf16) and as plain
+`python launch/train.py` (one process, CPU or GPU). Without --data it trains on built-in synthetic shapes.
+Every objective and schedule value can be overridden (see --help); the resolved configuration is written
+to the run directory as config.json. docs/training.md describes the options and the presets.
+
+Exit codes: 0 done, 2 bad input (nothing written), 3 stopped on repeated non-finite gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from progressive.checkpoint import CheckpointError, load_checkpoint, next_run_directory, resolve_resume
+from progressive.config import TrainConfig, load_config_file, merge_config, preset_config
+from progressive.layers import is_power_of_two
+from progressive.presets import PRESETS
+from progressive.schedule import ScheduleConfig, schedule_table
+from progressive.triangle import TriangleConfig
+
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+# Schedule values set by other options (--res sets max_resolution, --batch the batch sizes).
+_SCHEDULE_VIA_OTHER_OPTIONS = {"max_resolution", "batch_size", "batch_sizes"}
+
+
+class BadInput(Exception):
+    """Raised for anything the user can fix; reported as one line with exit code 2."""
+
+
+def _table(text: str) -> dict[int, Any]:
+    """'8:1000,16:2000' -> {8: 1000, 16: 2000}."""
+    table = {}
+    for item in text.split(","):
+        key, _, value = item.partition(":")
+        table[int(key)] = float(value) if "." in value else int(value)
+    return table
+
+
+def _int_or_table(text: str) -> int | dict[int, Any]:
+    return _table(text) if ":" in text else int(text)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--res", type=int, help="final resolution, a power of two 4..1024 (default: the preset's)")
+    parser.add_argument("--data", help="dataset LMDB built by `python -m datasets_prep build` (default: synthetic)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default: by --res, see docs)")
+    parser.add_argument("--out", help="root of the auto-numbered run directories (default: runs)")
+    parser.add_argument("--resume", help="`latest`, a run directory or a checkpoint file")
+    parser.add_argument("--kimg", type=float, help="training length in thousands of real images")
+    parser.add_argument("--batch", help="global batch: N for every resolution, and/or R:N,R:N per resolution")
+    parser.add_argument("--seed", type=int, help="global seed")
+    parser.add_argument("--config", help="JSON configuration (e.g. a run's config.json), applied before the flags")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and schedule, exit")
+    run = parser.add_argument_group("run")
+    for name, kind in [
+        ("workers", int),
+        ("ema_kimg", float),
+        ("tick_kimg", float),
+        ("snapshot_kimg", float),
+        ("checkpoint_kimg", float),
+        ("keep_checkpoints", int),
+        ("synthetic_images", int),
+        ("grid_images", int),
+        ("max_nonfinite", int),
+    ]:
+        run.add_argument(_flag(name), dest=name, type=kind, help=f"TrainConfig.{name}")
+    run.add_argument("--hflip", dest="hflip", action=argparse.BooleanOptionalAction, help="mirror augmentation")
+    run.add_argument(
+        "--debug-nan-iterations",
+        type=lambda s: [int(v) for v in s.split(",")],
+        help="testing aid: replace these iterations' real batches by NaN",
+    )
+    objective = parser.add_argument_group("objective (docs/objective.md)")
+    for f in dataclasses.fields(TriangleConfig):
+        kind = {"str": str, "int": int, "float": float}[str(f.type)]
+        objective.add_argument(_flag(f.name), dest=f"objective.{f.name}", type=kind, help=f"default {f.default!r}")
+    schedule = parser.add_argument_group("schedule (docs/training.md); per-resolution values as R:V,R:V")
+    for f in dataclasses.fields(ScheduleConfig):
+        if f.name not in _SCHEDULE_VIA_OTHER_OPTIONS:
+            kind = _table if f.name == "lr_multipliers" else _int_or_table
+            schedule.add_argument(_flag(f.name), dest=f"schedule.{f.name}", type=kind)
+    return parser
+
+
+def default_preset(resolution: int | None) -> str:
+    """The preset used when --preset is not given: by the final resolution."""
+    if resolution is None or resolution <= 32:
+        return "demo"
+    return "lsun" if resolution <= 256 else "celebahq"
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Preset defaults, then --config, then the flags given on the command line."""
+    preset = args.preset or default_preset(args.res)
+    config = preset_config(preset)
+    if args.config:
+        config = merge_config(config, load_config_file(args.config))
+    values: dict[str, Any] = {}
+    objective: dict[str, Any] = {}
+    schedule: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if value is None or key in ("res", "preset", "resume", "batch", "config", "dry_run"):
+            continue
+        if key.startswith("objective."):
+            objective[key.split(".", 1)[1]] = value
+        elif key.startswith("schedule."):
+            schedule[key.split(".", 1)[1]] = value
+        else:
+            values[key] = value
+    if args.res is not None:
+        values["resolution"] = args.res
+    resolution = values.get("resolution", config.resolution)
+    if not is_power_of_two(resolution) or not 4 <= resolution <= 1024:
+        raise BadInput(f"--res must be a power of two between 4 and 1024, got {resolution}")
+    schedule["max_resolution"] = resolution
+    if args.batch:
+        parts = args.batch.split(",")
+        default = [p for p in parts if ":" not in p]
+        per_resolution = [p for p in parts if ":" in p]
+        try:
+            if len(default) > 1:
+                raise ValueError("more than one batch size without a resolution")
+            if default:
+                schedule["batch_size"] = int(default[0])
+                schedule["batch_sizes"] = {}
+            if per_resolution:
+                base = schedule.get("batch_sizes", config.schedule.batch_sizes)
+                schedule["batch_sizes"] = {**base, **_table(",".join(per_resolution))}
+        except ValueError as error:
+            raise BadInput(f"--batch {args.batch!r} is not N or R:N,R:N ({error})") from error
+    values["objective"] = objective
+    values["schedule"] = schedule
+    try:
+        return merge_config(config, values)
+    except (ValueError, TypeError) as error:
+        raise BadInput(str(error)) from error
+
+
+def open_datasets(config: TrainConfig):
+    """(training set, held-out set or None) for the configuration, checked against the schedule's resolutions."""
+    from progressive.layers import resolutions
+
+    needed = resolutions(config.schedule.min_resolution, config.schedule.max_resolution)
+    if config.data is None:
+        from progressive.loader import SyntheticShapesDataset
+
+        return SyntheticShapesDataset(config.synthetic_images, needed[0], seed=config.seed), None
+    from progressive.data import LMDBImageDataset, read_metadata
+
+    try:
+        metadata = read_metadata(config.data)
+    except ValueError as error:
+        raise BadInput(str(error)) from error
+    available = sorted(metadata["resolutions"])
+    missing = [r for r in needed if r not in available]
+    if missing:
+        raise BadInput(f"--res {config.resolution} needs resolutions {needed} but {config.data} has {available}")
+    try:
+        train = LMDBImageDataset(config.data, needed[0], split="train")
+        holdout = (
+            LMDBImageDataset(config.data, needed[0], split="holdout") if metadata["count"].get("holdout") else None
+        )
+    except ValueError as error:
+        raise BadInput(str(error)) from error
+    return train, holdout
+
+
+def check_batches(config: TrainConfig, processes: int) -> None:
+    from progressive.layers import resolutions
+
+    for resolution in resolutions(config.schedule.min_resolution, config.schedule.max_resolution):
+        batch = config.schedule.batch_size_at(resolution)
+        if batch % processes:
+            raise BadInput(
+                f"batch size {batch} at {resolution}x{resolution} is not divisible by the {processes} processes; "
+                "set --batch to a multiple"
+            )
+
+
+def print_dry_run(config: TrainConfig) -> None:
+    print(config.to_json())
+    print(
+        f"\n{'phase':>6} {'res':>5} {'batch':>6} {'start kimg':>11} {'end kimg':>9}  learning rates at start (E, I, G)"
+    )
+    for stage in schedule_table(config.schedule, config.objective):
+        end = f"{stage.phase_end_images / 1000:9.3f}" if stage.phase_end_images is not None else "      end"
+        rates = ", ".join(f"{stage.learning_rates[n]:.2e}" for n in ("energy", "inference", "generator"))
+        print(
+            f"{stage.phase:>6} {stage.resolution:5d} {stage.batch_size:6d} {stage.phase_start_images / 1000:11.3f}"
+            f" {end}  {rates}"
+        )
+    print(f"\ntraining length: {config.total_images / 1000:.1f} kimg")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = resolve_config(args)
+    except BadInput as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
+        print_dry_run(config)
+        return 0
+
+    # Heavy imports after argument checks, so --help and bad flags answer at once.
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
+
+    from progressive.training_loop import NonFiniteError, Trainer
+
+    accelerator = Accelerator(
+        log_with="tensorboard",
+        project_dir=config.out,  # replaced by the run directory once every input has been checked
+        # Inactive higher-resolution blocks get no gradient at low resolution.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    main_process = accelerator.is_main_process
+
+    def fail(message: str, code: int) -> int:
+        if main_process:
+            print(f"error: {message}", file=sys.stderr)
+        return code
+
+    try:
+        check_batches(config, accelerator.num_processes)
+        dataset, holdout = open_datasets(config)
+        checkpoint_path = resolve_resume(args.resume, Path(config.out)) if args.resume else None
+        trainer = Trainer(config, accelerator, dataset, run_dir=None, holdout=holdout)
+        if checkpoint_path is not None:
+            trainer.load_state_dict(load_checkpoint(checkpoint_path, map_location=accelerator.device), checkpoint_path)
+    except (BadInput, CheckpointError, ValueError) as error:
+        return fail(str(error), EXIT_BAD_INPUT)
+
+    # Only now, with every input checked, is anything written.
+    run_dir = [None]
+    if main_process:
+        if checkpoint_path is not None:
+            run_dir[0] = str(
+                checkpoint_path.parent.parent
+                if checkpoint_path.parent.name == "checkpoints"
+                else checkpoint_path.parent
+            )
+        else:
+            run_dir[0] = str(next_run_directory(Path(config.out), f"{config.preset}-{config.resolution}"))
+    broadcast_object_list(run_dir)
+    trainer.run_dir = Path(run_dir[0])
+    _setup_logging(trainer.run_dir, main_process)
+    if main_process:
+        (trainer.run_dir / "config.json").write_text(config.to_json())
+        logging.getLogger("progressive.train").info(
+            "run directory %s; %d process(es), device %s, mixed precision %s%s",
+            trainer.run_dir,
+            accelerator.num_processes,
+            accelerator.device,
+            accelerator.mixed_precision,
+            f"; resumed from {checkpoint_path} at {trainer.state.images_shown / 1000:.2f} kimg"
+            if checkpoint_path
+            else "",
+        )
+    accelerator.project_configuration.set_directories(trainer.run_dir)
+    accelerator.project_configuration.logging_dir = str(trainer.run_dir)
+    accelerator.init_trackers("tensorboard")
+    try:
+        trainer.run()
+    except NonFiniteError as error:
+        accelerator.end_training()
+        return fail(str(error), EXIT_NONFINITE)
+    accelerator.end_training()
+    return 0
+
+
+def _setup_logging(run_dir: Path, main_process: bool) -> None:
+    """Status lines to the console and run_dir/log.txt, from the main process only."""
+    logger = logging.getLogger("progressive.train")
+    logger.setLevel(logging.INFO if main_process else logging.WARNING)
+    logger.propagate = False
+    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if main_process:
+        handlers.append(logging.FileHandler(run_dir / "log.txt"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

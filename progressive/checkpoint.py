@@ -1,0 +1,116 @@
+"""Checkpoints: atomic single-file snapshots of the whole training state, pruned and found again.
+
+A checkpoint holds the three networks, their optimisers and loss scalers, the generator's moving
+average, the images-shown counter (from which the schedule, the data order and all noise derive),
+the skip counters, the dataset fingerprint and the resolved configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_KIND = "divergence-triangle-checkpoint"
+CHECKPOINT_VERSION = 1
+_NAME = re.compile(r"^checkpoint-(\d{9,})\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, of another kind, or incompatible with the run."""
+
+
+def checkpoint_name(images_shown: int) -> str:
+    return f"checkpoint-{images_shown:09d}.pt"
+
+
+def save_atomically(state: dict[str, Any], path: Path) -> None:
+    """Write `state` to `path` so that a crash at any moment leaves either the old file or the new one.
+
+    The bytes go to a temporary file in the same directory, are flushed to disk, then renamed over `path`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints in `directory`, oldest first (temporary files of interrupted saves are ignored)."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints."""
+    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """The state saved in `path`; CheckpointError (one line) if it is not a readable checkpoint of this project."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch.load raises many types for damaged or foreign files
+        raise CheckpointError(f"checkpoint {path} is unreadable: {type(error).__name__}: {error}") from error
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"{path} is not a divergence-triangle checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+    return state
+
+
+def run_directories(root: Path) -> list[Path]:
+    """Auto-numbered run directories under `root` (NNNNN-name), in numeric order."""
+    if not root.is_dir():
+        return []
+    numbered = [(int(p.name.split("-", 1)[0]), p) for p in root.iterdir() if p.is_dir() and p.name[:5].isdigit()]
+    return [p for _, p in sorted(numbered)]
+
+
+def resolve_resume(resume: str, out: Path) -> Path:
+    """The checkpoint meant by --resume: `latest` (newest checkpoint of the newest run under `out` that has one),
+    a run directory (its newest checkpoint) or a checkpoint file."""
+    if resume == "latest":
+        for run_dir in reversed(run_directories(out)):
+            checkpoints = list_checkpoints(run_dir / "checkpoints")
+            if checkpoints:
+                return checkpoints[-1]
+        raise CheckpointError(f"--resume latest: no checkpoint under {out}")
+    path = Path(resume)
+    if path.is_dir():
+        checkpoints = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+        if not checkpoints:
+            raise CheckpointError(f"--resume {path}: no checkpoint in that directory")
+        return checkpoints[-1]
+    if not path.is_file():
+        raise CheckpointError(f"--resume {path}: no such checkpoint")
+    return path
+
+
+def next_run_directory(root: Path, name: str) -> Path:
+    """Create root/NNNNN-name with NNNNN one above the highest number already there."""
+    root.mkdir(parents=True, exist_ok=True)
+    existing = run_directories(root)
+    number = int(existing[-1].name[:5]) + 1 if existing else 0
+    run_dir = root / f"{number:05d}-{name}"
+    run_dir.mkdir()
+    return run_dir

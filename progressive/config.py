@@ -1,0 +1,141 @@
+"""The resolved training configuration: preset defaults, then a JSON file, then command-line values.
+
+`TrainConfig` is written as JSON into every run directory and stored in every checkpoint; resuming
+compares it with the checkpoint's and names every value that differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from progressive.schedule import ScheduleConfig
+from progressive.triangle import TriangleConfig
+
+# Values that may change between a checkpoint and its resumption without changing the training itself.
+RESUMABLE_CHANGES = frozenset(
+    {"kimg", "out", "workers", "tick_kimg", "snapshot_kimg", "checkpoint_kimg", "keep_checkpoints", "max_nonfinite"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (one keyword per line, as written to config.json)."""
+
+    preset: str = "demo"  # model preset (progressive/presets.py)
+    resolution: int = 32  # final resolution (--res); growth stops here
+    data: str | None = None  # dataset LMDB; None trains on the built-in synthetic shapes
+    synthetic_images: int = 4096  # size of the synthetic dataset used without --data
+    out: str = "runs"  # root of the auto-numbered run directories
+    kimg: float | None = None  # training length in thousands of real images; None: the schedule's total
+    seed: int = 0  # global seed: weights, latents, data order and fixed snapshot latents derive from it
+    workers: int = 2  # DataLoader worker processes per training process
+    hflip: bool = False  # mirror augmentation (left-right flips of real images, decided per image from the seed)
+    ema_kimg: float = 10.0  # half-life of the generator's exponential moving average, in kimg
+    tick_kimg: float = 4.0  # status line and TensorBoard scalars every this many kimg
+    snapshot_kimg: float = 40.0  # sample and reconstruction grids every this many kimg
+    checkpoint_kimg: float = 200.0  # checkpoint every this many kimg (and always at the end)
+    keep_checkpoints: int = 3  # older checkpoints are deleted
+    grid_images: int = 32  # images in the fixed-latent sample grid and the reconstruction grid
+    max_nonfinite: int = 20  # stop after this many consecutive iterations with a non-finite gradient
+    debug_nan_iterations: list[int] = field(default_factory=list)  # testing aid: replace these batches by NaN
+    objective: TriangleConfig = field(default_factory=TriangleConfig)  # weights, forms, optimiser settings
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # growth: phases, batch sizes
+
+    @property
+    def total_images(self) -> int:
+        """Real images to show in the whole run."""
+        if self.kimg is None:
+            return self.schedule.total_images
+        return int(round(self.kimg * 1000))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Per-preset training defaults on top of TrainConfig's (the model shapes live in presets.py).
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "celebahq": {"resolution": 1024, "hflip": True, "tick_kimg": 4.0, "snapshot_kimg": 40.0, "checkpoint_kimg": 200.0},
+    "lsun": {"resolution": 256, "hflip": True, "tick_kimg": 4.0, "snapshot_kimg": 40.0, "checkpoint_kimg": 200.0},
+    "cifar10": {"resolution": 32, "kimg": 25_000.0, "tick_kimg": 10.0, "snapshot_kimg": 100.0},
+    "demo": {"resolution": 32, "tick_kimg": 0.5, "snapshot_kimg": 2.0, "checkpoint_kimg": 4.0, "grid_images": 32},
+    "tiny": {"resolution": 32, "tick_kimg": 0.064, "snapshot_kimg": 0.128, "checkpoint_kimg": 0.128, "workers": 0},
+}
+
+
+def preset_config(preset: str) -> TrainConfig:
+    """TrainConfig with preset `preset`'s defaults (its schedule from ScheduleConfig.for_preset)."""
+    values = dict(PRESET_DEFAULTS.get(preset, {}))
+    config = TrainConfig(preset=preset, schedule=ScheduleConfig.for_preset(preset), **values)
+    return config
+
+
+def _int_keys(table: dict) -> dict:
+    return {int(k): v for k, v in table.items()}
+
+
+def _from_plain(config_cls, values: dict) -> Any:
+    """Build a config dataclass from JSON values (int keys restored for per-resolution tables)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {config_cls.__name__} keys: {', '.join(unknown)}")
+    values = dict(values)
+    for key, value in values.items():
+        if isinstance(value, dict) and key in ("fade_images", "stable_images", "batch_sizes", "lr_multipliers"):
+            values[key] = _int_keys(value)
+    return config_cls(**values)
+
+
+def merge_config(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """`base` with the (possibly partial) values of a JSON configuration applied on top."""
+    merged = base.to_dict()
+    for key, value in values.items():
+        if key in ("objective", "schedule"):
+            if not isinstance(value, dict):
+                raise ValueError(f"{key} must be an object, got {type(value).__name__}")
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    objective = _from_plain(TriangleConfig, merged.pop("objective"))
+    schedule = _from_plain(ScheduleConfig, merged.pop("schedule"))
+    return _from_plain(TrainConfig, {**merged, "objective": objective, "schedule": schedule})
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object in `path` (a resolved config.json or a partial one); ValueError if unreadable."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read configuration {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"configuration {path} must hold a JSON object")
+    return values
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key: saved -> current' for every value that differs, ignoring RESUMABLE_CHANGES.
+
+    Both sides are compared as JSON (so per-resolution tables compare equal whatever their key type).
+    """
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUMABLE_CHANGES:
+            continue
+        a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += [
+                f"{key}.{inner}: {a.get(inner, '<missing>')!r} -> {b.get(inner, '<missing>')!r}"
+                for inner in sorted(set(a) | set(b))
+                if a.get(inner, "<missing>") != b.get(inner, "<missing>")
+            ]
+        elif a != b:
+            differences.append(f"{key}: {a!r} -> {b!r}")
+    return differences

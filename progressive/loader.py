@@ -1,0 +1,98 @@
+"""Feeding real images to the trainer: a data order that is a pure function of images shown.
+
+The global stream of sample indices is the concatenation of one seeded permutation per epoch.
+Iteration k consumes stream[images_shown : images_shown + global_batch], and rank r of W takes its
+contiguous slice of that. So the data seen depends only on (seed, images_shown, global batch):
+resuming needs only the counter, each rank reads a disjoint shard, and W processes see exactly the
+images one process would see with the same global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from progressive.synthetic import render_shape_image
+
+
+class StreamBatchSampler(Sampler[list[int]]):
+    """Infinite batch sampler over the seeded global index stream, from position `start` on."""
+
+    def __init__(
+        self,
+        dataset_size: int,  # number of images to draw from
+        global_batch: int,  # images per iteration over all processes
+        start: int = 0,  # position in the stream (= real images shown so far)
+        seed: int = 0,  # seeds each epoch's permutation
+        rank: int = 0,  # this process's index
+        world_size: int = 1,  # number of processes
+    ):
+        if dataset_size < 1:
+            raise ValueError("the dataset is empty")
+        if global_batch % world_size != 0:
+            raise ValueError(f"batch size {global_batch} is not divisible by the {world_size} processes")
+        self.dataset_size = dataset_size
+        self.global_batch = global_batch
+        self.local_batch = global_batch // world_size
+        self.start = start
+        self.seed = seed
+        self.rank = rank
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
+        return torch.randperm(self.dataset_size, generator=generator)
+
+    def indices(self, position: int, count: int) -> list[int]:
+        """stream[position : position + count]."""
+        out: list[int] = []
+        while count > 0:
+            epoch, offset = divmod(position, self.dataset_size)
+            take = min(count, self.dataset_size - offset)
+            out += self._permutation(epoch)[offset : offset + take].tolist()
+            position += take
+            count -= take
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        position = self.start
+        while True:
+            yield self.indices(position + self.rank * self.local_batch, self.local_batch)
+            position += self.global_batch
+
+
+def make_loader(dataset: Dataset, sampler: StreamBatchSampler, workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader over `sampler`'s batches; the trainer rebuilds it when the batch size or resolution changes."""
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+class SyntheticShapesDataset(Dataset):
+    """`count` procedurally rendered shapes (progressive/synthetic.py) at any power-of-two resolution."""
+
+    def __init__(self, count: int, resolution: int, seed: int = 0):
+        self.count = count
+        self.seed = seed
+        self.resolutions = [2**k for k in range(2, 11)]
+        self.max_resolution = self.resolutions[-1]
+        self.fingerprint = f"synthetic:shapes?n={count}&seed={seed}"
+        self.set_resolution(resolution)
+
+    def set_resolution(self, resolution: int) -> None:
+        if resolution not in self.resolutions:
+            raise ValueError(f"synthetic shapes come in resolutions {self.resolutions}, not {resolution}")
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = torch.from_numpy(render_shape_image(index, self.resolution, self.seed))
+        return image.permute(2, 0, 1).float().div_(127.5).sub_(1.0)

@@ -1,0 +1,486 @@
+"""The training loop: the divergence triangle grown progressively, on any number of processes.
+
+Everything that changes over a run is a function of `images_shown` and the configuration: the stage
+(resolution, fade alpha, batch size, learning rates), the data order (progressive/loader.py) and all
+noise (latents, reparameterisation noise, flips), which is drawn from a generator seeded by
+(seed, images_shown). A checkpoint therefore needs the counter plus the optimiser, scaler and
+moving-average states, and a resumed run retraces an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torchvision.utils import make_grid, save_image
+
+from progressive.checkpoint import (
+    CHECKPOINT_KIND,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    checkpoint_name,
+    prune_checkpoints,
+    save_atomically,
+)
+from progressive.config import TrainConfig, config_differences
+from progressive.loader import StreamBatchSampler, make_loader
+from progressive.presets import TriangleModels, build_models
+from progressive.schedule import Stage, blend_reals, stage_at
+from progressive.triangle import (
+    STAT_NAMES,
+    apply_learning_rates,
+    bare,
+    build_optimizers,
+    clip_gradients,
+    trainable_parameters,
+    triangle_step,
+)
+
+log = logging.getLogger("progressive.train")
+
+
+class NonFiniteError(RuntimeError):
+    """Training kept producing non-finite gradients; the run stops without writing NaN weights."""
+
+
+# ----------------------------------------------------------------------------- updates with loss scaling
+
+
+@dataclass
+class GuardedUpdate:
+    """Per-network update with its own fp16 loss scaler and a non-finite check.
+
+    Each network has its own GradScaler, so an overflow in one network's backward lowers only that
+    network's scale and skips only its step. A step whose gradient norm (after DDP's all-reduce, so
+    the same on every rank) is not finite is skipped; the decision costs one host sync per update.
+    """
+
+    scalers: dict[str, torch.amp.GradScaler]  # one per network; disabled unless training in fp16
+    skipped: dict[str, int] = field(default_factory=lambda: {"energy": 0, "inference": 0, "generator": 0})
+    skipped_this_iteration: bool = False  # set by any skipped update, cleared by the loop
+
+    def __call__(self, name, optimizer, net, loss, config) -> torch.Tensor:
+        params = trainable_parameters(net)
+        scaler = self.scalers[name]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward(inputs=params)
+        scaler.unscale_(optimizer)
+        grad_norm = clip_gradients(params, config.grad_clip)
+        if bool(torch.isfinite(grad_norm)):
+            scaler.step(optimizer)
+        else:
+            self.skipped[name] += 1
+            self.skipped_this_iteration = True
+            optimizer.zero_grad(set_to_none=True)
+        scaler.update()
+        return grad_norm
+
+
+# ----------------------------------------------------------------------------- moving average of the generator
+
+
+def ema_beta(config: TrainConfig, batch: int) -> float:
+    """Per-iteration decay giving a half-life of `ema_kimg` thousand images."""
+    return 0.5 ** (batch / max(config.ema_kimg * 1000.0, 1e-8))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, generator: nn.Module, beta: float) -> None:
+    """ema <- beta * ema + (1 - beta) * generator for parameters; buffers (batch-norm statistics) copied."""
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, [p.detach() for p in generator.parameters()], 1.0 - beta)
+    for ema_buffer, buffer in zip(ema.buffers(), generator.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
+
+
+def set_network_stage(net: nn.Module, resolution: int, alpha: float) -> None:
+    if hasattr(net, "set_stage"):
+        net.set_stage(resolution, alpha)
+
+
+# ----------------------------------------------------------------------------- noise
+
+
+def iteration_seed(seed: int, images_shown: int) -> int:
+    return int(np.random.SeedSequence([seed, images_shown]).generate_state(1)[0])
+
+
+@dataclass
+class IterationNoise:
+    """Latents, reparameterisation noise and flips of one iteration, this rank's slice of the global batch."""
+
+    z: torch.Tensor
+    eps: tuple[torch.Tensor, torch.Tensor]
+    flip: torch.Tensor
+
+
+def draw_noise(
+    generator: torch.Generator, seed: int, images_shown: int, global_batch: int, latent_dim: int, rank: int, world: int
+) -> IterationNoise:
+    """Noise for the whole global batch from (seed, images_shown), sliced to this rank (as the data is)."""
+    generator.manual_seed(iteration_seed(seed, images_shown))
+    device = generator.device
+    full = torch.randn(3, global_batch, latent_dim, generator=generator, device=device)
+    flip = torch.rand(global_batch, generator=generator, device=device) < 0.5
+    local = global_batch // world
+    part = slice(rank * local, (rank + 1) * local)
+    return IterationNoise(z=full[0, part], eps=(full[1, part], full[2, part]), flip=flip[part])
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunState:
+    """What a checkpoint restores besides the networks."""
+
+    images_shown: int = 0
+    iteration: int = 0
+    consecutive_nonfinite: int = 0
+
+
+class Trainer:
+    """Builds models, optimisers and data for `config` and trains them; see `run`."""
+
+    def __init__(
+        self,
+        config: TrainConfig,  # the resolved configuration
+        accelerator: Accelerator,  # devices, processes, mixed precision, trackers
+        dataset,  # training images: LMDBImageDataset or SyntheticShapesDataset
+        run_dir: Path | None,  # where snapshots and checkpoints go; None writes nothing
+        holdout=None,  # held-out images for the reconstruction grid; None uses the training images
+    ):
+        self.config = config
+        self.accelerator = accelerator
+        self.dataset = dataset
+        self.holdout = holdout if holdout is not None else dataset
+        self.run_dir = run_dir
+        self.device = accelerator.device
+        self.rank = accelerator.process_index
+        self.world = accelerator.num_processes
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        models = build_models(config.preset)
+        models.to(self.device)
+        self.optimizers = build_optimizers(models, config.objective)
+        self.ema = copy.deepcopy(models.generator).requires_grad_(False)
+        fp16 = accelerator.mixed_precision == "fp16"
+        self.update = GuardedUpdate(
+            scalers={name: torch.amp.GradScaler(self.device.type, enabled=fp16) for name in models.networks()}
+        )
+        generator, energy, inference = accelerator.prepare(models.generator, models.energy, models.inference)
+        self.models = TriangleModels(
+            generator=generator,
+            energy=energy,
+            inference=inference,
+            latent_dim=models.latent_dim,
+            resolution=models.resolution,
+            min_resolution=models.min_resolution,
+        )
+        self.state = RunState()
+        self.noise_generator = torch.Generator(device=self.device)
+        grid_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.grid_latents = torch.randn(config.grid_images, models.latent_dim, generator=grid_generator).to(self.device)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": CHECKPOINT_KIND,
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_json(),
+            "dataset_fingerprint": self.dataset.fingerprint,
+            "images_shown": self.state.images_shown,
+            "iteration": self.state.iteration,
+            "consecutive_nonfinite": self.state.consecutive_nonfinite,
+            "skipped": dict(self.update.skipped),
+            "networks": {name: bare(net).state_dict() for name, net in self.models.networks().items()},
+            "generator_ema": self.ema.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "scalers": {name: scaler.state_dict() for name, scaler in self.update.scalers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
+        """Restore a checkpoint after checking it belongs to this configuration and dataset."""
+        differences = config_differences(json.loads(state["config"]), self.config.to_dict())
+        if differences:
+            raise CheckpointError(f"{source} was trained with a different configuration: " + "; ".join(differences))
+        if state["dataset_fingerprint"] != self.dataset.fingerprint:
+            raise CheckpointError(
+                f"{source} was trained on dataset {state['dataset_fingerprint']}, not {self.dataset.fingerprint}"
+            )
+        for name, net in self.models.networks().items():
+            bare(net).load_state_dict(state["networks"][name])
+        self.ema.load_state_dict(state["generator_ema"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for name, scaler in self.update.scalers.items():
+            if state["scalers"][name]:
+                scaler.load_state_dict(state["scalers"][name])
+        self.update.skipped = dict(state["skipped"])
+        self.state = RunState(
+            images_shown=state["images_shown"],
+            iteration=state["iteration"],
+            consecutive_nonfinite=state["consecutive_nonfinite"],
+        )
+
+    def save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process and self.run_dir is not None:
+            directory = self.run_dir / "checkpoints"
+            path = directory / checkpoint_name(self.state.images_shown)
+            save_atomically(self.state_dict(), path)
+            prune_checkpoints(directory, self.config.keep_checkpoints)
+            log.info("checkpoint %s", path)
+        self.accelerator.wait_for_everyone()
+
+    # ---------------------------------------------------------------- data
+
+    def _loader(self, stage: Stage):
+        self.dataset.set_resolution(stage.resolution)
+        sampler = StreamBatchSampler(
+            dataset_size=len(self.dataset),
+            global_batch=stage.batch_size,
+            start=self.state.images_shown,
+            seed=self.config.seed,
+            rank=self.rank,
+            world_size=self.world,
+        )
+        loader = make_loader(self.dataset, sampler, self.config.workers, pin_memory=self.device.type == "cuda")
+        return iter(loader)
+
+    def _real_batch(self, batch: torch.Tensor, stage: Stage, noise: IterationNoise) -> torch.Tensor:
+        x = batch.to(self.device, non_blocking=True)
+        if self.config.hflip:
+            x = torch.where(noise.flip[:, None, None, None], x.flip(-1), x)
+        x = blend_reals(x, stage.alpha)
+        if self.state.iteration in self.config.debug_nan_iterations:
+            x = torch.full_like(x, float("nan"))
+        return x
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self) -> None:
+        """Train until `config.total_images` real images have been shown, then write a final checkpoint."""
+        config = self.config
+        total = config.total_images
+        stats_sum = torch.zeros(len(STAT_NAMES), device=self.device)
+        stats_count = 0
+        loader_key, batches = None, None
+        tick = _Tick(time.time(), self.state.images_shown)
+        if self.state.images_shown == 0:
+            first = stage_at(config.schedule, 0, config.objective)
+            self._set_stage(first)
+            self.write_snapshot(first, reals=True)
+
+        while self.state.images_shown < total:
+            images_shown = self.state.images_shown
+            stage = stage_at(config.schedule, images_shown, config.objective)
+            check_range = False
+            if loader_key != (stage.resolution, stage.batch_size):
+                batches = self._loader(stage)
+                loader_key = (stage.resolution, stage.batch_size)
+                check_range = True  # one host-side range check per loader, not per step
+                log.info(
+                    "stage: %d x %d, batch %d, %s phase",
+                    stage.resolution,
+                    stage.resolution,
+                    stage.batch_size,
+                    stage.phase,
+                )
+            self._set_stage(stage)
+            apply_learning_rates(self.optimizers, stage.learning_rates)
+            noise = draw_noise(
+                self.noise_generator,
+                config.seed,
+                images_shown,
+                stage.batch_size,
+                self.models.latent_dim,
+                self.rank,
+                self.world,
+            )
+            x = self._real_batch(next(batches), stage, noise)
+
+            self.update.skipped_this_iteration = False
+            stats = triangle_step(
+                self.models,
+                self.optimizers,
+                x,
+                z=noise.z,
+                eps=noise.eps,
+                config=config.objective,
+                update=self.update,
+                check_range=check_range,
+            )
+            if self.update.skipped_this_iteration:
+                self.state.consecutive_nonfinite += 1
+                if self.state.consecutive_nonfinite >= config.max_nonfinite:
+                    raise NonFiniteError(
+                        f"{self.state.consecutive_nonfinite} consecutive iterations with non-finite gradients at "
+                        f"{images_shown / 1000:.1f} kimg (skipped updates: {self.update.skipped}); stopping without "
+                        "saving. Lower the learning rates or use bf16 instead of fp16, then --resume latest."
+                    )
+            else:
+                self.state.consecutive_nonfinite = 0
+                update_ema(self.ema, bare(self.models.generator), ema_beta(config, stage.batch_size))
+                stats_sum += stats
+                stats_count += 1
+
+            self.state.images_shown += stage.batch_size
+            self.state.iteration += 1
+            now = self.state.images_shown
+            if _crossed(images_shown, now, config.tick_kimg) or now >= total:
+                self._report(stage, tick, stats_sum, stats_count, total)
+                stats_sum.zero_()
+                stats_count = 0
+                tick = _Tick(time.time(), now)
+            if _crossed(images_shown, now, config.snapshot_kimg) or now >= total:
+                self.write_snapshot(stage_at(config.schedule, now, config.objective))
+            if _crossed(images_shown, now, config.checkpoint_kimg) and now < total:
+                self.save_checkpoint()
+        self.save_checkpoint()
+
+    def _set_stage(self, stage: Stage) -> None:
+        self.models.set_stage(stage.resolution, stage.alpha)
+        set_network_stage(self.ema, stage.resolution, stage.alpha)
+
+    # ---------------------------------------------------------------- what the user sees
+
+    def _report(self, stage: Stage, tick: _Tick, stats_sum: torch.Tensor, count: int, total: int) -> None:
+        stats = self.accelerator.reduce(stats_sum / max(count, 1), reduction="mean")  # one collective per tick
+        values = dict(zip(STAT_NAMES, stats.tolist(), strict=True))
+        now = self.state.images_shown
+        elapsed = max(time.time() - tick.time, 1e-9)
+        images = max(now - tick.images, 1)
+        images_per_second = images / elapsed
+        memory = _memory_gib(self.device)
+        phase_left = (stage.phase_end_images - now) if stage.phase_end_images is not None else total - now
+        if not self.accelerator.is_main_process:
+            return
+        log.info(
+            "kimg %8.2f  res %4d  alpha %.3f  batch %3d  sec/kimg %7.2f  img/s %7.1f  "
+            "L_E %+.3f  L_I %.2f  L_G %.2f  recon %.2f  E(real) %+.3f  E(fake) %+.3f  "
+            "eta phase %s run %s  mem %.2f GiB  skipped %s",
+            now / 1000,
+            stage.resolution,
+            stage.alpha,
+            stage.batch_size,
+            1000 / images_per_second,
+            images_per_second,
+            values["loss_energy"],
+            values["loss_inference"],
+            values["loss_generator"],
+            values["recon"],
+            values["energy_real"],
+            values["energy_fake"],
+            _duration(max(phase_left, 0) / images_per_second),
+            _duration(max(total - now, 0) / images_per_second),
+            memory,
+            sum(self.update.skipped.values()),
+        )
+        scalars = {
+            "loss/energy": values["loss_energy"],
+            "loss/inference": values["loss_inference"],
+            "loss/generator": values["loss_generator"],
+            "terms/recon_inference": values["recon"],
+            "terms/recon_generator": values["recon_generator"],
+            "terms/kl": values["kl"],
+            "terms/latent_nll_inference": values["latent_nll"],
+            "terms/latent_nll_generator": values["latent_nll_generator"],
+            "energy/real": values["energy_real"],
+            "energy/fake": values["energy_fake"],
+            "grad_norm/energy": values["grad_norm_energy"],
+            "grad_norm/inference": values["grad_norm_inference"],
+            "grad_norm/generator": values["grad_norm_generator"],
+            "progress/kimg": now / 1000,
+            "progress/resolution": stage.resolution,
+            "progress/alpha": stage.alpha,
+            "progress/batch": stage.batch_size,
+            "timing/sec_per_kimg": 1000 / images_per_second,
+            "timing/images_per_second": images_per_second,
+            "memory/peak_gib": memory,
+        }
+        scalars |= {f"lr/{name}": rate for name, rate in stage.learning_rates.items()}
+        scalars |= {f"skipped/{name}": n for name, n in self.update.skipped.items()}
+        self.accelerator.log(scalars, step=now)
+
+    @torch.no_grad()
+    def write_snapshot(self, stage: Stage, reals: bool = False) -> None:
+        """Samples of the averaged generator from the fixed latents, and reconstructions of fixed real images."""
+        if not self.accelerator.is_main_process or self.run_dir is None:
+            return
+        resolution = stage.resolution
+        self._set_stage(stage)
+        # Networks stay in training mode as in the iteration (batch statistics for batch-norm presets).
+        samples = self.ema(self.grid_latents).float()
+        self.holdout.set_resolution(resolution)
+        real = torch.stack([self.holdout[i] for i in range(min(self.config.grid_images, len(self.holdout)))])
+        real = blend_reals(real.to(self.device), stage.alpha)
+        mu, _ = bare(self.models.inference)(real)
+        reconstructions = bare(self.models.generator)(mu).float()
+        pairs = torch.stack([real, reconstructions], dim=1).flatten(0, 1)
+        directory = self.run_dir / "snapshots"
+        directory.mkdir(exist_ok=True)
+        name = f"{self.state.images_shown:09d}"
+        grids = {"samples": _grid(samples, resolution), "reconstructions": _grid(pairs, resolution)}
+        if reals:
+            grids["reals"] = _grid(real, resolution)
+        tracker = self._tensorboard()
+        for kind, grid in grids.items():
+            save_image(grid, directory / (f"{kind}.png" if kind == "reals" else f"{kind}-{name}.png"))
+            if tracker is not None:
+                tracker.add_image(kind, grid, global_step=self.state.images_shown)
+
+    def _tensorboard(self):
+        try:
+            return self.accelerator.get_tracker("tensorboard", unwrap=True)
+        except ValueError:  # no tensorboard tracker configured (e.g. a run without a run directory)
+            return None
+
+
+@dataclass
+class _Tick:
+    time: float
+    images: int
+
+
+def _crossed(before: int, after: int, every_kimg: float) -> bool:
+    """Whether a multiple of `every_kimg` thousand images lies in (before, after]."""
+    every = max(int(round(every_kimg * 1000)), 1)
+    return after // every > before // every
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def _memory_gib(device: torch.device) -> float:
+    """Peak memory: CUDA allocations on a GPU, the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _grid(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """A [0, 1] image grid; small resolutions are enlarged (nearest) to at least 64 pixels for legibility."""
+    scale = max(1, 64 // resolution)
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    columns = max(1, int(math.sqrt(images.shape[0] * 2)) // 2 * 2)
+    return make_grid(images.clamp(-1, 1).cpu(), nrow=columns, normalize=True, value_range=(-1, 1))
