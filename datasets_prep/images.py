@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from datasets_prep.lmdb_format import encode_image, image_digest, resolution_ladder
 
@@ -129,6 +129,8 @@ def process_item(item, settings: ImageSettings) -> Encoded | Skipped:
         values = [encode_image(level, settings.image_format) for level in levels]
     except SkipImage as unusable:
         return Skipped(str(unusable))
+    except UnidentifiedImageError:
+        return Skipped("unreadable: not an image any decoder recognises (empty, damaged or another kind of file)")
     except Exception as error:  # noqa: BLE001 -- untrusted files make decoders raise nearly anything; report it
         detail = str(error).splitlines()[0] if str(error) else "no message"
         return Skipped(f"unreadable: {type(error).__name__}: {detail}")

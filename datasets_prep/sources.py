@@ -14,6 +14,7 @@ import os
 import pickle
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -64,6 +65,18 @@ class EncodedItem:
 
     def open(self) -> Image.Image:
         return Image.open(io.BytesIO(self.data))
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableItem:
+    """An item the main process could not even read (a damaged zip member); its worker reports why."""
+
+    name: str
+    split: str | None
+    reason: str
+
+    def open(self) -> Image.Image:
+        raise OSError(self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +155,15 @@ class ZipSource(Source):
 
     def for_worker(self, items: list) -> list:
         with zipfile.ZipFile(self.path) as archive:
-            return [EncodedItem(item.name, item.split, archive.read(item.member)) for item in items]
+            return [self._read_member(archive, item) for item in items]
+
+    @staticmethod
+    def _read_member(archive: zipfile.ZipFile, item: ZipMemberItem) -> EncodedItem | UnreadableItem:
+        try:
+            return EncodedItem(item.name, item.split, archive.read(item.member))
+        # A damaged member (bad CRC or deflate stream, unsupported compression) is one bad image, not a bad build.
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as error:
+            return UnreadableItem(item.name, item.split, f"zip member unreadable: {error}")
 
 
 def has_image_extension(name: str) -> bool:

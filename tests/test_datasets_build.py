@@ -223,14 +223,21 @@ def test_lanczos_filter_and_jpeg_format(tmp_path):
 
 def test_zip_source(tmp_path):
     archive_path = tmp_path / "images.zip"
+    damaged = make_valid_png(32, (9, 9, 9))
     with zipfile.ZipFile(archive_path, "w") as archive:
         for i in range(4):
             archive.writestr(f"folder/{i}.png", make_valid_png(32, (0, 60 * i, 0)))
         archive.writestr("folder/readme.txt", "ignored")
         archive.writestr("folder/broken.png", b"not a png")
+        archive.writestr("folder/crc.png", damaged)  # stored uncompressed, then one byte flipped: bad CRC
+    contents = archive_path.read_bytes()
+    at = contents.index(damaged) + len(damaged) // 2
+    archive_path.write_bytes(contents[:at] + bytes([contents[at] ^ 0xFF]) + contents[at + 1 :])
+
     out = tmp_path / "db"
     assert run_cli("build", archive_path, out, "--max-res", 16, "--workers", 2) == 0
-    assert read_metadata(out)["count"]["train"] == 4 and read_metadata(out)["skipped"] == 1
+    assert read_metadata(out)["count"]["train"] == 4 and read_metadata(out)["skipped"] == 2
+    assert "folder/crc.png\tunreadable: OSError: zip member unreadable" in (out / "report.txt").read_text()
     dataset = LMDBImageDataset(out, 16)
     assert torch.allclose(dataset[2][1], torch.full((16, 16), to_unit(120)))
 
