@@ -112,7 +112,7 @@ def new_metadata(source: Source, settings: ImageSettings, options: BuildOptions)
 def _prepare_output(out: Path, options: BuildOptions) -> None:
     if options.resume and options.overwrite:
         raise BuildError("--resume and --overwrite exclude each other")
-    if not out.exists():
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not out.is_dir() or not (out / "data.mdb").exists():
         raise BuildError(f"{out} exists and is not an LMDB directory; choose another output path")
@@ -172,7 +172,7 @@ def _record_window(metadata: dict, window: list, outcomes: list, puts: list) -> 
 
 
 def _ignore_interrupts() -> None:
-    # Ctrl-C reaches the whole process group; only the main process should react, by committing and exiting.
+    # Ctrl-C reaches the whole process group; only the main process reacts (keeps what is committed, reports).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
