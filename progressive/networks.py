@@ -14,6 +14,7 @@ docs/architecture.md has the block layout and the reasons for the defaults.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 import torch
@@ -40,7 +41,13 @@ OUTPUT_ACTIVATIONS = ("tanh", "none")
 class _Staged(nn.Module):
     """Holds the stage (active resolution, fade-in alpha) as plain attributes; the trainer sets it."""
 
-    def __init__(self, min_resolution: int, max_resolution: int, channels: Mapping[int, int] | None, channel_rule):
+    def __init__(
+        self,
+        min_resolution: int,
+        max_resolution: int,
+        channels: Mapping[int, int] | None,
+        channel_rule: tuple[int, int, int],
+    ):
         super().__init__()
         check_resolution_range(min_resolution, max_resolution)
         self.min_resolution = min_resolution
@@ -61,7 +68,7 @@ class _Staged(nn.Module):
             raise ValueError(f"resolution must be a power of two, got {resolution!r}")
         if not self.min_resolution <= resolution <= self.max_resolution:
             raise ValueError(f"resolution must lie in [{self.min_resolution}, {self.max_resolution}], got {resolution}")
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
         if resolution == self.min_resolution and alpha != 1:
             raise ValueError(f"the first resolution ({resolution}) has no previous stage to fade from: alpha must be 1")
