@@ -289,6 +289,9 @@ def _setup_logging(run_dir: Path, main_process: bool) -> None:
     logger = logging.getLogger("progressive.train")
     logger.setLevel(logging.INFO if main_process else logging.WARNING)
     logger.propagate = False
+    for old in list(logger.handlers):  # a second run in the same process must not log twice
+        logger.removeHandler(old)
+        old.close()
     formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if main_process:

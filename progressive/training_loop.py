@@ -235,12 +235,22 @@ class Trainer:
             consecutive_nonfinite=state["consecutive_nonfinite"],
         )
 
+    @torch.no_grad()
+    def rank_digests(self) -> list[list[float]]:
+        """Per rank, (sum, sum of squares) of each network's parameters: rows agree while ranks are in sync."""
+        values = []
+        for net in self.models.networks().values():
+            flat = torch.cat([p.detach().double().flatten() for p in net.parameters()])
+            values += [flat.sum(), flat.pow(2).sum()]
+        gathered = self.accelerator.gather(torch.stack(values)[None])  # (world, 6)
+        return gathered.cpu().tolist()
+
     def save_checkpoint(self) -> None:
-        self.accelerator.wait_for_everyone()
+        digests = self.rank_digests()  # a collective: every rank takes part
         if self.accelerator.is_main_process and self.run_dir is not None:
             directory = self.run_dir / "checkpoints"
             path = directory / checkpoint_name(self.state.images_shown)
-            save_atomically(self.state_dict(), path)
+            save_atomically({**self.state_dict(), "rank_digests": digests}, path)
             prune_checkpoints(directory, self.config.keep_checkpoints)
             log.info("checkpoint %s", path)
         self.accelerator.wait_for_everyone()

@@ -1,0 +1,62 @@
+"""Loading a trained run for sampling, reconstruction, scoring and evaluation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from progressive.checkpoint import load_checkpoint
+from progressive.config import TrainConfig, merge_config, preset_config
+from progressive.presets import TriangleModels, build_models
+from progressive.schedule import Stage, stage_at
+
+
+@dataclass
+class TrainedRun:
+    """The networks of a checkpoint, at the stage they had reached, in training mode (as trained)."""
+
+    models: TriangleModels  # generator, energy, inference as last trained
+    generator_ema: nn.Module  # exponential moving average of the generator (default for sampling)
+    config: TrainConfig  # the run's resolved configuration
+    stage: Stage  # resolution and alpha at the checkpoint
+    images_shown: int  # real images shown when the checkpoint was written
+    dataset_fingerprint: str  # of the training data
+    path: Path  # the checkpoint file
+
+    @property
+    def resolution(self) -> int:
+        return self.stage.resolution
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu") -> TrainedRun:
+    """Rebuild the three networks and the averaged generator of checkpoint `path` on `device`.
+
+    Raises progressive.checkpoint.CheckpointError (a ValueError) for a missing or foreign file.
+    """
+    path = Path(path)
+    state = load_checkpoint(path, map_location=device)
+    values = json.loads(state["config"])
+    config = merge_config(preset_config(values["preset"]), values)
+    models = build_models(config.preset).to(device)
+    for name, net in models.networks().items():
+        net.load_state_dict(state["networks"][name])
+    generator_ema = build_models(config.preset).generator.to(device)
+    generator_ema.load_state_dict(state["generator_ema"])
+    generator_ema.requires_grad_(False)
+    stage = stage_at(config.schedule, state["images_shown"], config.objective)
+    models.set_stage(stage.resolution, stage.alpha)
+    if hasattr(generator_ema, "set_stage"):
+        generator_ema.set_stage(stage.resolution, stage.alpha)
+    return TrainedRun(
+        models=models,
+        generator_ema=generator_ema,
+        config=config,
+        stage=stage,
+        images_shown=state["images_shown"],
+        dataset_fingerprint=state["dataset_fingerprint"],
+        path=path,
+    )

@@ -1,0 +1,213 @@
+"""The main job, launch/train.py: runs, resumes exactly, survives bad input, non-finite values and two processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from progressive.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_atomically
+
+ROOT = Path(__file__).resolve().parents[1]
+# 4x4 stable, 8x8 fade + stable, 16x16 fade + stable: two resolution changes in 240 images.
+TINY = [
+    "--preset", "tiny", "--res", "16", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
+    "--workers", "0", "--tick-kimg", "0.048", "--snapshot-kimg", "0.096", "--checkpoint-kimg", "0.096",
+]  # fmt: skip
+
+
+def _load_train_module():
+    spec = importlib.util.spec_from_file_location("launch_train", ROOT / "launch" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train(args: list[str]) -> int:
+    """launch/train.py main() in this process, with Accelerate's process-wide state reset first."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    return _load_train_module().main(args)
+
+
+@pytest.fixture(scope="module")
+def lmdb16(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "shapes16.lmdb"
+    command = [sys.executable, "-m", "datasets_prep", "build", "synthetic:shapes?n=48&seed=0", str(out),
+               "--max-res", "16", "--holdout", "8", "--workers", "1"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    return out
+
+
+def _final_checkpoint(out: Path) -> dict:
+    runs = sorted(p for p in out.iterdir() if p.is_dir() and p.name[:5].isdigit())
+    return load_checkpoint(list_checkpoints(runs[-1] / "checkpoints")[-1])
+
+
+def _assert_same_training_state(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a["images_shown"] == b["images_shown"]
+    for group in ("networks",):
+        for name in a[group]:
+            for key, value in a[group][name].items():
+                torch.testing.assert_close(value, b[group][name][key], rtol=0, atol=atol, msg=f"{group}.{name}.{key}")
+    for key, value in a["generator_ema"].items():
+        torch.testing.assert_close(value, b["generator_ema"][key], rtol=0, atol=atol, msg=f"generator_ema.{key}")
+
+
+def test_dry_run_prints_configuration_and_schedule_and_writes_nothing(tmp_path, capsys):
+    assert train([*TINY, "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    config = json.loads(printed[: printed.index("\n}\n") + 2])
+    assert config["schedule"]["max_resolution"] == 16 and config["preset"] == "tiny"
+    assert "  fade    16      4" in printed
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_writes_config_log_events_snapshots_and_checkpoints(tmp_path, lmdb16):
+    out = tmp_path / "runs"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.24"]) == 0
+    (run_dir,) = out.iterdir()
+    assert run_dir.name == "00000-tiny-16"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data"] == str(lmdb16) and config["objective"]["weight_latent"] == 0.1
+    log = (run_dir / "log.txt").read_text()
+    assert "res   16" in log and "sec/kimg" in log
+    assert list(run_dir.glob("tensorboard/events.out.tfevents.*"))
+    snapshots = {p.name for p in (run_dir / "snapshots").iterdir()}
+    assert {"reals.png", "samples-000000240.png", "reconstructions-000000240.png"} <= snapshots
+    state = _final_checkpoint(out)
+    assert state["images_shown"] == 240 and state["skipped"] == {"energy": 0, "inference": 0, "generator": 0}
+    assert len(list_checkpoints(run_dir / "checkpoints")) == 3  # 96, 192 and the final 240
+
+
+def test_resume_mid_fade_equals_an_uninterrupted_run(tmp_path, lmdb16):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(straight), "--kimg", "0.24"]) == 0
+    # Stop at 168 images: half-way through the 16x16 fade-in.
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(interrupted), "--kimg", "0.168"]) == 0
+    assert _final_checkpoint(interrupted)["images_shown"] == 168
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(interrupted), "--kimg", "0.24", "--resume", "latest"]) == 0
+    assert [p.name for p in interrupted.iterdir() if p.name[:5].isdigit()] == ["00000-tiny-16"]  # same run dir
+    a, b = _final_checkpoint(straight), _final_checkpoint(interrupted)
+    _assert_same_training_state(a, b)
+    for name in a["optimizers"]:
+        for index, state in a["optimizers"][name]["state"].items():
+            for key, value in state.items():
+                torch.testing.assert_close(value, b["optimizers"][name]["state"][index][key], rtol=0, atol=0)
+
+
+def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path, lmdb16, capsys):
+    out = tmp_path / "runs"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.1"]) == 0
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--resume", "latest", "--weight-kl", "2"]) == 2
+    assert "objective.weight_kl: 1.0 -> 2.0" in capsys.readouterr().err
+    assert train([*TINY, "--out", str(out), "--resume", "latest"]) == 2  # synthetic data instead of the LMDB
+    assert "data:" in capsys.readouterr().err
+    assert len(list(out.iterdir())) == 1  # nothing new was written
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--res", "12"], "power of two"),
+        (["--data", "{missing}"], "missing"),
+        (["--data", "{lmdb}", "--res", "32"], "has [4, 8, 16]"),
+        (["--data", "{corrupt}"], "corrupt"),
+        (["--resume", "latest"], "no checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, lmdb16, capsys, extra, message):
+    corrupt = tmp_path / "corrupt.lmdb"
+    corrupt.mkdir()
+    (corrupt / "data.mdb").write_bytes(b"not an lmdb" * 100)
+    paths = {"missing": str(tmp_path / "missing.lmdb"), "lmdb": str(lmdb16), "corrupt": str(corrupt)}
+    args = [a.format(**paths) for a in extra]
+    out = tmp_path / "runs"
+    assert train([*TINY, "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    if message != "corrupt":
+        assert message in err
+    assert not out.exists()
+
+
+def test_nan_batch_is_skipped_and_counted(tmp_path, lmdb16):
+    out = tmp_path / "runs"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.1", "--debug-nan-iterations", "3"]) == 0
+    state = _final_checkpoint(out)
+    assert state["skipped"] == {"energy": 1, "inference": 1, "generator": 1}
+    for weights in state["networks"].values():
+        assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_repeated_nans_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, lmdb16, capsys):
+    out = tmp_path / "runs"
+    args = [*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.24", "--checkpoint-kimg", "0.048"]
+    assert train([*args, "--debug-nan-iterations", "20,21,22,23,24", "--max-nonfinite", "4"]) == 3
+    assert "4 consecutive iterations with non-finite gradients" in capsys.readouterr().err
+    (run_dir,) = out.iterdir()
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    assert checkpoints[-1].name == "checkpoint-000000048.pt"  # iteration 20 starts at 80 images
+    state = load_checkpoint(checkpoints[-1])
+    for weights in state["networks"].values():
+        assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_a_save_killed_half_way_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    directory = tmp_path / "checkpoints"
+    good = {"kind": "divergence-triangle-checkpoint", "version": 1, "weights": torch.arange(10.0)}
+    save_atomically(good, directory / "checkpoint-000000100.pt")
+
+    def torn_save(state, handle):
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process is interrupted in the middle of writing
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomically({**good, "weights": torch.zeros(10)}, directory / "checkpoint-000000100.pt")
+    monkeypatch.undo()
+    assert [p.name for p in directory.iterdir()] == ["checkpoint-000000100.pt"]
+    torch.testing.assert_close(load_checkpoint(directory / "checkpoint-000000100.pt")["weights"], torch.arange(10.0))
+    for images in (200, 300, 400):
+        save_atomically(good, directory / f"checkpoint-{images:09d}.pt")
+    prune_checkpoints(directory, keep=2)
+    assert [p.name for p in list_checkpoints(directory)] == ["checkpoint-000000300.pt", "checkpoint-000000400.pt"]
+
+
+def _accelerate(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(ROOT / "launch" / "train.py"), *args]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, lmdb16):
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = _accelerate([*TINY, "--data", str(lmdb16), "--out", str(two), "--kimg", "0.24"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = two.iterdir()
+    assert list(run_dir.glob("tensorboard/events.out.tfevents.*")) and (run_dir / "snapshots" / "reals.png").exists()
+    state = _final_checkpoint(two)
+    digests = state["rank_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # both ranks hold identical weights
+    assert "res   16" in (run_dir / "log.txt").read_text()
+
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(one), "--kimg", "0.24"]) == 0
+    _assert_same_training_state(_final_checkpoint(one), state, atol=1e-4)
+
+    # A global batch that the processes cannot split is refused before anything is written. Each process
+    # exits with 2; `accelerate launch` itself reports that in its summary and exits with 1.
+    refused = _accelerate([*TINY, "--data", str(lmdb16), "--out", str(tmp_path / "odd"), "--batch", "3"])
+    assert refused.returncode != 0 and "exitcode  : 2" in refused.stderr
+    assert refused.stderr.count("error: batch size 3 at 4x4 is not divisible by the 2 processes") == 1
+    assert not (tmp_path / "odd").exists()
