@@ -191,7 +191,7 @@ def _legacy_metadata(txn: lmdb.Transaction, length: int) -> dict:
         "format_version": 0,
         "layout": "prepare_data",
         "resolutions": resolutions,
-        "count": {"train": length},
+        "count": {"train": length, "holdout": 0},
         "image_format": "jpeg",
         "source": "progressive-GAN prepare_data.py LMDB",
         "complete": True,
