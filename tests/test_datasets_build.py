@@ -340,3 +340,18 @@ def test_metadata_is_one_json_key(tmp_path):
     env.close()
     assert META_KEY in keys
     assert sorted(k for k in keys if k != META_KEY) == sorted(image_key("train", r, i) for r in (4, 8) for i in (0, 1))
+
+
+def test_crop_center_takes_the_middle_and_none_keeps_everything(tmp_path):
+    source = tmp_path / "wide"
+    source.mkdir()
+    pixels = np.zeros((32, 64, 3), dtype=np.uint8)
+    pixels[:, :16, 0] = 255  # left quarter red, the rest blue: a centred square sees no red
+    pixels[:, 16:, 2] = 255
+    Image.fromarray(pixels).save(source / "wide.png")
+    for crop in ("center", "none"):
+        assert run_cli("build", source, tmp_path / crop, "--max-res", 16, "--crop", crop, "--workers", 1) == 0
+    centred = LMDBImageDataset(tmp_path / "center", 16)[0]
+    stretched = LMDBImageDataset(tmp_path / "none", 16)[0]
+    assert centred[0].max() == -1.0 and centred[2].min() == 1.0
+    assert stretched[0, :, :3].min() > 0.95 and stretched[2, :, -3:].min() > 0.95  # Lanczos rings slightly
