@@ -203,6 +203,7 @@ def build_dataset(source: Source, out: Path, settings: ImageSettings, options: B
     out = Path(out)
     READERS.release(out)  # a reader's handle in this process would stop the writer from opening the files
     _prepare_output(out, options)
+    out.parent.mkdir(parents=True, exist_ok=True)  # `build SRC data/new.lmdb` on a fresh checkout
     started = time.perf_counter()
     env = lmdb.open(str(out), map_size=INITIAL_MAP_SIZE, subdir=True, meminit=False)
     try:

@@ -374,7 +374,7 @@ class Trainer:
         elapsed = max(time.time() - tick.time, 1e-9)
         images = max(now - tick.images, 1)
         images_per_second = images / elapsed
-        memory = _memory_gib(self.device)
+        memory = peak_memory_gib(self.device)
         phase_left = (stage.phase_end_images - now) if stage.phase_end_images is not None else total - now
         if not self.accelerator.is_main_process:
             return
@@ -480,7 +480,7 @@ def _duration(seconds: float) -> str:
     )
 
 
-def _memory_gib(device: torch.device) -> float:
+def peak_memory_gib(device: torch.device) -> float:
     """Peak memory: CUDA allocations on a GPU, the process's peak resident set on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30

@@ -1,0 +1,86 @@
+"""Training throughput per resolution: images/s, sec/kimg and peak memory of the full triangle iteration.
+
+    accelerate launch --mixed_precision bf16 launch/benchmark_train.py --preset celebahq --res 1024
+    python launch/benchmark_train.py --preset demo --res 32 --iterations 10      # CPU
+
+Each resolution runs mid-fade (alpha 0.5, both paths active: the costlier case) at the preset's
+schedule batch size (or --batch), on random images already on the device, so the figures measure the
+models, the objective and the optimisers, not the data pipeline (see `python -m datasets_prep bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+
+from progressive.config import preset_config
+from progressive.layers import resolutions
+from progressive.presets import PRESETS, TriangleModels, build_models
+from progressive.training_loop import GuardedUpdate, peak_memory_gib
+from progressive.triangle import build_optimizers, triangle_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="celebahq", choices=sorted(PRESETS), help="model preset")
+    parser.add_argument("--res", type=int, default=None, help="largest resolution to measure (default: preset's)")
+    parser.add_argument("--min-res", type=int, default=None, help="smallest resolution to measure")
+    parser.add_argument("--batch", type=int, default=None, help="global batch at every resolution (default: schedule)")
+    parser.add_argument("--iterations", type=int, default=20, help="timed iterations per resolution")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per resolution")
+    args = parser.parse_args()
+
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    config = preset_config(args.preset)
+    torch.manual_seed(0)
+    models = build_models(args.preset).to(accelerator.device)
+    optimizers = build_optimizers(models, config.objective)
+    fp16 = accelerator.mixed_precision == "fp16"
+    update = GuardedUpdate(
+        scalers={n: torch.amp.GradScaler(accelerator.device.type, enabled=fp16) for n in models.networks()}
+    )
+    generator, energy, inference = accelerator.prepare(models.generator, models.energy, models.inference)
+    wrapped = TriangleModels(generator, energy, inference, models.latent_dim, models.resolution, models.min_resolution)
+    top = args.res or config.resolution
+    bottom = args.min_res or models.min_resolution
+    cuda = accelerator.device.type == "cuda"
+
+    if accelerator.is_main_process:
+        print(
+            f"preset {args.preset}, {accelerator.num_processes} process(es), device {accelerator.device}, "
+            f"mixed precision {accelerator.mixed_precision}"
+        )
+        print(f"{'res':>5} {'alpha':>5} {'batch':>6} {'img/s':>9} {'sec/kimg':>9} {'peak GiB':>9}")
+    for resolution in resolutions(bottom, top):
+        alpha = 1.0 if resolution == models.min_resolution else 0.5
+        wrapped.set_stage(resolution, alpha)
+        batch = args.batch or config.schedule.batch_size_at(resolution)
+        local = batch // accelerator.num_processes
+        x = torch.rand(local, 3, resolution, resolution, device=accelerator.device) * 2 - 1
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(accelerator.device)
+        for iteration in range(args.warmup + args.iterations):
+            if iteration == args.warmup:
+                if cuda:
+                    torch.cuda.synchronize(accelerator.device)
+                accelerator.wait_for_everyone()
+                start = time.perf_counter()
+            triangle_step(wrapped, optimizers, x, config=config.objective, update=update, check_range=False)
+        if cuda:
+            torch.cuda.synchronize(accelerator.device)
+        accelerator.wait_for_everyone()
+        images_per_second = batch * args.iterations / (time.perf_counter() - start)
+        if accelerator.is_main_process:
+            print(
+                f"{resolution:5d} {alpha:5.1f} {batch:6d} {images_per_second:9.1f} {1000 / images_per_second:9.2f} "
+                f"{peak_memory_gib(accelerator.device):9.2f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
