@@ -1,0 +1,11 @@
+"""Export samples, reconstructions and energies: `python launch/export.py {sample,reconstruct,energy} CHECKPOINT ...`.
+
+The program lives in progressive/cli/export.py (also installed as `triangle-export`); see --help.
+"""
+
+import sys
+
+from progressive.cli.export import main
+
+if __name__ == "__main__":
+    sys.exit(main())

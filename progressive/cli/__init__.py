@@ -1,0 +1,1 @@
+"""Command-line programs (each `main(argv) -> exit code`), installed as console scripts and wrapped by launch/*.py."""

