@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,10 @@ def load_inception(path: str | os.PathLike | None, device: torch.device | str = 
     if not path.is_file():
         raise InceptionUnavailable(f"Inception file {path} does not exist; {HOW_TO_GET_WEIGHTS}")
     try:
-        module = torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():
+            # TorchScript is deprecated in favour of torch.export, but it is the format these weights ship in.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.load.*")
+            module = torch.jit.load(str(path), map_location=device).eval()
     except (RuntimeError, ValueError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InceptionUnavailable(f"{path} is not a TorchScript file ({message}); {HOW_TO_GET_WEIGHTS}") from error

