@@ -245,3 +245,14 @@ def test_console_scripts_are_installed_and_answer_help():
     for script in ("triangle-export-video", "triangle-export", "triangle-evaluate"):
         result = subprocess.run([Path(sys.executable).parent / script, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage:" in result.stdout, script
+
+
+def test_a_root_of_runs_means_its_newest_run_and_outputs_go_into_that_run(trained):
+    runs = str(trained["root"] / "runs")
+    assert export_video.main([runs, "--seconds", "0.25", "--fps", "8", "--grid", "2x1"]) == 0
+    assert iio.imread(trained["run"] / "interpolation-000000240.mp4", plugin="FFMPEG").shape == (2, 16, 32, 3)
+    assert evaluate.main([runs, "--metrics", "recon"]) == 0
+    report = json.loads((trained["run"] / "evaluation-000000240.json").read_text())
+    assert report["checkpoint"] == str(trained["checkpoint"]) and set(report["metrics"]) == {
+        "recon/mse", "recon/mse_01", "recon/psnr"
+    }  # fmt: skip

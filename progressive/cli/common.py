@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from progressive.checkpoint import CheckpointError, list_checkpoints
+from progressive.checkpoint import CheckpointError, list_checkpoints, run_directories
 from progressive.pretrained import TrainedRun, load_trained
 from progressive.schedule import blend_reals
 
@@ -55,10 +55,14 @@ def pick_device(name: str) -> torch.device:
 
 
 def resolve_checkpoint(text: str) -> Path:
-    """A checkpoint file, or a run directory (its newest checkpoint)."""
+    """A checkpoint file; a run directory (its newest checkpoint); or a root of runs (the newest run's newest)."""
     path = Path(text)
     if path.is_dir():
         found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+        for run_dir in reversed(run_directories(path) if not found else []):
+            found = list_checkpoints(run_dir / "checkpoints")
+            if found:
+                break
         if not found:
             raise BadInput(f"no checkpoint in directory {path}")
         return found[-1]
@@ -80,6 +84,11 @@ def load_run(text: str, device: torch.device) -> TrainedRun:
     for net in (*run.models.networks().values(), run.generator_ema):
         net.requires_grad_(False)
     return run
+
+
+def run_directory(checkpoint: Path) -> Path:
+    """The run directory a checkpoint belongs to (the parent of checkpoints/)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
 def choose_generator(run: TrainedRun, which: str) -> torch.nn.Module:

@@ -27,6 +27,7 @@ from progressive.cli.common import (
     load_run,
     pick_device,
     positive,
+    run_directory,
     run_main,
     write_atomically,
 )
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="triangle-evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint", help="checkpoint file, or a run directory (its newest checkpoint)")
+    parser.add_argument("checkpoint", help="checkpoint file, run directory, or root of runs (the newest checkpoint)")
     parser.add_argument("--metrics", default="auto", help=f"auto, or a comma list of {','.join(METRIC_NAMES)}")
     parser.add_argument("--out", help="JSON file (default: RUN_DIR/evaluation-IMAGES.json beside checkpoints/)")
     parser.add_argument("--data", help="dataset LMDB (default: the run's own data)")
@@ -90,8 +91,7 @@ def _requested(text: str) -> tuple[list[str], bool]:
 
 
 def _default_out(checkpoint: Path, images_shown: int) -> Path:
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return run_dir / f"evaluation-{images_shown:09d}.json"
+    return run_directory(checkpoint) / f"evaluation-{images_shown:09d}.json"
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ from progressive.metrics import (
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint file, or a run directory (its newest checkpoint)")
+    parser.add_argument("checkpoint", help="checkpoint file, run directory, or root of runs (the newest checkpoint)")
     parser.add_argument("--batch", type=positive(int, "--batch"), default=32, help="images per forward (default: 32)")
     parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
 

@@ -24,6 +24,7 @@ from progressive.cli.common import (
     pick_device,
     positive,
     read_image,
+    run_directory,
     run_main,
     save_png,
 )
@@ -45,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="triangle-export-video", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint", help="checkpoint file, or a run directory (its newest checkpoint)")
-    parser.add_argument("--out", default="interpolation.mp4", help="video file, .mp4 or .gif (default: %(default)s)")
+    parser.add_argument("checkpoint", help="checkpoint file, run directory, or root of runs (the newest checkpoint)")
+    parser.add_argument("--out", help="video file, .mp4 or .gif (default: RUN_DIR/interpolation-IMAGES.mp4)")
     parser.add_argument("--grid", default="1x1", help="COLUMNSxROWS of independent loops (default: %(default)s)")
     parser.add_argument("--seconds", type=positive(float, "--seconds"), default=10.0, help="length (default: 10)")
     parser.add_argument("--fps", type=positive(int, "--fps"), default=30, help="frames per second (default: 30)")
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 def export_video(args: argparse.Namespace) -> int:
     try:
         columns, rows = parse_grid(args.grid)
-        target = choose_target(args.out)
+        if args.out is not None:
+            choose_target(args.out)  # checked before the checkpoint is read; chosen for real below
     except (ValueError, VideoUnavailable) as error:
         raise BadInput(str(error)) from error
     if (args.from_image is None) != (args.to_image is None):
@@ -95,6 +97,10 @@ def export_video(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     run = load_run(args.checkpoint, device)
+    try:
+        target = choose_target(args.out or run_directory(run.path) / f"interpolation-{run.images_shown:09d}.mp4")
+    except VideoUnavailable as error:
+        raise BadInput(str(error)) from error
     size = args.size or run.resolution
     if size > run.resolution or size < 2:
         raise BadInput(f"--size must lie in [2, {run.resolution}] (the checkpoint's resolution), got {size}")
