@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from progressive.triangle import energy_from_output
+from progressive.triangle import bare, energy_from_output
 
 METRIC_NAMES = ("recon", "swd", "energy", "fid", "is")
 
@@ -436,6 +436,9 @@ def evaluate_metric(
     if name not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {METRIC_NAMES}, got {name!r}")
     _check_images(real_images, "real_images")
+    # Unwrapped (DistributedDataParallel) networks: an evaluation forward must not arm a gradient reduction.
+    generator, inference, energy = bare(generator), bare(models.inference), bare(models.energy)
+    trained_generator = bare(models.generator)
     device = next(generator.parameters()).device
     count = samples or real_images.shape[0]
     resolution = real_images.shape[-1]
@@ -447,11 +450,11 @@ def evaluate_metric(
         return generate_images(generator, count, models.latent_dim, batch_size, seed, device)
 
     if name == "recon":
-        return reconstruction_metrics(models.inference, models.generator, reals())
+        return reconstruction_metrics(inference, trained_generator, reals())
     if name == "swd":
         return multiscale_swd(reals(), generated(), resolution, seed=seed)
     if name == "energy":
-        return energy_metrics(models.energy, energy_form, reals(), generated(), seed=seed)
+        return energy_metrics(energy, energy_form, reals(), generated(), seed=seed)
     if inception is None:
         raise ValueError(f"metric {name!r} needs an Inception network (progressive.inception.load_inception)")
     if name == "fid":
