@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
-.PHONY: demo test lint install install-dev clean
+.PHONY: demo test lint install install-dev install-video clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,19 +17,27 @@ $(VENV)/.installed: $(BIN)/python setup.cfg setup.py constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,video]'
+	touch $@
+
+$(VENV)/.installed-video: $(VENV)/.installed
+	$(PIP) -e '.[video]'
 	touch $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-video: $(VENV)/.installed-video
 
 DEMO_DATA := data/demo-shapes.lmdb
 
 # The demo: a 4 -> 32 progressive run on CPU (about five minutes) on an LMDB of synthetic shapes,
-# built on first use (`--resume` makes a second build a no-op and finishes an interrupted one).
-demo: $(VENV)/.installed
+# built on first use (`--resume` makes a second build a no-op and finishes an interrupted one),
+# then an interpolation video and the evaluation JSON of that run (both in its run directory).
+demo: $(VENV)/.installed-video
 	$(BIN)/python -m datasets_prep build 'synthetic:shapes?n=4096&seed=0' $(DEMO_DATA) --max-res 32 --holdout 256 --resume
 	$(BIN)/python launch/train.py --preset demo --res 32 --data $(DEMO_DATA) --out runs
+	$(BIN)/python launch/export_video.py runs --grid 3x2 --seconds 8 --fps 24
+	$(BIN)/python launch/evaluate.py runs --metrics recon,swd,energy --images 256
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in [
         ("workers", int),
         ("ema_kimg", float),
+        ("ema_rampup", float),
         ("tick_kimg", float),
         ("snapshot_kimg", float),
         ("checkpoint_kimg", float),
@@ -79,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         run.add_argument(_flag(name), dest=name, type=kind, help=f"TrainConfig.{name}")
     run.add_argument("--hflip", dest="hflip", action=argparse.BooleanOptionalAction, help="mirror augmentation")
+    run.add_argument(
+        "--metrics",
+        type=lambda s: [m for m in s.split(",") if m],
+        help="metrics during training, e.g. recon,swd,energy (fid,is need --inception)",
+    )
+    run.add_argument("--metric-kimg", dest="metric_kimg", type=float, help="evaluate --metrics every N kimg")
+    run.add_argument("--metric-images", dest="metric_images", type=int, help="images per evaluation")
+    run.add_argument("--inception", help="TorchScript Inception weights for fid/is")
     run.add_argument(
         "--debug-nan-iterations",
         type=lambda s: [int(v) for v in s.split(",")],
@@ -142,6 +151,11 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
                 schedule["batch_sizes"] = {**base, **_table(",".join(per_resolution))}
         except ValueError as error:
             raise BadInput(f"--batch {args.batch!r} is not N or R:N,R:N ({error})") from error
+    from progressive.metrics import METRIC_NAMES
+
+    unknown = [m for m in values.get("metrics", []) if m not in METRIC_NAMES]
+    if unknown:
+        raise BadInput(f"unknown metrics {unknown}; expected some of {', '.join(METRIC_NAMES)}")
     values["objective"] = objective
     values["schedule"] = schedule
     try:
@@ -238,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_batches(config, accelerator.num_processes)
+        if {"fid", "is"} & set(config.metrics):
+            from progressive.inception import load_inception
+
+            load_inception(config.inception, "cpu")  # fails now, with how to get the weights, not hours in
         dataset, holdout = open_datasets(config)
         checkpoint_path = resolve_resume(args.resume, Path(config.out)) if args.resume else None
         trainer = Trainer(config, accelerator, dataset, run_dir=None, holdout=holdout)

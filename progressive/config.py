@@ -17,7 +17,20 @@ from progressive.triangle import TriangleConfig
 
 # Values that may change between a checkpoint and its resumption without changing the training itself.
 RESUMABLE_CHANGES = frozenset(
-    {"kimg", "out", "workers", "tick_kimg", "snapshot_kimg", "checkpoint_kimg", "keep_checkpoints", "max_nonfinite"}
+    {
+        "kimg",
+        "out",
+        "workers",
+        "tick_kimg",
+        "snapshot_kimg",
+        "checkpoint_kimg",
+        "keep_checkpoints",
+        "max_nonfinite",
+        "metrics",
+        "metric_kimg",
+        "metric_images",
+        "inception",
+    }
 )
 
 
@@ -35,12 +48,17 @@ class TrainConfig:
     workers: int = 2  # DataLoader worker processes per training process
     hflip: bool = False  # mirror augmentation (left-right flips of real images, decided per image from the seed)
     ema_kimg: float = 10.0  # half-life of the generator's exponential moving average, in kimg
+    ema_rampup: float | None = 0.05  # early on, the half-life is at most this fraction of the images shown
     tick_kimg: float = 4.0  # status line and TensorBoard scalars every this many kimg
     snapshot_kimg: float = 40.0  # sample and reconstruction grids every this many kimg
     checkpoint_kimg: float = 200.0  # checkpoint every this many kimg (and always at the end)
     keep_checkpoints: int = 3  # older checkpoints are deleted
     grid_images: int = 32  # images in the fixed-latent sample grid and the reconstruction grid
     max_nonfinite: int = 20  # stop after this many consecutive iterations with a non-finite gradient
+    metrics: list[str] = field(default_factory=list)  # evaluated during training: recon, swd, energy, fid, is
+    metric_kimg: float = 0.0  # evaluate `metrics` every this many kimg (and at the end); 0 turns it off
+    metric_images: int = 256  # held-out (or training) images, and as many samples, per evaluation
+    inception: str | None = None  # TorchScript Inception weights for fid/is (docs/evaluation.md)
     debug_nan_iterations: list[int] = field(default_factory=list)  # testing aid: replace these batches by NaN
     objective: TriangleConfig = field(default_factory=TriangleConfig)  # weights, forms, optimiser settings
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # growth: phases, batch sizes

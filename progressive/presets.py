@@ -101,9 +101,15 @@ def _progressive(
     channel_base: int,  # channels at resolution r: clamp(channel_base // r, channel_min, channel_max)
     channel_max: int,  # upper clamp of the channel rule
     channel_min: int = 1,  # lower clamp of the channel rule
+    equalized: bool = False,  # equalised learning rate; off: the reference's Adam rates assume plain weights
 ) -> TriangleModels:
     """The three progressive networks with one channel rule and the default normalisations (docs/architecture.md)."""
-    rule = {"channel_base": channel_base, "channel_max": channel_max, "channel_min": channel_min}
+    rule = {
+        "channel_base": channel_base,
+        "channel_max": channel_max,
+        "channel_min": channel_min,
+        "equalized": equalized,
+    }
     span = {"min_resolution": 4, "max_resolution": max_resolution}
     return TriangleModels(
         generator=ProgressiveGenerator(latent_dim=latent_dim, **span, **rule),

@@ -90,9 +90,16 @@ class GuardedUpdate:
 # ----------------------------------------------------------------------------- moving average of the generator
 
 
-def ema_beta(config: TrainConfig, batch: int) -> float:
-    """Per-iteration decay giving a half-life of `ema_kimg` thousand images."""
-    return 0.5 ** (batch / max(config.ema_kimg * 1000.0, 1e-8))
+def ema_beta(config: TrainConfig, batch: int, images_shown: int) -> float:
+    """Per-iteration decay giving a half-life of `ema_kimg` thousand images.
+
+    With `ema_rampup`, the half-life is at most that fraction of the images shown so far, so early
+    snapshots are not an average dominated by the random initial weights.
+    """
+    half_life = config.ema_kimg * 1000.0
+    if config.ema_rampup is not None:
+        half_life = min(half_life, images_shown * config.ema_rampup)
+    return 0.5 ** (batch / max(half_life, 1e-8))
 
 
 @torch.no_grad()
@@ -190,6 +197,7 @@ class Trainer:
         )
         self.state = RunState()
         self.noise_generator = torch.Generator(device=self.device)
+        self.inception = None  # loaded on first use by a fid/is evaluation
         grid_generator = torch.Generator().manual_seed(config.seed + 1)
         self.grid_latents = torch.randn(config.grid_images, models.latent_dim, generator=grid_generator).to(self.device)
 
@@ -343,7 +351,7 @@ class Trainer:
                     )
             else:
                 self.state.consecutive_nonfinite = 0
-                update_ema(self.ema, bare(self.models.generator), ema_beta(config, stage.batch_size))
+                update_ema(self.ema, bare(self.models.generator), ema_beta(config, stage.batch_size, images_shown))
                 stats_sum += stats
                 stats_count += 1
 
@@ -357,6 +365,12 @@ class Trainer:
                 tick = _Tick(time.time(), now)
             if _crossed(images_shown, now, config.snapshot_kimg) or now >= total:
                 self.write_snapshot(stage_at(config.schedule, now, config.objective))
+            if (
+                config.metrics
+                and config.metric_kimg > 0
+                and (_crossed(images_shown, now, config.metric_kimg) or now >= total)
+            ):
+                self.evaluate(stage_at(config.schedule, now, config.objective))
             if _crossed(images_shown, now, config.checkpoint_kimg) and now < total:
                 self.save_checkpoint()
         self.save_checkpoint()
@@ -434,9 +448,7 @@ class Trainer:
         self._set_stage(stage)
         # Networks stay in training mode as in the iteration (batch statistics for batch-norm presets).
         samples = self.ema(self.grid_latents).float()
-        self.holdout.set_resolution(resolution)
-        real = torch.stack([self.holdout[i] for i in range(min(self.config.grid_images, len(self.holdout)))])
-        real = blend_reals(real.to(self.device), stage.alpha)
+        real = self._fixed_reals(stage, self.config.grid_images)
         mu, _ = bare(self.models.inference)(real)
         reconstructions = bare(self.models.generator)(mu).float()
         pairs = torch.stack([real, reconstructions], dim=1).flatten(0, 1)
@@ -451,6 +463,43 @@ class Trainer:
             save_image(grid, directory / (f"{kind}.png" if kind == "reals" else f"{kind}-{name}.png"))
             if tracker is not None:
                 tracker.add_image(kind, grid, global_step=self.state.images_shown)
+
+    def _fixed_reals(self, stage: Stage, count: int) -> torch.Tensor:
+        """The first `count` held-out images (training images without a held-out split) as the networks see them."""
+        self.holdout.set_resolution(stage.resolution)
+        real = torch.stack([self.holdout[i] for i in range(min(count, len(self.holdout)))])
+        return blend_reals(real.to(self.device), stage.alpha)
+
+    @torch.no_grad()
+    def evaluate(self, stage: Stage) -> None:
+        """Run `config.metrics` on the main process and log them (`metrics/...` in TensorBoard)."""
+        if not self.accelerator.is_main_process:
+            return
+        from progressive.metrics import evaluate_metric
+
+        if self.inception is None and {"fid", "is"} & set(self.config.metrics):
+            from progressive.inception import load_inception
+
+            self.inception = load_inception(self.config.inception, self.device)
+        self._set_stage(stage)
+        real = self._fixed_reals(stage, self.config.metric_images)
+        scores: dict[str, float] = {}
+        for name in self.config.metrics:
+            scores |= evaluate_metric(
+                name,
+                self.models,
+                self.ema,
+                real,
+                energy_form=self.config.objective.energy_form,
+                seed=self.config.seed,
+                inception=self.inception,
+            )
+        log.info(
+            "metrics at kimg %.2f: %s",
+            self.state.images_shown / 1000,
+            "  ".join(f"{k} {v:.4g}" for k, v in scores.items()),
+        )
+        self.accelerator.log({f"metrics/{k}": v for k, v in scores.items()}, step=self.state.images_shown)
 
     def _tensorboard(self):
         try:

@@ -48,8 +48,11 @@ def lmdb16(tmp_path_factory) -> Path:
     return out
 
 
-def _final_checkpoint(out: Path) -> dict:
+def _final_checkpoint(out: Path, images: int | None = None) -> dict:
+    """The newest run's last checkpoint, or its checkpoint at `images` images shown."""
     runs = sorted(p for p in out.iterdir() if p.is_dir() and p.name[:5].isdigit())
+    if images is not None:
+        return load_checkpoint(runs[-1] / "checkpoints" / f"checkpoint-{images:09d}.pt")
     return load_checkpoint(list_checkpoints(runs[-1] / "checkpoints")[-1])
 
 
@@ -74,13 +77,15 @@ def test_dry_run_prints_configuration_and_schedule_and_writes_nothing(tmp_path, 
 
 def test_run_writes_config_log_events_snapshots_and_checkpoints(tmp_path, lmdb16):
     out = tmp_path / "runs"
-    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.24"]) == 0
+    metrics = ["--metrics", "recon,energy", "--metric-kimg", "0.12", "--metric-images", "8"]
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.24", *metrics]) == 0
     (run_dir,) = out.iterdir()
     assert run_dir.name == "00000-tiny-16"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["data"] == str(lmdb16) and config["objective"]["weight_latent"] == 0.1
     log = (run_dir / "log.txt").read_text()
     assert "res   16" in log and "sec/kimg" in log
+    assert log.count("metrics at kimg") == 2 and "recon/mse" in log and "energy/auroc" in log
     assert list(run_dir.glob("tensorboard/events.out.tfevents.*"))
     snapshots = {p.name for p in (run_dir / "snapshots").iterdir()}
     assert {"reals.png", "samples-000000240.png", "reconstructions-000000240.png"} <= snapshots
@@ -123,6 +128,7 @@ def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path
         (["--data", "{lmdb}", "--res", "32"], "has [4, 8, 16]"),
         (["--data", "{corrupt}"], "corrupt"),
         (["--resume", "latest"], "no checkpoint"),
+        (["--metrics", "recon,fidd"], "unknown metrics ['fidd']"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, lmdb16, capsys, extra, message):
@@ -203,7 +209,11 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, lmdb16):
     assert "res   16" in (run_dir / "log.txt").read_text()
 
     assert train([*TINY, "--data", str(lmdb16), "--out", str(one), "--kimg", "0.24"]) == 0
-    _assert_same_training_state(_final_checkpoint(one), state, atol=1e-4)
+    # Compared after both fade-ins (192 images, 48 iterations). Float rounding differs between one global
+    # batch and two all-reduced halves; the 16x16 stable phase of this tiny network amplifies any rounding
+    # difference about tenfold every two iterations (two single-process runs with 1 and 2 threads end 5e-4
+    # apart at 240 images), so the final weights are only checked for agreement between the ranks.
+    _assert_same_training_state(_final_checkpoint(one, images=192), _final_checkpoint(two, images=192), atol=1e-4)
 
     # A global batch that the processes cannot split is refused before anything is written. Each process
     # exits with 2; `accelerate launch` itself reports that in its summary and exits with 1.

@@ -98,8 +98,12 @@ def test_scaled_update_equals_the_unscaled_one():
 def test_moving_average_has_the_configured_half_life():
     config = preset_config("tiny")
     config.ema_kimg = 1.0
-    beta = ema_beta(config, batch=100)
+    beta = ema_beta(config, batch=100, images_shown=1_000_000)
     assert beta**10 == pytest.approx(0.5)  # 10 batches of 100 images = one half-life
+    # Early on the half-life is ema_rampup (5%) of the images shown: 500 images after 10,000.
+    assert ema_beta(config, batch=100, images_shown=10_000) ** 5 == pytest.approx(0.5)
+    config.ema_rampup = None
+    assert ema_beta(config, batch=100, images_shown=10_000) == pytest.approx(beta)
     average, current = nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)
     nn.init.zeros_(average.weight)
     nn.init.ones_(current.weight)
