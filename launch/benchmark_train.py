@@ -35,6 +35,8 @@ def main() -> None:
     args = parser.parse_args()
 
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
+        parser.error(f"fp16 mixed precision needs a GPU (no float16 autocast on {accelerator.device}); use bf16")
     config = preset_config(args.preset)
     torch.manual_seed(0)
     models = build_models(args.preset).to(accelerator.device)

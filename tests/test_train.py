@@ -221,3 +221,26 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, lmdb16):
     assert refused.returncode != 0 and "exitcode  : 2" in refused.stderr
     assert refused.stderr.count("error: batch size 3 at 4x4 is not divisible by the 2 processes") == 1
     assert not (tmp_path / "odd").exists()
+
+
+def test_bf16_autocasts_and_fp16_on_the_cpu_is_refused(tmp_path, lmdb16, monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    low, full = tmp_path / "bf16", tmp_path / "fp32"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(low), "--kimg", "0.1"]) == 0
+    (run_dir,) = low.iterdir()
+    assert "mixed precision bf16" in (run_dir / "log.txt").read_text()
+    state = _final_checkpoint(low)
+    for weights in state["networks"].values():
+        assert all(torch.isfinite(v).all() for v in weights.values())
+    assert all(not scaler for scaler in state["scalers"].values())  # bf16 has float32's range: no loss scaling
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(full), "--kimg", "0.1"]) == 0
+    a, b = state["networks"]["generator"], _final_checkpoint(full)["networks"]["generator"]
+    difference = max((a[k] - b[k]).abs().max().item() for k in b if b[k].is_floating_point())
+    assert 0 < difference < 0.1  # the convolutions did run in bfloat16, and it is still the same training
+
+    # Accelerate only autocasts to float16 on accelerators; on the CPU it would silently train in float32.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(tmp_path / "fp16"), "--kimg", "0.1"]) == 2
+    assert "fp16 mixed precision needs a GPU" in capsys.readouterr().err
+    assert not (tmp_path / "fp16").exists()
