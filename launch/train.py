@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
-    from progressive.training_loop import NonFiniteError, Trainer
+    from progressive.training_loop import NonFiniteError, Stopped, Trainer
 
     accelerator = Accelerator(
         log_with="tensorboard",
@@ -304,10 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.project_configuration.logging_dir = str(trainer.run_dir)
     accelerator.init_trackers("tensorboard")
     try:
-        trainer.run()
+        with trainer.stop_on_signals():
+            trainer.run()
     except NonFiniteError as error:
         accelerator.end_training()
         return fail(str(error), EXIT_NONFINITE)
+    except Stopped as stop:
+        logging.getLogger("progressive.train").info("%s; continue with --resume latest", stop)
+        accelerator.end_training()
+        return 128 + stop.signal_number  # what a shell reports for a process ended by that signal
     accelerator.end_training()
     return 0
 

@@ -63,8 +63,9 @@ def prune_checkpoints(directory: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path | str, map_location: torch.device | str = "cpu") -> dict[str, Any]:
     """The state saved in `path`; CheckpointError (one line) if it is not a readable checkpoint of this project."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

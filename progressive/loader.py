@@ -9,6 +9,7 @@ images one process would see with the same global batch.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,6 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from progressive.synthetic import render_shape_image
+
+# Ctrl-C, pre-emption (SLURM sends SIGTERM, or SIGUSR1 with --signal=USR1@SECONDS): checkpoint, then stop.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
 
 
 class StreamBatchSampler(Sampler[list[int]]):
@@ -71,7 +75,18 @@ def make_loader(dataset: Dataset, sampler: StreamBatchSampler, workers: int, pin
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Let a DataLoader worker outlive Ctrl-C and pre-emption signals sent to the whole process group.
+
+    The training process stops gracefully on them (a checkpoint first) and still needs its batches;
+    the workers end with it as usual (they exit when their parent is gone).
+    """
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
 
 
 class SyntheticShapesDataset(Dataset):

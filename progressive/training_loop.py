@@ -14,7 +14,10 @@ import json
 import logging
 import math
 import resource
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from progressive.checkpoint import (
     save_atomically,
 )
 from progressive.config import TrainConfig, config_differences
-from progressive.loader import StreamBatchSampler, make_loader
+from progressive.loader import STOP_SIGNALS, StreamBatchSampler, make_loader
 from progressive.presets import TriangleModels, build_models
 from progressive.schedule import Stage, blend_reals, stage_at
 from progressive.triangle import (
@@ -52,6 +55,15 @@ log = logging.getLogger("progressive.train")
 
 class NonFiniteError(RuntimeError):
     """Training kept producing non-finite gradients; the run stops without writing NaN weights."""
+
+
+class Stopped(Exception):
+    """A stop signal arrived; the run wrote a checkpoint at the iteration boundary and stopped."""
+
+    def __init__(self, signal_number: int, images_shown: int):
+        super().__init__(f"stopped by {signal.Signals(signal_number).name} at {images_shown / 1000:.3f} kimg")
+        self.signal_number = signal_number
+        self.images_shown = images_shown
 
 
 # ----------------------------------------------------------------------------- updates with loss scaling
@@ -198,6 +210,7 @@ class Trainer:
         self.state = RunState()
         self.noise_generator = torch.Generator(device=self.device)
         self.inception = None  # loaded on first use by a fid/is evaluation
+        self.stop_signal: int | None = None  # set by `stop_on_signals`
         grid_generator = torch.Generator().manual_seed(config.seed + 1)
         self.grid_latents = torch.randn(config.grid_images, models.latent_dim, generator=grid_generator).to(self.device)
 
@@ -303,6 +316,10 @@ class Trainer:
             self.write_snapshot(first, reals=True)
 
         while self.state.images_shown < total:
+            signal_number = self._agreed_stop_signal()
+            if signal_number:
+                self.save_checkpoint()
+                raise Stopped(signal_number, self.state.images_shown)
             images_shown = self.state.images_shown
             stage = stage_at(config.schedule, images_shown, config.objective)
             check_range = False
@@ -374,6 +391,41 @@ class Trainer:
             if _crossed(images_shown, now, config.checkpoint_kimg) and now < total:
                 self.save_checkpoint()
         self.save_checkpoint()
+
+    @contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """While inside, SIGTERM, SIGINT and SIGUSR1 make `run` checkpoint and raise `Stopped`.
+
+        Only the first signal counts; repeats are ignored, because launchers relay the signal that
+        the process group already received (torchrun sends its workers the SIGINT it caught, and
+        SIGKILLs them 30 s later). To abort without a checkpoint, use SIGQUIT (Ctrl-\\) or SIGKILL;
+        the atomic save keeps the previous checkpoint intact either way.
+        """
+        previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+
+        def request_stop(number, frame):
+            if self.stop_signal is None:
+                self.stop_signal = number
+
+        for number in STOP_SIGNALS:
+            signal.signal(number, request_stop)
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _agreed_stop_signal(self) -> int:
+        """The stop signal any rank has received, else 0: all ranks stop at the same iteration.
+
+        Several processes agree through one 1-element all-reduce per iteration (a host sync, small
+        next to the three per-network finiteness checks); a single process only reads its flag.
+        """
+        if self.world == 1:
+            return self.stop_signal or 0
+        flag = torch.tensor([self.stop_signal or 0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
 
     def _set_stage(self, stage: Stage) -> None:
         self.models.set_stage(stage.resolution, stage.alpha)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,35 @@ def test_repeated_nans_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, 
     state = load_checkpoint(checkpoints[-1])
     for weights in state["networks"].values():
         assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_ctrl_c_checkpoints_at_the_iteration_boundary_and_resume_is_exact(tmp_path, lmdb16):
+    """SIGINT to the whole process group (as Ctrl-C sends it), DataLoader workers included."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    # Separate processes throughout: weights are compared bit for bit, and this test process's
+    # threading differs from a fresh one's.
+    command = [sys.executable, str(ROOT / "launch" / "train.py"), *TINY, "--data", str(lmdb16), "--kimg", "0.24",
+               "--workers", "2"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([*command, "--out", str(stopped)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env, cwd=ROOT, start_new_session=True)  # fmt: skip
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "stage: 8 x 8" in line:
+            os.killpg(process.pid, signal.SIGINT)
+            break
+    lines += process.stdout.readlines()
+    output = "".join(lines)
+    assert process.wait(timeout=120) == 128 + signal.SIGINT, output
+    assert "stopped by SIGINT at" in output and "continue with --resume latest" in output
+    state = _final_checkpoint(stopped)
+    assert 48 <= state["images_shown"] < 240  # a checkpoint where it stopped, not at the end
+    assert f"checkpoint-{state['images_shown']:09d}.pt" in output
+
+    for args in (["--out", str(stopped), "--resume", "latest"], ["--out", str(straight)]):
+        subprocess.run([*command, *args], check=True, capture_output=True, env=env, cwd=ROOT, timeout=300)
+    _assert_same_training_state(_final_checkpoint(straight), _final_checkpoint(stopped))
 
 
 def test_a_save_killed_half_way_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
