@@ -126,10 +126,17 @@ def seeded_loop(
     return LatentPath(latents, loop=True, interpolation=interpolation, easing=easing)
 
 
-def segment(start: torch.Tensor, end: torch.Tensor, interpolation: str = "slerp", easing: str = "linear") -> LatentPath:
-    """The path from latent `start` (D,) to latent `end` (D,), one cell."""
+def segment(
+    start: torch.Tensor,  # (D,) first latent
+    end: torch.Tensor,  # (D,) last latent (the turning point with there_and_back)
+    interpolation: str = "slerp",  # "slerp" or "lerp"
+    easing: str = "linear",  # speed profile within the segment
+    there_and_back: bool = False,  # go back to `start`: a seamless loop of two segments
+) -> LatentPath:
+    """The path from latent `start` to latent `end`, one cell; with `there_and_back`, a loop back to `start`."""
     assert start.ndim == 1 and start.shape == end.shape, f"expected two latents (D,), got {start.shape}, {end.shape}"
-    return LatentPath(torch.stack([start, end])[:, None], loop=False, interpolation=interpolation, easing=easing)
+    latents = torch.stack([start, end])[:, None]
+    return LatentPath(latents, loop=there_and_back, interpolation=interpolation, easing=easing)
 
 
 # ----------------------------------------------------------------------------- frames

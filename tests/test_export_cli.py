@@ -81,6 +81,9 @@ def test_video_between_two_images_and_downscaled(trained, tmp_path):
             "--seconds", "0.5", "--fps", "8", "--size", "8"]  # fmt: skip
     assert export_video.main(args) == 0
     assert iio.imread(out, plugin="FFMPEG").shape == (4, 8, 8, 3)
+    back = tmp_path / "back.mp4"
+    assert export_video.main([*args[:2], str(back), *args[3:], "--there-and-back"]) == 0
+    assert iio.imread(back, plugin="FFMPEG").shape == (4, 8, 8, 3)
 
 
 def test_sample_reconstruct_and_energy_exports(trained, tmp_path, capsys):
@@ -211,6 +214,7 @@ def test_bad_export_input_is_one_line_exit_2(trained, tmp_path, capsys, args, me
     [
         (["--from", "{empty}/a.png", "--to", "{empty}/b.png"], "not a readable image"),
         (["--from", "{picture}"], "go together"),
+        (["--there-and-back"], "applies to --from/--to"),
         (["--grid", "2x"], "COLUMNSxROWS"),
         (["--out", "{out}/v.avi"], ".mp4 or .gif"),
         (["--size", "64"], "--size must lie in [2, 16]"),

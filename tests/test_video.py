@@ -73,6 +73,18 @@ def test_a_segment_starts_and_ends_on_its_endpoints():
     torch.testing.assert_close(latents[2, 0], (start + end) / 2)
 
 
+def test_there_and_back_turns_at_the_end_and_loops_to_the_start():
+    start, end = torch.randn(2, LATENT_DIM, generator=torch.Generator().manual_seed(3))
+    path = segment(start, end, interpolation="lerp", there_and_back=True)
+    positions = path.positions(8)  # 0, 0.25, ..., 1.75 keyframe units: the turn at frame 4
+    latents = path.at(positions)[:, 0]
+    torch.testing.assert_close(latents[0], start)
+    torch.testing.assert_close(latents[4], end)
+    torch.testing.assert_close(latents[2], (start + end) / 2)
+    torch.testing.assert_close(latents[6], (start + end) / 2)  # the same way back
+    torch.testing.assert_close(path.at(positions[-1:] + (positions[1] - positions[0]))[0, 0], start)
+
+
 def test_tiles_are_laid_out_in_rows_and_padded_to_even_sides():
     images = torch.stack([torch.full((3, 5, 5), value) for value in (-1.0, -0.5, 0.0, 0.5, 1.0, 0.25)])
     (frame,) = tile_frames(images, columns=3, rows=2, size=5)

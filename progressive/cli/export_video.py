@@ -2,7 +2,8 @@
 
 Without --from/--to: a seamless loop through seeded random latents, one image or a grid (--grid 3x2), drawn by
 the averaged generator. With --from A.png --to B.png: the path between the two images' encodings mu(x),
-drawn by the generator trained with the inference model. --strip also writes a PNG of evenly spaced frames.
+drawn by the generator trained with the inference model (--there-and-back: and back again, as a loop).
+--strip also writes a PNG of evenly spaced frames.
 
 MP4 is H.264 (needs `pip install 'divergence-triangle[video]'`); .gif works with imageio alone. Frames are
 rendered in batches on the GPU when there is one and streamed to the encoder.
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=positive(int, "--size"), help="side of each image in pixels (<= resolution)")
     parser.add_argument("--from", dest="from_image", help="image whose encoding starts the path (with --to)")
     parser.add_argument("--to", dest="to_image", help="image whose encoding ends the path (with --from)")
+    parser.add_argument(
+        "--there-and-back",
+        action="store_true",
+        help="with --from/--to: return to the first image, a seamless loop (--seconds covers both ways)",
+    )
     parser.add_argument("--strip", help="also write a PNG strip of evenly spaced frames of the same path")
     parser.add_argument("--strip-frames", type=positive(int, "--strip-frames"), default=8, help="frames in --strip")
     parser.add_argument(
@@ -88,6 +94,8 @@ def export_video(args: argparse.Namespace) -> int:
         raise BadInput("--from and --to go together")
     if args.from_image is not None and (columns, rows) != (1, 1):
         raise BadInput("--grid applies to random loops; --from/--to draw one path")
+    if args.there_and_back and args.from_image is None:
+        raise BadInput("--there-and-back applies to --from/--to (random loops always loop)")
     frames = int(round(args.seconds * args.fps))
     if frames < 2:
         raise BadInput(f"--seconds {args.seconds} at --fps {args.fps} gives {frames} frame(s); need at least 2")
@@ -110,7 +118,13 @@ def export_video(args: argparse.Namespace) -> int:
         endpoints = torch.stack([read_image(p, run.resolution) for p in (args.from_image, args.to_image)])
         with torch.no_grad():
             mu, _ = run.models.inference(endpoints.to(device))
-        path = segment(mu[0].cpu(), mu[1].cpu(), interpolation=args.interp, easing=args.ease or "linear")
+        path = segment(
+            mu[0].cpu(),
+            mu[1].cpu(),
+            interpolation=args.interp,
+            easing=args.ease or ("cosine" if args.there_and_back else "linear"),
+            there_and_back=args.there_and_back,
+        )
     else:
         which = "ema" if args.generator == "auto" else args.generator
         keyframes = args.keyframes or max(2, round(args.seconds / 2))
