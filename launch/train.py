@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("synthetic_images", int),
         ("grid_images", int),
         ("max_nonfinite", int),
+        ("collective_timeout_min", float),
     ]:
         run.add_argument(_flag(name), dest=name, type=kind, help=f"TrainConfig.{name}")
     run.add_argument("--hflip", dest="hflip", action=argparse.BooleanOptionalAction, help="mirror augmentation")
@@ -242,15 +244,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # Heavy imports after argument checks, so --help and bad flags answer at once.
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list
 
     from progressive.training_loop import NonFiniteError, Stopped, Trainer
 
     accelerator = Accelerator(
         log_with="tensorboard",
         project_dir=config.out,  # replaced by the run directory once every input has been checked
-        # Inactive higher-resolution blocks get no gradient at low resolution.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[
+            # Inactive higher-resolution blocks get no gradient at low resolution.
+            DistributedDataParallelKwargs(find_unused_parameters=True),
+            # NCCL's default of 10 minutes is short for a checkpoint or an evaluation on the main process.
+            InitProcessGroupKwargs(timeout=timedelta(minutes=config.collective_timeout_min)),
+        ],
     )
     main_process = accelerator.is_main_process
 
