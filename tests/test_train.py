@@ -219,11 +219,17 @@ def test_a_save_killed_half_way_leaves_the_previous_checkpoint(tmp_path, monkeyp
     assert [p.name for p in list_checkpoints(directory)] == ["checkpoint-000000300.pt", "checkpoint-000000400.pt"]
 
 
-def _accelerate(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+def _accelerate_command(args: list[str], processes: int = 2) -> tuple[list[str], dict[str, str]]:
+    """`accelerate launch` of launch/train.py with `processes` CPU processes (gloo), and its environment."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                str(ROOT / "launch" / "train.py"), *args]  # fmt: skip
+    return command, env
+
+
+def _accelerate(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    command, env = _accelerate_command(args, processes)
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
@@ -274,3 +280,29 @@ def test_bf16_autocasts_and_fp16_on_the_cpu_is_refused(tmp_path, lmdb16, monkeyp
     assert train([*TINY, "--data", str(lmdb16), "--out", str(tmp_path / "fp16"), "--kimg", "0.1"]) == 2
     assert "fp16 mixed precision needs a GPU" in capsys.readouterr().err
     assert not (tmp_path / "fp16").exists()
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_iteration(tmp_path, lmdb16):
+    out = tmp_path / "runs"
+    command, env = _accelerate_command([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.24"])
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                cwd=ROOT, start_new_session=True)  # fmt: skip
+    lines = []
+    for line in launcher.stdout:
+        lines.append(line)
+        if "stage: 8 x 8" in line:
+            # One worker of the torchrun agent (which runs inside the launcher) is signalled; the other
+            # learns of it only through the per-iteration all-reduce.
+            pgrep = ["pgrep", "-P", str(launcher.pid), "-f", "train.py"]
+            workers = subprocess.run(pgrep, capture_output=True, text=True).stdout.split()
+            assert len(workers) == 2, workers
+            os.kill(int(workers[0]), signal.SIGTERM)
+            break
+    lines += launcher.stdout.readlines()
+    launcher.wait(timeout=120)
+    output = "".join(lines)
+    assert output.count("stopped by SIGTERM at") == 1, output[-3000:]  # logged once, by rank 0
+    state = _final_checkpoint(out)
+    assert 48 <= state["images_shown"] < 240
+    digests = state["rank_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # both ranks took part in the same final save
