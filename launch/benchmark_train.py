@@ -35,16 +35,14 @@ def main() -> None:
     args = parser.parse_args()
 
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
-        parser.error(f"fp16 mixed precision needs a GPU (no float16 autocast on {accelerator.device}); use bf16")
     config = preset_config(args.preset)
     torch.manual_seed(0)
     models = build_models(args.preset).to(accelerator.device)
+    try:
+        update = GuardedUpdate.for_accelerator(accelerator, models.networks())
+    except ValueError as error:
+        parser.error(str(error))
     optimizers = build_optimizers(models, config.objective)
-    fp16 = accelerator.mixed_precision == "fp16"
-    update = GuardedUpdate(
-        scalers={n: torch.amp.GradScaler(accelerator.device.type, enabled=fp16) for n in models.networks()}
-    )
     generator, energy, inference = accelerator.prepare(models.generator, models.energy, models.inference)
     wrapped = TriangleModels(generator, energy, inference, models.latent_dim, models.resolution, models.min_resolution)
     top = args.res or config.resolution

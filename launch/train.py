@@ -207,15 +207,6 @@ def check_batches(config: TrainConfig, processes: int) -> None:
             )
 
 
-def check_precision(accelerator) -> None:
-    """Refuse a mixed precision that Accelerate would silently run in float32 (fp16 on the CPU)."""
-    if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
-        raise BadInput(
-            f"fp16 mixed precision needs a GPU (Accelerate does not autocast to float16 on {accelerator.device}); "
-            "use --mixed_precision bf16 or no"
-        )
-
-
 def print_dry_run(config: TrainConfig) -> None:
     print(config.to_json())
     print(
@@ -266,7 +257,6 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     try:
-        check_precision(accelerator)
         check_batches(config, accelerator.num_processes)
         if {"fid", "is"} & set(config.metrics):
             from progressive.inception import load_inception

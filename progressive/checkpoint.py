@@ -87,21 +87,35 @@ def run_directories(root: Path) -> list[Path]:
     return [p for _, p in sorted(numbered)]
 
 
+def newest_in_directory(directory: Path) -> Path | None:
+    """The newest checkpoint of a run directory (in its `checkpoints/`, or in the directory itself), if any."""
+    found = list_checkpoints(directory / "checkpoints") or list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def newest_of_runs(root: Path) -> Path | None:
+    """The newest checkpoint of the newest run under `root` that has one, if any."""
+    for run_dir in reversed(run_directories(root)):
+        found = list_checkpoints(run_dir / "checkpoints")
+        if found:
+            return found[-1]
+    return None
+
+
 def resolve_resume(resume: str, out: Path) -> Path:
     """The checkpoint meant by --resume: `latest` (newest checkpoint of the newest run under `out` that has one),
     a run directory (its newest checkpoint) or a checkpoint file."""
     if resume == "latest":
-        for run_dir in reversed(run_directories(out)):
-            checkpoints = list_checkpoints(run_dir / "checkpoints")
-            if checkpoints:
-                return checkpoints[-1]
-        raise CheckpointError(f"--resume latest: no checkpoint under {out}")
+        latest = newest_of_runs(out)
+        if latest is None:
+            raise CheckpointError(f"--resume latest: no checkpoint under {out}")
+        return latest
     path = Path(resume)
     if path.is_dir():
-        checkpoints = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
-        if not checkpoints:
+        newest = newest_in_directory(path)
+        if newest is None:
             raise CheckpointError(f"--resume {path}: no checkpoint in that directory")
-        return checkpoints[-1]
+        return newest
     if not path.is_file():
         raise CheckpointError(f"--resume {path}: no such checkpoint")
     return path

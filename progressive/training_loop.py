@@ -82,6 +82,21 @@ class GuardedUpdate:
     skipped: dict[str, int] = field(default_factory=lambda: {"energy": 0, "inference": 0, "generator": 0})
     skipped_this_iteration: bool = False  # set by any skipped update, cleared by the loop
 
+    @classmethod
+    def for_accelerator(cls, accelerator: Accelerator, names) -> GuardedUpdate:
+        """Updates for the networks `names`, with loss scaling when `accelerator` trains in fp16.
+
+        Raises ValueError for fp16 without float16 autocast (the CPU), which Accelerate would
+        otherwise run in float32 while calling it fp16.
+        """
+        fp16 = accelerator.mixed_precision == "fp16"
+        if fp16 and not accelerator.native_amp:
+            raise ValueError(
+                f"fp16 mixed precision needs a GPU (Accelerate does not autocast to float16 on "
+                f"{accelerator.device}); use --mixed_precision bf16 or no"
+            )
+        return cls(scalers={name: torch.amp.GradScaler(accelerator.device.type, enabled=fp16) for name in names})
+
     def __call__(self, name, optimizer, net, loss, config) -> torch.Tensor:
         params = trainable_parameters(net)
         scaler = self.scalers[name]
@@ -194,10 +209,7 @@ class Trainer:
         models.to(self.device)
         self.optimizers = build_optimizers(models, config.objective)
         self.ema = copy.deepcopy(models.generator).requires_grad_(False)
-        fp16 = accelerator.mixed_precision == "fp16"
-        self.update = GuardedUpdate(
-            scalers={name: torch.amp.GradScaler(self.device.type, enabled=fp16) for name in models.networks()}
-        )
+        self.update = GuardedUpdate.for_accelerator(accelerator, models.networks())
         generator, energy, inference = accelerator.prepare(models.generator, models.energy, models.inference)
         self.models = TriangleModels(
             generator=generator,

@@ -14,6 +14,9 @@ from progressive.networks import (
 )
 from progressive.presets import build_models
 
+# The progressive-GAN rule: 512 channels up to 32x32, halving at every doubling after.
+CELEBAHQ_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+
 TINY = {"latent_dim": 8, "max_resolution": 32, "channel_base": 64, "channel_max": 4}
 
 
@@ -88,17 +91,7 @@ def test_celebahq_preset_builds_with_the_expected_parameter_count(record_propert
     record_property("celebahq_parameters", counts)
     print(f"celebahq parameters: {counts}, total {sum(counts.values()):,}")
     assert counts == expected_celebahq_counts()
-    assert models.generator.channels == {
-        4: 512,
-        8: 512,
-        16: 512,
-        32: 512,
-        64: 256,
-        128: 128,
-        256: 64,
-        512: 32,
-        1024: 16,
-    }
+    assert models.generator.channels == CELEBAHQ_CHANNELS
     per_resolution = parameters_per_resolution(models.generator)
     assert sum(per_resolution.values()) == counts["generator"]
     # Run only the 4x4 stage: the full 1024 network is far too slow for a CPU test.
@@ -270,17 +263,7 @@ def test_equalized_learning_rate_changes_storage_not_the_initial_function():
 
 
 def test_channel_rule_and_explicit_channels():
-    assert channels_per_resolution(4, 1024, 16384, 512) == {
-        4: 512,
-        8: 512,
-        16: 512,
-        32: 512,
-        64: 256,
-        128: 128,
-        256: 64,
-        512: 32,
-        1024: 16,
-    }
+    assert channels_per_resolution(4, 1024, 16384, 512) == CELEBAHQ_CHANNELS
     assert channels_per_resolution(4, 1024, 64, 4, 1)[1024] == 1
     explicit = {4: 6, 8: 5, 16: 3}
     energy = ProgressiveEnergy(max_resolution=16, channels=explicit)

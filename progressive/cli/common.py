@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from progressive.checkpoint import CheckpointError, list_checkpoints, run_directories
+from progressive.checkpoint import CheckpointError, newest_in_directory, newest_of_runs
 from progressive.pretrained import TrainedRun, load_trained
 from progressive.schedule import blend_reals
 
@@ -58,14 +58,10 @@ def resolve_checkpoint(text: str) -> Path:
     """A checkpoint file; a run directory (its newest checkpoint); or a root of runs (the newest run's newest)."""
     path = Path(text)
     if path.is_dir():
-        found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
-        for run_dir in reversed(run_directories(path) if not found else []):
-            found = list_checkpoints(run_dir / "checkpoints")
-            if found:
-                break
-        if not found:
+        newest = newest_in_directory(path) or newest_of_runs(path)
+        if newest is None:
             raise BadInput(f"no checkpoint in directory {path}")
-        return found[-1]
+        return newest
     if not path.is_file():
         raise BadInput(f"checkpoint {path} does not exist")
     return path
