@@ -153,7 +153,7 @@ class ProgressiveGenerator(_Staged):
         channel_min: int = 1,  # lower clamp of the channel rule
         channels: Mapping[int, int] | None = None,  # explicit channels for 4..max_resolution; overrides the rule
         norm: str = "pixel",  # after every convolution: "pixel", "batch" or "none"
-        equalized: bool = True,  # equalised learning rate (weights scaled by their He constant at run time)
+        equalized: bool = False,  # equalised learning rate (weights scaled by their He constant at run time)
         output_activation: str = "tanh",  # "tanh" keeps images in [-1, 1] like the data; "none" is linear
     ):
         super().__init__(min_resolution, max_resolution, channels, (channel_base, channel_max, channel_min))
@@ -247,7 +247,7 @@ class ProgressiveEnergy(_ProgressiveDownward):
         channel_min: int = 1,  # lower clamp of the channel rule
         channels: Mapping[int, int] | None = None,  # explicit channels for 4..max_resolution; overrides the rule
         norm: str = "none",  # "none": real and generated images share one forward in the objective (docs)
-        equalized: bool = True,  # equalised learning rate (weights scaled by their He constant at run time)
+        equalized: bool = False,  # equalised learning rate (weights scaled by their He constant at run time)
     ):
         channel_rule = (channel_base, channel_max, channel_min)
         super().__init__(1, min_resolution, max_resolution, channel_rule, channels, norm, equalized)
@@ -269,7 +269,7 @@ class ProgressiveInference(_ProgressiveDownward):
         channel_min: int = 1,  # lower clamp of the channel rule
         channels: Mapping[int, int] | None = None,  # explicit channels for 4..max_resolution; overrides the rule
         norm: str = "none",  # "none": real and generated images share one forward in the objective (docs)
-        equalized: bool = True,  # equalised learning rate (weights scaled by their He constant at run time)
+        equalized: bool = False,  # equalised learning rate (weights scaled by their He constant at run time)
     ):
         channel_rule = (channel_base, channel_max, channel_min)
         super().__init__(2 * latent_dim, min_resolution, max_resolution, channel_rule, channels, norm, equalized)
