@@ -37,7 +37,7 @@ demo: $(VENV)/.installed-video
 	$(BIN)/python -m datasets_prep build 'synthetic:shapes?n=4096&seed=0' $(DEMO_DATA) --max-res 32 --holdout 256 --resume
 	$(BIN)/python launch/train.py --preset demo --res 32 --data $(DEMO_DATA) --out runs
 	$(BIN)/python launch/export_video.py runs --grid 3x2 --seconds 8 --fps 24
-	$(BIN)/python launch/evaluate.py runs --metrics recon,swd,energy --images 256
+	$(BIN)/python launch/evaluate.py runs --metrics recon,swd,energy,diversity --images 256
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -28,8 +28,10 @@ class UsageError(ValueError):
 
 
 def _add_build_parser(commands) -> None:
-    build = commands.add_parser("build", help="build a multi-resolution LMDB from a folder, zip, CIFAR-10 or synthetic")
-    build.add_argument("src", help="folder, .zip, cifar-10-python.tar.gz, or synthetic:shapes?n=1000&seed=0")
+    build = commands.add_parser("build", help="build a multi-resolution LMDB from images, synthetic shapes or emoji")
+    build.add_argument(
+        "src", help="folder, .zip, cifar-10-python.tar.gz, synthetic:shapes?n=1000&seed=0 or emoji:noto?bg=white"
+    )
     build.add_argument("out", type=Path, help="output LMDB directory (data.mdb, lock.mdb, report.txt)")
     build.add_argument("--max-res", type=int, required=True, help="largest resolution, a power of two")
     build.add_argument("--min-res", type=int, default=4, help="smallest resolution, a power of two (default 4)")

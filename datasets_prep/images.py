@@ -17,6 +17,7 @@ CROPS = ("center", "none")
 FILTERS = ("box", "lanczos")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+WHITE = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
         wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
         return Image.fromarray((wide >> 8).astype(np.uint8)).convert("RGB")
     if image.mode in ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        return composite_on(image, WHITE)
     return image.convert("RGB")
+
+
+def composite_on(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """RGB image of `image` (any mode, transparency included) composited on an opaque background colour."""
+    rgba = image.convert("RGBA")
+    base = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(base, rgba).convert("RGB")
 
 
 def crop_square(image: Image.Image, crop: str) -> Image.Image:

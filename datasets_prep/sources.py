@@ -1,9 +1,9 @@
-"""Where images come from: a folder, a zip, a CIFAR-10 python tarball, or the built-in synthetic shapes.
+"""Where images come from: a folder, a zip, a CIFAR-10 python tarball, synthetic shapes, or the emoji of a font.
 
-`open_source(spec, max_res)` lists a source's items in a fixed order (sorted names), so a build and its
-`--resume` see the same sequence. Items are small picklable records that a worker process turns into a
-PIL image with `item.open()`; zip members are read by the main process (`Source.for_worker`) so workers
-never re-parse a large zip's directory.
+`open_source(spec, max_res)` lists a source's items in a fixed order (sorted names; emoji in a fixed hashed order),
+so a build and its `--resume` see the same sequence. Items are small picklable records that a worker
+process turns into a PIL image with `item.open()`; zip members are read by the main process
+(`Source.for_worker`) so workers never re-parse a large zip's directory.
 """
 
 from __future__ import annotations
@@ -12,22 +12,30 @@ import hashlib
 import io
 import os
 import pickle
+import struct
 import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 
+from datasets_prep.images import composite_on
 from progressive.synthetic import render_shape_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
 SYNTHETIC_PREFIX = "synthetic:"
+EMOJI_PREFIX = "emoji:"
+NOTO_EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+NOTO_EMOJI_PACKAGE = "fonts-noto-color-emoji"
+# The one size at which Noto Color Emoji's CBDT bitmaps exist (136x128 pixels each).
+NOTO_EMOJI_SIZE = 109
 
 
 class SourceError(ValueError):
@@ -105,6 +113,24 @@ class ShapeItem:
         return Image.fromarray(render_shape_image(self.index, self.resolution, self.seed))
 
 
+@dataclass(frozen=True, slots=True)
+class EmojiItem:
+    """One character of a colour emoji font, rendered by the worker, centred on a square of `background`."""
+
+    name: str  # emoji-1F600
+    split: str | None
+    codepoint: int
+    font: str
+    background: tuple[int, int, int]
+
+    def open(self) -> Image.Image:
+        glyph = render_glyph(self.font, self.codepoint)
+        side = max(glyph.size)
+        square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+        square.paste(glyph, ((side - glyph.width) // 2, (side - glyph.height) // 2))
+        return composite_on(square, self.background)
+
+
 class Source:
     """An ordered list of items plus what the report and the metadata say about them."""
 
@@ -172,9 +198,12 @@ def has_image_extension(name: str) -> bool:
 
 
 def open_source(spec: str, max_res: int) -> Source:
-    """The source named by `spec`: a folder, a .zip, a CIFAR-10 tarball or folder, or `synthetic:shapes?n=&seed=`."""
+    """The source named by `spec`: a folder, a .zip, a CIFAR-10 tarball or folder, `synthetic:shapes?n=&seed=`,
+    or `emoji:noto?bg=&font=` (the colour emoji of Noto Color Emoji, or of another CBDT font)."""
     if spec.startswith(SYNTHETIC_PREFIX):
         source = _synthetic_source(spec, max_res)
+    elif spec.startswith(EMOJI_PREFIX):
+        source = _emoji_source(spec)
     else:
         path = Path(spec)
         if not path.exists():
@@ -188,7 +217,7 @@ def open_source(spec: str, max_res: int) -> Source:
         elif tarfile.is_tarfile(path):
             source = _cifar_source(path, _read_cifar_tarball(path))
         else:
-            raise SourceError(f"{spec} is not a folder, a zip, a CIFAR-10 tarball or a synthetic: source")
+            raise SourceError(f"{spec} is not a folder, a zip, a CIFAR-10 tarball, a synthetic: or an emoji: source")
     if len(source) == 0:
         raise SourceError(f"no images in {spec} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return source
@@ -227,6 +256,115 @@ def _synthetic_source(spec: str, max_res: int) -> Source:
         raise SourceError(f"synthetic:shapes parameters must be integers ({error})") from error
     items = [ShapeItem(f"shape {i}", None, seed, i, max_res) for i in range(count)]
     return Source(f"synthetic:shapes?n={count}&seed={seed}", items)
+
+
+def _emoji_source(spec: str) -> Source:
+    # Not urlsplit: it would take the `#` of `bg=#rrggbb` for the start of a fragment.
+    name, _, query_string = spec[len(EMOJI_PREFIX) :].partition("?")
+    if name != "noto":
+        raise SourceError(f"unknown emoji source {name!r}; the one built in is emoji:noto")
+    query = parse_qs(query_string, keep_blank_values=True)
+    unknown = set(query) - {"bg", "font"}
+    if unknown:
+        raise SourceError(f"unknown emoji:noto parameter(s) {sorted(unknown)}; use bg and font")
+    colour = query.get("bg", ["white"])[-1]
+    try:
+        background = ImageColor.getrgb(colour)[:3]
+    except ValueError as error:
+        raise SourceError(f"emoji:noto bg={colour!r} is not a colour name or #rrggbb") from error
+    font = query.get("font", [NOTO_EMOJI_FONT])[-1]
+    if not Path(font).is_file():
+        raise SourceError(f"emoji:noto needs the font {font}: apt-get install {NOTO_EMOJI_PACKAGE}")
+    font = str(Path(font).resolve())
+    try:
+        codepoints = emoji_codepoints(font)
+    except (OSError, struct.error) as error:
+        raise SourceError(f"cannot read {font} as a TrueType font ({error})") from error
+    if not codepoints:
+        raise SourceError(f"{font} draws none of the characters it maps")
+    # A fixed pseudo-random order (by a hash of the code point), not code-point order: the first images become
+    # the holdout, and code-point order would put only keycaps and symbols there.
+    codepoints = sorted(codepoints, key=lambda c: hashlib.blake2b(c.to_bytes(4, "little"), digest_size=8).digest())
+    items = [EmojiItem(f"emoji-{c:04X}", None, c, font, background) for c in codepoints]
+    hex_colour = "#" + "".join(f"{value:02x}" for value in background)
+    return Source(f"emoji:noto?bg={hex_colour}&font={font}", items)
+
+
+@lru_cache(maxsize=4)
+def _emoji_font(path: str) -> ImageFont.FreeTypeFont:
+    """The font at the bitmaps' size, loaded once per process (workers included)."""
+    try:
+        # The basic layout draws single characters the same with or without libraqm installed.
+        return ImageFont.truetype(path, size=NOTO_EMOJI_SIZE, layout_engine=ImageFont.Layout.BASIC)
+    except OSError as error:
+        raise SourceError(f"cannot load {path} as a {NOTO_EMOJI_SIZE}-pixel colour font ({error})") from error
+
+
+def render_glyph(font: str, codepoint: int) -> Image.Image:
+    """The character's RGBA bitmap, cropped to the font's box for it (136x128 for Noto); 0x0 when it has none."""
+    face = _emoji_font(font)
+    left, top, right, bottom = face.getbbox(chr(codepoint))
+    glyph = Image.new("RGBA", (max(right - left, 0), max(bottom - top, 0)), (0, 0, 0, 0))
+    if glyph.width and glyph.height:
+        ImageDraw.Draw(glyph).text((-left, -top), chr(codepoint), font=face, embedded_color=True)
+    return glyph
+
+
+@lru_cache(maxsize=4)
+def emoji_codepoints(font: str) -> tuple[int, ...]:
+    """The font's characters, ascending, without those that draw nothing (space, joiners, selectors, tags)."""
+    return tuple(c for c in cmap_codepoints(font) if render_glyph(font, c).getbbox(alpha_only=True))
+
+
+def cmap_codepoints(path: str) -> list[int]:
+    """Sorted code points that a TrueType font's `cmap` maps to a glyph other than 0 (.notdef).
+
+    Reads the format 12 subtable (all of Unicode) when there is one, else format 4 (the BMP).
+    Layouts: https://learn.microsoft.com/typography/opentype/spec/cmap; all numbers are big-endian.
+    """
+    with open(path, "rb") as file:
+        (tables,) = struct.unpack(">4xH6x", file.read(12))  # sfnt version, numTables, 3 search fields
+        directory = file.read(16 * tables)  # per table: tag, checksum, offset, length
+        records = {directory[i : i + 4]: struct.unpack_from(">8xII", directory, i) for i in range(0, 16 * tables, 16)}
+        if b"cmap" not in records:
+            raise SourceError(f"{path} is not a TrueType/OpenType font with a cmap table")
+        offset, length = records[b"cmap"]
+        file.seek(offset)
+        cmap = file.read(length)
+    (count,) = struct.unpack_from(">2xH", cmap)  # version, numTables
+    subtables = {}  # format -> offset within cmap, of the Unicode encodings (platform 0, or Windows 1 and 10)
+    for platform, encoding, start in struct.iter_unpack(">HHI", cmap[4 : 4 + 8 * count]):
+        if platform == 0 or (platform == 3 and encoding in (1, 10)):
+            subtables.setdefault(struct.unpack_from(">H", cmap, start)[0], start)
+    codepoints = set()
+    if 12 in subtables:
+        # format, reserved, length, language, numGroups; then groups of (startChar, endChar, startGlyph).
+        start = subtables[12]
+        (groups,) = struct.unpack_from(">12xI", cmap, start)
+        for first, last, glyph in struct.iter_unpack(">III", cmap[start + 16 : start + 16 + 12 * groups]):
+            codepoints.update(c for c in range(first, last + 1) if glyph + c - first)
+    elif 4 in subtables:
+        # format, length, language, segCountX2, 3 search fields; then arrays endCode, pad, startCode,
+        # idDelta, idRangeOffset (segCount entries each) and the glyphIdArray that idRangeOffset points into.
+        start = subtables[4]
+        segments = struct.unpack_from(">6xH", cmap, start)[0] // 2
+        ends = struct.unpack_from(f">{segments}H", cmap, start + 14)
+        starts = struct.unpack_from(f">{segments}H", cmap, start + 16 + 2 * segments)
+        deltas = struct.unpack_from(f">{segments}h", cmap, start + 16 + 4 * segments)
+        range_at = start + 16 + 6 * segments  # idRangeOffset[0]; offsets count from their own position
+        ranges = struct.unpack_from(f">{segments}H", cmap, range_at)
+        for i, (first, last, delta, offset) in enumerate(zip(starts, ends, deltas, ranges, strict=True)):
+            for c in range(first, min(last, 0xFFFE) + 1):  # the last segment is a 0xFFFF sentinel
+                if offset == 0:
+                    glyph = (c + delta) & 0xFFFF
+                else:
+                    glyph = struct.unpack_from(">H", cmap, range_at + 2 * i + offset + 2 * (c - first))[0]
+                    glyph = (glyph + delta) & 0xFFFF if glyph else 0
+                if glyph:
+                    codepoints.add(c)
+    else:
+        raise SourceError(f"{path} has no Unicode cmap subtable of format 4 or 12")
+    return sorted(codepoints)
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):

@@ -23,7 +23,7 @@ from progressive.config import TrainConfig, load_config_file, merge_config, pres
 from progressive.layers import is_power_of_two
 from progressive.presets import PRESETS
 from progressive.schedule import ScheduleConfig, schedule_table
-from progressive.triangle import TriangleConfig
+from progressive.triangle import RECIPES, TriangleConfig
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--res", type=int, help="final resolution, a power of two 4..1024 (default: the preset's)")
     parser.add_argument("--data", help="dataset LMDB built by `python -m datasets_prep build` (default: synthetic)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default: by --res, see docs)")
+    parser.add_argument(
+        "--recipe",
+        help=f"objective recipe, one of {', '.join(RECIPES)} (default: triangle; docs/objective.md)",
+    )
     parser.add_argument("--out", help="root of the auto-numbered run directories (default: runs)")
     parser.add_argument("--resume", help="`latest`, a run directory or a checkpoint file")
     parser.add_argument("--kimg", type=float, help="training length in thousands of real images")
@@ -117,14 +121,19 @@ def default_preset(resolution: int | None) -> str:
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Preset defaults, then --config, then the flags given on the command line."""
     preset = args.preset or default_preset(args.res)
-    config = preset_config(preset)
-    if args.config:
-        config = merge_config(config, load_config_file(args.config))
+    try:
+        file_values = load_config_file(args.config) if args.config else {}
+        # The recipe gives the objective's starting values; a --config file and the flags apply on top.
+        config = preset_config(preset, args.recipe or file_values.get("recipe", "triangle"))
+        if file_values:
+            config = merge_config(config, file_values)
+    except (ValueError, TypeError) as error:
+        raise BadInput(str(error)) from error
     values: dict[str, Any] = {}
     objective: dict[str, Any] = {}
     schedule: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if value is None or key in ("res", "preset", "resume", "batch", "config", "dry_run"):
+        if value is None or key in ("res", "preset", "recipe", "resume", "batch", "config", "dry_run"):
             continue
         if key.startswith("objective."):
             objective[key.split(".", 1)[1]] = value

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from progressive.schedule import ScheduleConfig
-from progressive.triangle import TriangleConfig
+from progressive.triangle import TriangleConfig, recipe_config
 
 # Values that may change between a checkpoint and its resumption without changing the training itself.
 RESUMABLE_CHANGES = frozenset(
@@ -62,7 +62,8 @@ class TrainConfig:
     metric_images: int = 256  # held-out (or training) images, and as many samples, per evaluation
     inception: str | None = None  # TorchScript Inception weights for fid/is (docs/evaluation.md)
     debug_nan_iterations: list[int] = field(default_factory=list)  # testing aid: replace these batches by NaN
-    objective: TriangleConfig = field(default_factory=TriangleConfig)  # weights, forms, optimiser settings
+    recipe: str = "triangle"  # named objective configuration the `objective` values started from (triangle.RECIPES)
+    objective: TriangleConfig = field(default_factory=lambda: recipe_config("triangle"))  # weights, forms, optimiser
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # growth: phases, batch sizes
 
     @property
@@ -89,11 +90,16 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(preset: str) -> TrainConfig:
-    """TrainConfig with preset `preset`'s defaults (its schedule from ScheduleConfig.for_preset)."""
+def preset_config(preset: str, recipe: str = "triangle") -> TrainConfig:
+    """TrainConfig with preset `preset`'s defaults (schedule from ScheduleConfig.for_preset) and objective `recipe`."""
     values = dict(PRESET_DEFAULTS.get(preset, {}))
-    config = TrainConfig(preset=preset, schedule=ScheduleConfig.for_preset(preset), **values)
-    return config
+    return TrainConfig(
+        preset=preset,
+        schedule=ScheduleConfig.for_preset(preset),
+        recipe=recipe,
+        objective=recipe_config(recipe),
+        **values,
+    )
 
 
 def _int_keys(table: dict) -> dict:

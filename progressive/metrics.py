@@ -20,7 +20,7 @@ from torch import nn
 
 from progressive.triangle import bare, energy_from_output
 
-METRIC_NAMES = ("recon", "swd", "energy", "fid", "is")
+METRIC_NAMES = ("recon", "swd", "energy", "diversity", "fid", "is")
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -336,6 +336,32 @@ def energy_separation(
     return results
 
 
+# ----------------------------------------------------------------------------- sample diversity
+
+
+def pixel_spread(image_batches: Iterable[torch.Tensor]) -> float:
+    """Standard deviation of each pixel and channel across all images, averaged over pixels and channels."""
+    total, squares, count = None, None, 0
+    for images in image_batches:
+        images = images.double().cpu()
+        total = images.sum(0) if total is None else total + images.sum(0)
+        squares = images.pow(2).sum(0) if squares is None else squares + images.pow(2).sum(0)
+        count += images.shape[0]
+    if count < 2:
+        raise ValueError("diversity needs at least two images")
+    variance = (squares - total.pow(2) / count) / (count - 1)
+    return float(variance.clamp_min(0).sqrt().mean())
+
+
+def diversity_metrics(real_batches: Iterable[torch.Tensor], generated_batches: Iterable[torch.Tensor]) -> dict:
+    """Sample diversity: the generated images' pixel spread over the real images' (1: as varied as the data).
+
+    A collapsed generator (one image for every z) scores 0; it does not say the samples look like the data.
+    """
+    real, generated = pixel_spread(real_batches), pixel_spread(generated_batches)
+    return {"diversity/ratio": generated / max(real, 1e-12), "diversity/generated": generated, "diversity/real": real}
+
+
 # ----------------------------------------------------------------------------- running the networks in batches
 
 
@@ -455,6 +481,8 @@ def evaluate_metric(
         return multiscale_swd(reals(), generated(), resolution, seed=seed)
     if name == "energy":
         return energy_metrics(energy, energy_form, reals(), generated(), seed=seed)
+    if name == "diversity":
+        return diversity_metrics(reals(), generated())
     if inception is None:
         raise ValueError(f"metric {name!r} needs an Inception network (progressive.inception.load_inception)")
     if name == "fid":

@@ -40,7 +40,8 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     path = Path(path)
     state = load_checkpoint(path, map_location=device)
     values = json.loads(state["config"])
-    config = merge_config(preset_config(values["preset"]), values)
+    # Checkpoints written before named recipes existed trained the reference objective.
+    config = merge_config(preset_config(values["preset"], values.get("recipe", "reference")), values)
     models = build_models(config.preset).to(device)
     for name, net in models.networks().items():
         net.load_state_dict(state["networks"][name])

@@ -182,6 +182,8 @@ class RunState:
     images_shown: int = 0
     iteration: int = 0
     consecutive_nonfinite: int = 0
+    # Extremes of the tick statistics over the whole run (largest |E|, log-variance range, lowest diversity).
+    health: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -237,6 +239,7 @@ class Trainer:
             "images_shown": self.state.images_shown,
             "iteration": self.state.iteration,
             "consecutive_nonfinite": self.state.consecutive_nonfinite,
+            "health": dict(self.state.health),
             "skipped": dict(self.update.skipped),
             "networks": {name: bare(net).state_dict() for name, net in self.models.networks().items()},
             "generator_ema": self.ema.state_dict(),
@@ -266,6 +269,7 @@ class Trainer:
             images_shown=state["images_shown"],
             iteration=state["iteration"],
             consecutive_nonfinite=state["consecutive_nonfinite"],
+            health=dict(state.get("health", {})),  # absent from checkpoints written before it was recorded
         )
 
     @torch.no_grad()
@@ -456,9 +460,10 @@ class Trainer:
         phase_left = (stage.phase_end_images - now) if stage.phase_end_images is not None else total - now
         if not self.accelerator.is_main_process:
             return
+        diversity = sample_diversity(values)
         log.info(
             "kimg %8.2f  res %4d  alpha %.3f  batch %3d  sec/kimg %7.2f  img/s %7.1f  "
-            "L_E %+.3f  L_I %.2f  L_G %.2f  recon %.2f  E(real) %+.3f  E(fake) %+.3f  "
+            "L_E %+.3f  L_I %.2f  L_G %.2f  recon %.2f  E(real) %+.3f  E(fake) %+.3f  diversity %.2f  "
             "eta phase %s run %s  mem %.2f GiB  skipped %s",
             now / 1000,
             stage.resolution,
@@ -472,11 +477,15 @@ class Trainer:
             values["recon"],
             values["energy_real"],
             values["energy_fake"],
+            diversity,
             _duration(max(phase_left, 0) / images_per_second),
             _duration(max(total - now, 0) / images_per_second),
             memory,
             sum(self.update.skipped.values()),
         )
+        record_extremes(self.state.health, values)
+        for warning in health_warnings(values, self.models.latent_dim):
+            log.warning("warning at kimg %.2f: %s", now / 1000, warning)
         scalars = {
             "loss/energy": values["loss_energy"],
             "loss/inference": values["loss_inference"],
@@ -491,6 +500,11 @@ class Trainer:
             "grad_norm/energy": values["grad_norm_energy"],
             "grad_norm/inference": values["grad_norm_inference"],
             "grad_norm/generator": values["grad_norm_generator"],
+            "health/energy_abs_max": values["energy_abs_max"],
+            "health/logvar_min": values["logvar_min"],
+            "health/logvar_max": values["logvar_max"],
+            "health/latent_nll_per_dim": values["latent_nll"] / self.models.latent_dim,
+            "health/diversity": diversity,
             "progress/kimg": now / 1000,
             "progress/resolution": stage.resolution,
             "progress/alpha": stage.alpha,
@@ -570,6 +584,57 @@ class Trainer:
             return self.accelerator.get_tracker("tensorboard", unwrap=True)
         except ValueError:  # no tensorboard tracker configured (e.g. a run without a run directory)
             return None
+
+
+# ----------------------------------------------------------------------------- run health
+
+
+# Bounds outside which a run is reported as diverging or collapsing (docs/training.md, "Warnings").
+SANE_ENERGY = 1e3  # largest |E(x)| of real or generated images in an iteration
+SANE_LOGVAR = 10.0  # posterior log-variance outside (-10, 10): variances below 5e-5 or above 2e4
+SANE_LATENT_NLL_PER_DIM = 10.0  # latent NLL of generated images per latent dimension (N(0, 1) gives ~1.4)
+MIN_DIVERSITY = 0.1  # sample diversity relative to the data's
+
+
+def sample_diversity(values: dict[str, float]) -> float:
+    """Per-pixel standard deviation across generated images over the data's (1: as varied as the data)."""
+    return values["sample_spread"] / max(values["data_spread"], 1e-8)
+
+
+def record_extremes(health: dict[str, float], values: dict[str, float]) -> None:
+    """Update the run's extremes with one tick's statistics (NaN compares false, so it is kept explicitly)."""
+    for key, value, pick in (
+        ("energy_abs_max", values["energy_abs_max"], max),
+        ("logvar_min", values["logvar_min"], min),
+        ("logvar_max", values["logvar_max"], max),
+        ("diversity_min", sample_diversity(values), min),
+    ):
+        previous = health.get(key)
+        health[key] = value if previous is None or math.isnan(value) else pick(previous, value)
+
+
+def health_warnings(values: dict[str, float], latent_dim: int) -> list[str]:
+    """One message per tick statistic (averaged over the tick) that left its sane range."""
+    warnings = []
+    if not values["energy_abs_max"] <= SANE_ENERGY:
+        warnings.append(
+            f"energies reach |E| = {values['energy_abs_max']:.3g} (> {SANE_ENERGY:g}): the energy model diverges"
+        )
+    if not (-SANE_LOGVAR <= values["logvar_min"] and values["logvar_max"] <= SANE_LOGVAR):
+        warnings.append(
+            f"posterior log-variance spans [{values['logvar_min']:.3g}, {values['logvar_max']:.3g}] "
+            f"(outside ±{SANE_LOGVAR:g}); bound it with --logvar-bound"
+        )
+    if not values["latent_nll"] / latent_dim <= SANE_LATENT_NLL_PER_DIM:
+        warnings.append(
+            f"latent NLL {values['latent_nll']:.3g} is {values['latent_nll'] / latent_dim:.3g} per latent dimension "
+            f"(> {SANE_LATENT_NLL_PER_DIM:g}): the inference model cannot recover generated latents"
+        )
+    if not sample_diversity(values) >= MIN_DIVERSITY:
+        warnings.append(
+            f"sample diversity {sample_diversity(values):.3g} of the data's (< {MIN_DIVERSITY:g}): samples collapse"
+        )
+    return warnings
 
 
 @dataclass

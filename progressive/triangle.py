@@ -6,9 +6,10 @@ every term below to the paper.
 
 One iteration on a real batch x (B images):
   1. z ~ N(0, I), x_fake = G(z) once.
-  2. Energy step:     L_E = mean E(x) - mean E(stopgrad x_fake).
+  2. Energy step:     L_E = mean E(x) - mean E(stopgrad x_fake) + w_pen * mean over both of E^2.
   3. Inference step:  L_I = w_rec * sum||G(z_hat) - x||^2 / B + w_kl * KL(q(z|x) || N(0, I))
-                            + w_lat * NLL(z | I(stopgrad x_fake)),   z_hat = mu(x) + exp(s(x)/2) * eps1.
+                            + w_lat * NLL(z | I(stopgrad x_fake)),   z_hat = mu(x) + exp(s(x)/2) * eps1,
+                      with the log-variance s softly bounded to (-c, c) when logvar_bound c > 0.
   4. Generator step:  L_G = w_rec * sum||G(z_hat2) - x||^2 / B + w_energy * mean E(x_fake)
                             + w_lat * NLL(z | I(x_fake)),   using the just-updated E and I, fresh eps2.
 
@@ -21,8 +22,9 @@ network go through the unwrapped module (`.module`) so they never arm a second D
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,8 @@ class TriangleConfig:
     weight_kl: float = 1.0  # w_kl: KL(q(z|x) || N(0, I)) in L_I
     weight_latent: float = 0.1  # w_lat: NLL of z under q(z|G(z)) in L_I and L_G
     weight_energy: float = 1.0  # weight of mean E(G(z)) in L_G; 0 turns the energy model off (VAE-like)
+    energy_penalty: float = 0.0  # w_pen: mean E^2 over real and generated images in L_E; keeps E bounded
+    logvar_bound: float = 0.0  # c > 0: the posterior log-variance s becomes c * tanh(s / c); 0 leaves s unbounded
     nll_eps: float = 1e-6  # added to the variance in the latent NLL, as the reference
     adam_beta1: float = 0.5  # Adam beta1, all three networks
     adam_beta2: float = 0.999  # Adam beta2, all three networks
@@ -60,6 +64,10 @@ class TriangleConfig:
             raise ValueError(f"energy_form must be one of {ENERGY_FORMS}, got {self.energy_form!r}")
         if self.kl_reduction not in KL_REDUCTIONS:
             raise ValueError(f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}")
+        for name in ("energy_penalty", "logvar_bound", "weight_recon", "weight_kl", "weight_latent"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.lr_decay_images <= 0:
             raise ValueError(f"lr_decay_images must be positive, got {self.lr_decay_images}")
 
@@ -76,6 +84,28 @@ class TriangleConfig:
     def replace(self, **changes) -> TriangleConfig:
         """A copy with some values changed (validated)."""
         return dataclasses.replace(self, **changes)
+
+
+# Named configurations (docs/objective.md). Each is a set of changes to TriangleConfig's defaults, which are
+# the reference code's values. "triangle" is the default of the training program.
+_STABLE: dict[str, Any] = {
+    "energy_penalty": 1e-3,
+    "logvar_bound": 5.0,
+    "kl_reduction": "sum",
+}
+RECIPES: dict[str, dict[str, Any]] = {
+    "triangle": _STABLE,  # the full objective with the stabilising terms: the default
+    "vae": {**_STABLE, "weight_energy": 0.0, "weight_latent": 0.0},  # KL(Q||P) alone: no energy model
+    "adversarial": {**_STABLE, "weight_recon": 0.0, "weight_kl": 0.0, "weight_latent": 0.0},  # E and G alone
+    "reference": {},  # the paper's code exactly (enijkamp/triangle, train_cifar10.py)
+}
+
+
+def recipe_config(name: str, **changes) -> TriangleConfig:
+    """TriangleConfig of the named recipe, with `changes` on top; ValueError for an unknown name."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; expected one of: {', '.join(RECIPES)}")
+    return TriangleConfig(**{**RECIPES[name], **changes})
 
 
 # ----------------------------------------------------------------------------- loss terms
@@ -125,6 +155,23 @@ def latent_nll(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, eps: flo
     z, mu, logvar = _full_precision(z), _full_precision(mu), _full_precision(logvar)
     per_sample = 0.5 * logvar.sum(dim=1) + 0.5 * ((z - mu).pow(2) / (logvar.exp() + eps)).sum(dim=1)
     return per_sample.mean()
+
+
+def bound_logvar(logvar: torch.Tensor, bound: float) -> torch.Tensor:
+    """c * tanh(s / c): the log-variance s kept inside (-c, c), unchanged near 0; s itself when c is 0.
+
+    Without a bound, the latent NLL of generated images can fall without limit by shrinking the variance
+    (s -> -inf makes (z - mu)^2 / e^s explode), and a large s makes reparameterised latents meaningless.
+    """
+    if bound == 0:
+        return logvar
+    return bound * torch.tanh(_full_precision(logvar) / bound)
+
+
+def posterior(inference: nn.Module, x: torch.Tensor, config: TriangleConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, s) of q(z|x) with the configuration's log-variance bound applied."""
+    mu, logvar = inference(x)
+    return mu, bound_logvar(logvar, config.logvar_bound)
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -256,6 +303,11 @@ STAT_NAMES = (
     "grad_norm_energy",
     "grad_norm_inference",
     "grad_norm_generator",
+    "energy_abs_max",
+    "logvar_min",
+    "logvar_max",
+    "sample_spread",
+    "data_spread",
 )
 
 
@@ -307,13 +359,17 @@ def triangle_step(
         energies = energy_from_output(energy(torch.cat([x, x_fake_const])), config.energy_form)
         energy_real, energy_fake = energies[:batch].mean(), energies[batch:].mean()
         loss_energy = energy_real - energy_fake
+        if config.energy_penalty != 0:
+            loss_energy = loss_energy + config.energy_penalty * energies.pow(2).mean()
         grad_norm_energy = update("energy", optimizers.energy, energy, loss_energy, config)
+        energy_abs_max = energies.detach().abs().max()
     else:
-        energy_real = energy_fake = loss_energy = grad_norm_energy = zero
+        energy_real = energy_fake = loss_energy = grad_norm_energy = energy_abs_max = zero
 
     # 3. Inference step.
     if config.trains_inference:
-        mu_all, logvar_all = inference(torch.cat([x, x_fake_const]))
+        mu_all, logvar_all = posterior(inference, torch.cat([x, x_fake_const]), config)
+        logvar_min, logvar_max = torch.aminmax(logvar_all.detach())
         mu, logvar = mu_all[:batch], logvar_all[:batch]
         z_hat = reparameterize(mu, logvar, eps[0])
         recon = reconstruction_loss(bare(generator)(z_hat), x)
@@ -322,14 +378,14 @@ def triangle_step(
         loss_inference = config.weight_recon * recon + config.weight_kl * kl + config.weight_latent * nll
         grad_norm_inference = update("inference", optimizers.inference, inference, loss_inference, config)
     else:
-        recon = kl = nll = loss_inference = grad_norm_inference = zero
+        recon = kl = nll = loss_inference = grad_norm_inference = logvar_min = logvar_max = zero
 
     # 4. Generator step with the updated E and I; gradients reach G through x_fake and G(z_hat2).
     loss_generator = zero
     recon_generator = nll_generator = zero
     need_encoding = config.weight_recon != 0 or config.weight_latent != 0
     if need_encoding:
-        mu_all, logvar_all = bare(inference)(torch.cat([x, x_fake]))
+        mu_all, logvar_all = posterior(bare(inference), torch.cat([x, x_fake]), config)
         if config.weight_recon != 0:
             z_hat2 = reparameterize(mu_all[:batch], logvar_all[:batch], eps[1]).detach()
             recon_generator = reconstruction_loss(bare(generator)(z_hat2), x)
@@ -356,6 +412,12 @@ def triangle_step(
         grad_norm_energy,
         grad_norm_inference,
         grad_norm_generator,
+        energy_abs_max,
+        logvar_min,
+        logvar_max,
+        # Diversity: per-pixel standard deviation across the batch, averaged over pixels (samples vs data).
+        x_fake_const.float().std(dim=0).mean() if batch > 1 else zero,
+        x.detach().float().std(dim=0).mean() if batch > 1 else zero,
     )
     return torch.stack([v.detach().float().reshape(()) for v in values])
 
@@ -384,17 +446,21 @@ def stats_to_dict(stats: torch.Tensor) -> dict[str, float]:
 __all__ = [
     "ENERGY_FORMS",
     "KL_REDUCTIONS",
+    "RECIPES",
     "STAT_NAMES",
     "TriangleConfig",
     "TriangleOptimizers",
     "apply_learning_rates",
+    "bound_logvar",
     "build_optimizers",
     "clip_gradients",
     "plain_update",
+    "posterior",
     "energy_from_output",
     "kl_to_prior",
     "latent_nll",
     "learning_rates",
+    "recipe_config",
     "reconstruction_loss",
     "reparameterize",
     "train_step",

@@ -15,6 +15,7 @@ from progressive.metrics import (
     FeatureStatistics,
     _binomial_blur,
     auroc,
+    diversity_metrics,
     evaluate_metric,
     feature_statistics,
     frechet_distance,
@@ -228,3 +229,16 @@ def test_statistics_cache_round_trips_and_keys_on_every_ingredient(tmp_path):
     assert loaded.count == 10
     for change in ({"fingerprint": "abd"}, {"alpha": 0.5}, {"count": 11}, {"network_digest": "n2"}, {"resolution": 32}):
         assert cache.path_for(**{**key, **change}) != path
+
+
+def test_diversity_is_zero_for_one_repeated_image_and_one_for_the_data_itself():
+    images = smooth_images(40, seed=4)
+    same = diversity_metrics([images[:20], images[20:]], [images])
+    assert same["diversity/ratio"] == pytest.approx(1.0)
+    assert same["diversity/real"] == pytest.approx(float(images.double().std(dim=0).mean()))
+    collapsed = diversity_metrics([images], [images[:1].expand(30, -1, -1, -1)])
+    assert collapsed["diversity/ratio"] == pytest.approx(0.0, abs=1e-6)
+    half = diversity_metrics([images], [images * 0.5])
+    assert half["diversity/ratio"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="at least two images"):
+        diversity_metrics([images[:1]], [images])

@@ -13,11 +13,13 @@ from progressive.synthetic import shapes_tensor
 from progressive.triangle import (
     TriangleConfig,
     TriangleOptimizers,
+    bound_logvar,
     build_optimizers,
     energy_from_output,
     kl_to_prior,
     latent_nll,
     learning_rates,
+    recipe_config,
     reconstruction_loss,
     train_step,
 )
@@ -284,3 +286,61 @@ def test_short_training_run_reduces_reconstruction_error():
         recon.append(train_step(models, optimizers, data)["recon"])
     first, last = sum(recon[:5]) / 5, sum(recon[-5:]) / 5
     assert last < 0.75 * first, (first, last)
+
+
+def test_bound_logvar_is_c_tanh_s_over_c_and_off_at_zero():
+    s = torch.tensor([-50.0, -2.0, 0.0, 0.3, 50.0])
+    torch.testing.assert_close(bound_logvar(s, 0.0), s)
+    torch.testing.assert_close(bound_logvar(s, 5.0), 5.0 * torch.tanh(s / 5.0))
+    assert bound_logvar(s, 5.0)[0] == pytest.approx(-5.0) and bound_logvar(s, 5.0)[-1] == pytest.approx(5.0)
+    assert bound_logvar(s, 5.0)[3] == pytest.approx(0.3, rel=2e-3)  # near 0 the bound changes nothing
+
+
+def test_energy_penalty_and_logvar_bound_against_an_independent_recomputation():
+    models, x, z, eps = _tiny_setup(seed=2)
+    penalty, bound = 0.3, 0.05  # a bound this tight is active for every output of the untrained network
+    config = TriangleConfig(energy_penalty=penalty, logvar_bound=bound)
+    before = copy.deepcopy(models)
+    stats = train_step(models, build_optimizers(models, config), x, z=z, eps=eps, config=config)
+
+    def posterior(images):
+        mu, logvar = before.inference(images)
+        return mu, bound * torch.tanh(logvar / bound)
+
+    with torch.no_grad():
+        x_fake = before.generator(z)
+        e_real, e_fake = before.energy(x), before.energy(x_fake)
+        loss_energy = e_real.mean() - e_fake.mean() + penalty * torch.cat([e_real, e_fake]).pow(2).mean()
+        mu, logvar = posterior(x)
+        recon = ((before.generator(mu + torch.exp(logvar / 2) * eps[0]) - x) ** 2).sum() / x.shape[0]
+        kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp())).mean()
+        mu_f, logvar_f = posterior(x_fake)
+        nll = (0.5 * logvar_f.sum(1) + 0.5 * ((z - mu_f) ** 2 / (logvar_f.exp() + 1e-6)).sum(1)).mean()
+        spread = (x_fake.std(dim=0).mean(), x.std(dim=0).mean())
+
+    assert stats["loss_energy"] == pytest.approx(loss_energy.item(), rel=1e-4, abs=1e-6)
+    assert stats["energy_abs_max"] == pytest.approx(torch.cat([e_real, e_fake]).abs().max().item(), rel=1e-5)
+    assert stats["recon"] == pytest.approx(recon.item(), rel=1e-5)
+    assert stats["kl"] == pytest.approx(kl.item(), rel=1e-4, abs=1e-7)
+    assert stats["latent_nll"] == pytest.approx(nll.item(), rel=1e-5)
+    assert stats["loss_inference"] == pytest.approx((recon + kl + 0.1 * nll).item(), rel=1e-5)
+    assert -bound <= stats["logvar_min"] <= stats["logvar_max"] <= bound
+    assert stats["sample_spread"] == pytest.approx(spread[0].item(), rel=1e-5)
+    assert stats["data_spread"] == pytest.approx(spread[1].item(), rel=1e-5)
+
+
+def test_recipes_name_the_reference_and_the_parts_of_the_triangle():
+    assert recipe_config("reference") == TriangleConfig()
+    default = recipe_config("triangle")
+    assert default.energy_penalty > 0 and default.logvar_bound > 0
+    vae, adversarial = recipe_config("vae"), recipe_config("adversarial")
+    assert not vae.trains_energy and vae.trains_inference and vae.weight_latent == 0
+    assert adversarial.trains_energy and not adversarial.trains_inference
+    # The parts differ from the triangle only in which terms are switched off.
+    assert vae.replace(weight_energy=default.weight_energy, weight_latent=default.weight_latent) == default
+    assert recipe_config("triangle", energy_penalty=0.5).energy_penalty == 0.5
+    with pytest.raises(ValueError, match="unknown recipe 'nope'; expected one of: triangle, vae"):
+        recipe_config("nope")
+    for name in ("energy_penalty", "logvar_bound", "weight_recon"):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+            TriangleConfig(**{name: -1.0})

@@ -130,6 +130,10 @@ def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path
         (["--data", "{corrupt}"], "corrupt"),
         (["--resume", "latest"], "no checkpoint"),
         (["--metrics", "recon,fidd"], "unknown metrics ['fidd']"),
+        (["--recipe", "nope"], "unknown recipe 'nope'"),
+        (["--energy-penalty", "-1"], "energy_penalty must be a finite number >= 0"),
+        (["--logvar-bound", "nan"], "logvar_bound must be a finite number >= 0"),
+        (["--config", "{missing}"], "cannot read configuration"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, lmdb16, capsys, extra, message):

@@ -10,7 +10,15 @@ from torch import nn
 
 from progressive.config import config_differences, merge_config, preset_config
 from progressive.loader import StreamBatchSampler
-from progressive.training_loop import GuardedUpdate, draw_noise, ema_beta, update_ema
+from progressive.training_loop import (
+    GuardedUpdate,
+    draw_noise,
+    ema_beta,
+    health_warnings,
+    record_extremes,
+    sample_diversity,
+    update_ema,
+)
 from progressive.triangle import TriangleConfig
 
 
@@ -121,3 +129,31 @@ def test_configuration_round_trips_through_json_and_names_differences():
     assert differences == ["objective.weight_kl: 1.0 -> 2.0", "seed: 0 -> 5"]  # kimg may change on resume
     with pytest.raises(ValueError, match="unknown TriangleConfig keys: weight_klx"):
         merge_config(config, {"objective": {"weight_klx": 1}})
+
+
+def _tick(**changes) -> dict[str, float]:
+    values = {"energy_abs_max": 5.0, "logvar_min": -4.0, "logvar_max": 1.0, "latent_nll": 80.0}
+    return {**values, "sample_spread": 0.4, "data_spread": 0.5, **changes}
+
+
+def test_health_warnings_name_each_statistic_out_of_its_range():
+    assert health_warnings(_tick(), latent_dim=64) == []
+    assert sample_diversity(_tick()) == pytest.approx(0.8)
+    cases = {
+        "energies reach |E| = 2e+03": _tick(energy_abs_max=2e3),
+        "posterior log-variance spans [-12": _tick(logvar_min=-12.0),
+        "per latent dimension": _tick(latent_nll=64 * 11.0),
+        "samples collapse": _tick(sample_spread=0.01),
+    }
+    for message, values in cases.items():
+        (warning,) = health_warnings(values, latent_dim=64)
+        assert message in warning, warning
+    assert len(health_warnings(_tick(energy_abs_max=float("nan"), logvar_max=float("inf")), 64)) == 2
+
+
+def test_run_extremes_keep_the_worst_tick():
+    health: dict[str, float] = {}
+    record_extremes(health, _tick())
+    record_extremes(health, _tick(energy_abs_max=9.0, logvar_min=-2.0, sample_spread=0.1))
+    record_extremes(health, _tick(energy_abs_max=3.0, logvar_max=2.5))
+    assert health == {"energy_abs_max": 9.0, "logvar_min": -4.0, "logvar_max": 2.5, "diversity_min": 0.2}

