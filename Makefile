@@ -28,13 +28,25 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 install-video: $(VENV)/.installed-video
 
+# The demo trains on real images, Debian's colour emoji (apt-get install fonts-noto-color-emoji), when the
+# font is installed, and on synthetic shapes otherwise.
+EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+ifneq ($(wildcard $(EMOJI_FONT)),)
+DEMO_SOURCE := emoji:noto?bg=white
+DEMO_DATA := data/demo-emoji.lmdb
+DEMO_HOLDOUT := 128
+else
+DEMO_SOURCE := synthetic:shapes?n=4096&seed=0
 DEMO_DATA := data/demo-shapes.lmdb
+DEMO_HOLDOUT := 256
+endif
 
-# The demo: a 4 -> 32 progressive run on CPU (about five minutes) on an LMDB of synthetic shapes,
+# The demo: a 4 -> 32 progressive run on CPU (about five minutes) on that LMDB,
 # built on first use (`--resume` makes a second build a no-op and finishes an interrupted one),
 # then an interpolation video and the evaluation JSON of that run (both in its run directory).
 demo: $(VENV)/.installed-video
-	$(BIN)/python -m datasets_prep build 'synthetic:shapes?n=4096&seed=0' $(DEMO_DATA) --max-res 32 --holdout 256 --resume
+	@echo "demo data: $(DEMO_SOURCE)"
+	$(BIN)/python -m datasets_prep build '$(DEMO_SOURCE)' $(DEMO_DATA) --max-res 32 --holdout $(DEMO_HOLDOUT) --resume
 	$(BIN)/python launch/train.py --preset demo --res 32 --data $(DEMO_DATA) --out runs
 	$(BIN)/python launch/export_video.py runs --grid 3x2 --seconds 8 --fps 24
 	$(BIN)/python launch/evaluate.py runs --metrics recon,swd,energy,diversity --images 256

@@ -41,7 +41,6 @@ from progressive.triangle import RECIPES, TriangleConfig
 EXIT_BAD_INPUT = 2
 TRAIN = Path(__file__).with_name("train.py")
 DEFAULT_CONFIGS = ["triangle", "vae", "adversarial"]
-METRICS = "recon,swd,energy,diversity"
 
 
 @dataclass
@@ -130,8 +129,13 @@ def measure(configuration: Configuration, run_dir: Path, code: int, args: argpar
     row["kimg"] = state["images_shown"] / 1000
     row["nonfinite"] = sum(state["skipped"].values())
     row["health"] = state.get("health", {})
+    # A network the configuration does not train is left out of the figures: its scores would be its initial weights'.
+    objective = TriangleConfig(**json.loads(state["config"])["objective"])
+    metrics = ["swd", "diversity"]
+    metrics += ["recon"] if objective.trains_inference else []
+    metrics += ["energy"] if objective.trains_energy else []
     report = out / f"{configuration.name}-evaluation.json"
-    evaluate.main([str(checkpoint), "--metrics", METRICS, "--images", str(args.images), "--out", str(report)])
+    evaluate.main([str(checkpoint), "--metrics", ",".join(metrics), "--images", str(args.images), "--out", str(report)])
     if report.exists():
         row["metrics"] = json.loads(report.read_text())["metrics"]
     for kind in ("samples", "reconstructions"):

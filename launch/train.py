@@ -141,6 +141,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
             schedule[key.split(".", 1)[1]] = value
         else:
             values[key] = value
+    if "lr_multipliers" in schedule:  # per-resolution entries change the preset's table, they do not replace it
+        schedule["lr_multipliers"] = {**config.schedule.lr_multipliers, **schedule["lr_multipliers"]}
     if args.res is not None:
         values["resolution"] = args.res
     resolution = values.get("resolution", config.resolution)

@@ -16,6 +16,7 @@ from progressive.layers import check_resolution_range, downsample2, is_power_of_
 from progressive.triangle import TriangleConfig, learning_rates
 
 PHASES = ("stable", "fade")
+PROGRESSIVE_512_LR_MULTIPLIER = 0.1  # learning-rate factor of the 512-channel presets (celebahq, lsun)
 
 
 def _default_batch_sizes() -> dict[int, int]:
@@ -93,7 +94,16 @@ class ScheduleConfig:
     def for_preset(cls, name: str) -> ScheduleConfig:
         """The default schedule of model preset `name` (progressive/presets.py)."""
         if name in ("celebahq", "lsun"):
-            return cls(min_resolution=4, max_resolution=1024 if name == "celebahq" else 256)
+            last = 1024 if name == "celebahq" else 256
+            # A tenth of the objective's rates at every resolution: Adam moves each plain weight by about the
+            # learning rate, so a layer's output changes in proportion to rate x fan-in, and these networks
+            # are 8x wider (512 channels) than the demo's, for which the reference rates were tuned. With the
+            # full rates even the VAE part alone un-learns at 8x8 (docs/objective.md, "Learning rates").
+            return cls(
+                min_resolution=4,
+                max_resolution=last,
+                lr_multipliers={r: PROGRESSIVE_512_LR_MULTIPLIER for r in resolutions(4, last)},
+            )
         if name == "demo":
             # About five minutes on two CPU cores (docs/architecture.md).
             return cls(min_resolution=4, max_resolution=32, fade_images=2_000, stable_images=2_000, batch_size=16)

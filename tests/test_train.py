@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from progressive.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_atomically
+from progressive.triangle import recipe_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4x4 stable, 8x8 fade + stable, 16x16 fade + stable: two resolution changes in 240 images.
@@ -83,7 +85,8 @@ def test_run_writes_config_log_events_snapshots_and_checkpoints(tmp_path, lmdb16
     (run_dir,) = out.iterdir()
     assert run_dir.name == "00000-tiny-16"
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["data"] == str(lmdb16) and config["objective"]["weight_latent"] == 0.1
+    assert config["data"] == str(lmdb16) and config["recipe"] == "triangle"
+    assert config["objective"] == dataclasses.asdict(recipe_config("triangle"))
     log = (run_dir / "log.txt").read_text()
     assert "res   16" in log and "sec/kimg" in log
     assert log.count("metrics at kimg") == 2 and "recon/mse" in log and "energy/auroc" in log
@@ -149,6 +152,38 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, lmdb16, caps
     if message != "corrupt":
         assert message in err
     assert not out.exists()
+
+
+def _dry_run_config(capsys, args: list[str]) -> dict:
+    assert train([*TINY, *args, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    return json.loads(printed[: printed.index("\n}\n") + 2])
+
+
+def test_recipes_resolve_from_the_flag_a_config_file_or_the_default(tmp_path, capsys):
+    assert _dry_run_config(capsys, [])["objective"] == dataclasses.asdict(recipe_config("triangle"))
+    vae = _dry_run_config(capsys, ["--recipe", "vae", "--weight-recon", "7"])
+    assert vae["recipe"] == "vae" and vae["objective"] == dataclasses.asdict(recipe_config("vae", weight_recon=7.0))
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"recipe": "reference", "objective": {"weight_kl": 0.5}}))
+    reference = _dry_run_config(capsys, ["--config", str(partial)])
+    assert reference["objective"] == dataclasses.asdict(recipe_config("reference", weight_kl=0.5))
+    # The 512-channel presets train at a tenth of the objective's rates; --lr-multipliers edits that table.
+    celebahq = _dry_run_config(capsys, ["--preset", "celebahq", "--res", "64", "--lr-multipliers", "64:0.05"])
+    multipliers = celebahq["schedule"]["lr_multipliers"]
+    assert multipliers["64"] == 0.05 and all(multipliers[str(r)] == 0.1 for r in (4, 8, 16, 32, 128, 1024))
+
+
+def test_default_recipe_trains_without_non_finite_steps_or_collapse(tmp_path, lmdb16):
+    """A regression guard on the tiny preset (not a quality claim): bounded energies, diverse samples."""
+    out = tmp_path / "runs"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out)]) == 0
+    state = _final_checkpoint(out)
+    assert state["images_shown"] == 240 and sum(state["skipped"].values()) == 0
+    health = state["health"]
+    assert health["energy_abs_max"] < 10.0, health
+    assert -5.0 < health["logvar_min"] <= health["logvar_max"] < 5.0, health
+    assert health["diversity_min"] > 0.2, health
 
 
 def test_nan_batch_is_skipped_and_counted(tmp_path, lmdb16):
