@@ -25,6 +25,7 @@ Exit codes: 0 done (whatever the figures), 2 bad input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import shutil
@@ -60,12 +61,14 @@ class Configuration:
 
 def parse_configuration(text: str) -> Configuration:
     """'triangle' or 'NAME=RECIPE,key=value,...' -> Configuration; ValueError naming the problem."""
-    name, _, rest = text.partition("=") if "=" in text.split(",")[0] else (text, "", text)
-    name = name.strip()
+    named = "=" in text.split(",")[0]
+    name, _, rest = text.partition("=") if named else (text, "", text)
     recipe, *pairs = rest.split(",")
     if recipe not in RECIPES:
         raise ValueError(f"configuration {text!r}: unknown recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
-    keys = set(TriangleConfig.__dataclass_fields__)
+    if pairs and not named:
+        raise ValueError(f"configuration {text!r}: name it, e.g. mine={text}")
+    keys = {f.name for f in dataclasses.fields(TriangleConfig)}
     changes = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

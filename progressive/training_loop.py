@@ -42,6 +42,7 @@ from progressive.presets import TriangleModels, build_models
 from progressive.schedule import Stage, blend_reals, stage_at
 from progressive.triangle import (
     STAT_NAMES,
+    TriangleConfig,
     apply_learning_rates,
     bare,
     build_optimizers,
@@ -484,7 +485,7 @@ class Trainer:
             sum(self.update.skipped.values()),
         )
         record_extremes(self.state.health, values)
-        for warning in health_warnings(values, self.models.latent_dim):
+        for warning in health_warnings(values, self.models.latent_dim, self.config.objective):
             log.warning("warning at kimg %.2f: %s", now / 1000, warning)
         scalars = {
             "loss/energy": values["loss_energy"],
@@ -613,8 +614,11 @@ def record_extremes(health: dict[str, float], values: dict[str, float]) -> None:
         health[key] = value if previous is None or math.isnan(value) else pick(previous, value)
 
 
-def health_warnings(values: dict[str, float], latent_dim: int) -> list[str]:
-    """One message per tick statistic (averaged over the tick) that left its sane range."""
+def health_warnings(values: dict[str, float], latent_dim: int, objective: TriangleConfig) -> list[str]:
+    """One message per tick statistic (averaged over the tick) that left its sane range.
+
+    The latent NLL is judged only when the objective trains it (the VAE part alone leaves it untrained).
+    """
     warnings = []
     if not values["energy_abs_max"] <= SANE_ENERGY:
         warnings.append(
@@ -625,7 +629,7 @@ def health_warnings(values: dict[str, float], latent_dim: int) -> list[str]:
             f"posterior log-variance spans [{values['logvar_min']:.3g}, {values['logvar_max']:.3g}] "
             f"(outside ±{SANE_LOGVAR:g}); bound it with --logvar-bound"
         )
-    if not values["latent_nll"] / latent_dim <= SANE_LATENT_NLL_PER_DIM:
+    if objective.weight_latent != 0 and not values["latent_nll"] / latent_dim <= SANE_LATENT_NLL_PER_DIM:
         warnings.append(
             f"latent NLL {values['latent_nll']:.3g} is {values['latent_nll'] / latent_dim:.3g} per latent dimension "
             f"(> {SANE_LATENT_NLL_PER_DIM:g}): the inference model cannot recover generated latents"

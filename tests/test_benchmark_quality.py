@@ -62,6 +62,7 @@ def test_two_configurations_give_a_table_grids_and_json(tmp_path, lmdb8, capsys)
         (["nope"], "unknown recipe 'nope'"),
         (["x=triangle,weight_klx=1"], "'weight_klx=1' is not key=value with a TriangleConfig key"),
         (["triangle", "triangle"], "distinct names"),
+        (["triangle,energy_penalty=1"], "name it, e.g. mine=triangle,energy_penalty=1"),
     ],
 )
 def test_bad_configurations_are_one_line_exit_2(tmp_path, lmdb8, capsys, configs, message):

@@ -137,7 +137,8 @@ def _tick(**changes) -> dict[str, float]:
 
 
 def test_health_warnings_name_each_statistic_out_of_its_range():
-    assert health_warnings(_tick(), latent_dim=64) == []
+    objective = TriangleConfig()
+    assert health_warnings(_tick(), 64, objective) == []
     assert sample_diversity(_tick()) == pytest.approx(0.8)
     cases = {
         "energies reach |E| = 2e+03": _tick(energy_abs_max=2e3),
@@ -146,9 +147,11 @@ def test_health_warnings_name_each_statistic_out_of_its_range():
         "samples collapse": _tick(sample_spread=0.01),
     }
     for message, values in cases.items():
-        (warning,) = health_warnings(values, latent_dim=64)
+        (warning,) = health_warnings(values, 64, objective)
         assert message in warning, warning
-    assert len(health_warnings(_tick(energy_abs_max=float("nan"), logvar_max=float("inf")), 64)) == 2
+    assert len(health_warnings(_tick(energy_abs_max=float("nan"), logvar_max=float("inf")), 64, objective)) == 2
+    # Without the latent term (the VAE part alone) the latent NLL is not trained, so it is not judged.
+    assert health_warnings(_tick(latent_nll=64 * 11.0), 64, objective.replace(weight_latent=0.0)) == []
 
 
 def test_run_extremes_keep_the_worst_tick():
