@@ -1,5 +1,28 @@
-"""Shared test settings: one intra-op thread (tiny networks run fastest that way, and suites share 2 cores)."""
+"""Shared test settings and helpers.
 
+One intra-op thread: tiny networks run fastest that way, and suites share 2 cores.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+
 torch.set_num_threads(1)
+
+
+def _build_shapes_lmdb(out: Path, images: int, max_res: int, holdout: int, seed: int = 0) -> Path:
+    command = [sys.executable, "-m", "datasets_prep", "build", f"synthetic:shapes?n={images}&seed={seed}", str(out),
+               "--max-res", str(max_res), "--holdout", str(holdout), "--workers", "1"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    return out
+
+
+@pytest.fixture(scope="session")
+def build_shapes_lmdb():
+    """build_shapes_lmdb(out, images, max_res, holdout, seed=0): a synthetic-shapes LMDB built by the real CLI."""
+    return _build_shapes_lmdb

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,12 +21,8 @@ def _benchmark_module():
 
 
 @pytest.fixture(scope="module")
-def lmdb8(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "shapes8.lmdb"
-    command = [sys.executable, "-m", "datasets_prep", "build", "synthetic:shapes?n=40&seed=1", str(out),
-               "--max-res", "8", "--holdout", "8", "--workers", "1"]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
-    return out
+def lmdb8(tmp_path_factory, build_shapes_lmdb) -> Path:
+    return build_shapes_lmdb(tmp_path_factory.mktemp("data") / "shapes8.lmdb", 40, max_res=8, holdout=8, seed=1)
 
 
 def test_two_configurations_give_a_table_grids_and_json(tmp_path, lmdb8, capsys):

