@@ -598,8 +598,13 @@ MIN_DIVERSITY = 0.1  # sample diversity relative to the data's
 
 
 def sample_diversity(values: dict[str, float]) -> float:
-    """Per-pixel standard deviation across generated images over the data's (1: as varied as the data)."""
-    return values["sample_spread"] / max(values["data_spread"], 1e-8)
+    """Per-pixel standard deviation across generated images over the data's (1: as varied as the data).
+
+    NaN when it was not measured: a spread needs two images per process, so one image per GPU has none.
+    """
+    if not values["data_spread"] > 0:
+        return math.nan
+    return values["sample_spread"] / values["data_spread"]
 
 
 def record_extremes(health: dict[str, float], values: dict[str, float]) -> None:
@@ -610,6 +615,8 @@ def record_extremes(health: dict[str, float], values: dict[str, float]) -> None:
         ("logvar_max", values["logvar_max"], max),
         ("diversity_min", sample_diversity(values), min),
     ):
+        if key == "diversity_min" and math.isnan(value):
+            continue  # not measured (one image per process), unlike a NaN energy, which is news
         previous = health.get(key)
         health[key] = value if previous is None or math.isnan(value) else pick(previous, value)
 
@@ -634,7 +641,7 @@ def health_warnings(values: dict[str, float], latent_dim: int, objective: Triang
             f"latent NLL {values['latent_nll']:.3g} is {values['latent_nll'] / latent_dim:.3g} per latent dimension "
             f"(> {SANE_LATENT_NLL_PER_DIM:g}): the inference model cannot recover generated latents"
         )
-    if not sample_diversity(values) >= MIN_DIVERSITY:
+    if sample_diversity(values) < MIN_DIVERSITY:  # NaN (not measured) compares false
         warnings.append(
             f"sample diversity {sample_diversity(values):.3g} of the data's (< {MIN_DIVERSITY:g}): samples collapse"
         )

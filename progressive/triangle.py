@@ -93,7 +93,7 @@ _STABLE: dict[str, Any] = {
     "kl_reduction": "sum",  # the exact KL of D, not 1/d of it
     "weight_latent": 1.0,  # D's weight of -log q(z|G(z)) (the reference's 0.1 weakens what keeps samples diverse)
     "weight_energy": 10.0,  # the generator sees f = 10 s(x): a bounded s, yet an energy that still moves G
-    "energy_penalty": 0.1,  # not in D: keeps |E| near 1 without a gradient penalty
+    "energy_penalty": 0.1,  # not in D: pulls |E| towards 1 / (2 * 0.1) = 5 at most, without a gradient penalty
     "logvar_bound": 5.0,  # q's log-variance in (-5, 5): the latent NLL cannot explode through a vanishing variance
 }
 RECIPES: dict[str, dict[str, Any]] = {

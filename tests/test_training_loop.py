@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -150,6 +151,9 @@ def test_health_warnings_name_each_statistic_out_of_its_range():
         (warning,) = health_warnings(values, 64, objective)
         assert message in warning, warning
     assert len(health_warnings(_tick(energy_abs_max=float("nan"), logvar_max=float("inf")), 64, objective)) == 2
+    # One image per process gives no spread: diversity is not measured, so it neither warns nor counts.
+    unmeasured = _tick(sample_spread=0.0, data_spread=0.0)
+    assert math.isnan(sample_diversity(unmeasured)) and health_warnings(unmeasured, 64, objective) == []
     # Without the latent term (the VAE part alone) the latent NLL is not trained, so it is not judged.
     assert health_warnings(_tick(latent_nll=64 * 11.0), 64, objective.replace(weight_latent=0.0)) == []
 
@@ -159,4 +163,5 @@ def test_run_extremes_keep_the_worst_tick():
     record_extremes(health, _tick())
     record_extremes(health, _tick(energy_abs_max=9.0, logvar_min=-2.0, sample_spread=0.1))
     record_extremes(health, _tick(energy_abs_max=3.0, logvar_max=2.5))
+    record_extremes(health, _tick(sample_spread=0.0, data_spread=0.0))  # diversity not measured: ignored
     assert health == {"energy_abs_max": 9.0, "logvar_min": -4.0, "logvar_max": 2.5, "diversity_min": 0.2}
