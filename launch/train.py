@@ -277,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_path = resolve_resume(args.resume, Path(config.out)) if args.resume else None
         trainer = Trainer(config, accelerator, dataset, run_dir=None, holdout=holdout)
         if checkpoint_path is not None:
-            trainer.load_state_dict(load_checkpoint(checkpoint_path, map_location=accelerator.device), checkpoint_path)
+            # Read onto the CPU: load_state_dict copies each tensor to its parameter's device, and a checkpoint
+            # then resumes on any device and number of processes (torch cannot map to a multi-process "cpu:0").
+            trainer.load_state_dict(load_checkpoint(checkpoint_path, map_location="cpu"), checkpoint_path)
     except (BadInput, CheckpointError, ValueError) as error:
         return fail(str(error), EXIT_BAD_INPUT)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,19 @@ class TrainConfig:
     recipe: str = "triangle"  # named objective configuration the `objective` values started from (triangle.RECIPES)
     objective: TriangleConfig = field(default_factory=lambda: recipe_config("triangle"))  # weights, forms, optimiser
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # growth: phases, batch sizes
+
+    def __post_init__(self) -> None:
+        """ValueError naming the option for a value no run can use (a NaN or zero length, negative counts)."""
+        positive = ["tick_kimg", "snapshot_kimg", "checkpoint_kimg", "ema_kimg", "keep_checkpoints", "max_nonfinite"]
+        positive += ["grid_images", "metric_images", "collective_timeout_min"] + ([] if self.kimg is None else ["kimg"])
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
+        for name in ("workers", "metric_kimg", "synthetic_images"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
 
     @property
     def total_images(self) -> int:

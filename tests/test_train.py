@@ -133,6 +133,11 @@ def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path
         (["--energy-penalty", "-1"], "energy_penalty must be a finite number >= 0"),
         (["--logvar-bound", "nan"], "logvar_bound must be a finite number >= 0"),
         (["--config", "{missing}"], "cannot read configuration"),
+        (["--kimg", "nan"], "--kimg must be a finite number > 0"),
+        (["--kimg", "0"], "--kimg must be a finite number > 0"),
+        (["--kimg", "-1"], "--kimg must be a finite number > 0"),
+        (["--checkpoint-kimg", "-1"], "--checkpoint-kimg must be a finite number > 0"),
+        (["--workers", "-1"], "--workers must be a finite number >= 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, lmdb16, capsys, extra, message):
@@ -278,6 +283,15 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, lmdb16):
     digests = state["rank_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]  # both ranks hold identical weights
     assert "res   16" in (run_dir / "log.txt").read_text()
+    # Resuming with two processes reads the checkpoint the main process wrote, on every rank.
+    resumed = _accelerate([*TINY, "--data", str(lmdb16), "--out", str(two), "--kimg", "0.288", "--resume", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = _final_checkpoint(two)
+    assert state["images_shown"] == 288 and state["rank_digests"][0] == state["rank_digests"][1]
+    straight = tmp_path / "two-straight"
+    result = _accelerate([*TINY, "--data", str(lmdb16), "--out", str(straight), "--kimg", "0.288"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_training_state(_final_checkpoint(straight), state)  # exact: same processes, same reductions
 
     assert train([*TINY, "--data", str(lmdb16), "--out", str(one), "--kimg", "0.24"]) == 0
     # Compared after both fade-ins (192 images, 48 iterations). Float rounding differs between one global
