@@ -169,6 +169,16 @@ def test_recipes_resolve_from_the_flag_a_config_file_or_the_default(tmp_path, ca
     partial.write_text(json.dumps({"recipe": "reference", "objective": {"weight_kl": 0.5}}))
     reference = _dry_run_config(capsys, ["--config", str(partial)])
     assert reference["objective"] == dataclasses.asdict(recipe_config("reference", weight_kl=0.5))
+    # A --config that is not a JSON object, or names an unknown key, is one line and exit 2.
+    for name, text, message in [
+        ("not.json", "{oops", "cannot read configuration"),
+        ("list.json", "[1, 2]", "must hold a JSON object"),
+        ("unknown.json", '{"objective": {"weight_klx": 1}}', "unknown TriangleConfig keys: weight_klx"),
+    ]:
+        (tmp_path / name).write_text(text)
+        assert train([*TINY, "--config", str(tmp_path / name), "--dry-run"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
     # The 512-channel presets train at a tenth of the objective's rates; --lr-multipliers edits that table.
     celebahq = _dry_run_config(capsys, ["--preset", "celebahq", "--res", "64", "--lr-multipliers", "64:0.05"])
     multipliers = celebahq["schedule"]["lr_multipliers"]
