@@ -54,6 +54,9 @@ from progressive.triangle import (
 log = logging.getLogger("progressive.train")
 
 
+FIRST_REPORT_ITERATIONS = 10  # iterations after a start or resume before the first status line
+
+
 class NonFiniteError(RuntimeError):
     """Training kept producing non-finite gradients; the run stops without writing NaN weights."""
 
@@ -327,6 +330,8 @@ class Trainer:
         stats_count = 0
         loader_key, batches = None, None
         tick = _Tick(time.time(), self.state.images_shown)
+        # A first status line a few iterations in (speed and ETAs within seconds), not only at the first tick.
+        first_report = self.state.iteration + FIRST_REPORT_ITERATIONS
         if self.state.images_shown == 0:
             first = stage_at(config.schedule, 0, config.objective)
             self._set_stage(first)
@@ -392,7 +397,7 @@ class Trainer:
             self.state.images_shown += stage.batch_size
             self.state.iteration += 1
             now = self.state.images_shown
-            if _crossed(images_shown, now, config.tick_kimg) or now >= total:
+            if _crossed(images_shown, now, config.tick_kimg) or now >= total or self.state.iteration == first_report:
                 self._report(stage, tick, stats_sum, stats_count, total)
                 stats_sum.zero_()
                 stats_count = 0

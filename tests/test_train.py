@@ -197,6 +197,14 @@ def test_default_recipe_trains_without_non_finite_steps_or_collapse(tmp_path, lm
     assert health["diversity_min"] > 0.2, health
 
 
+def test_first_status_line_comes_after_ten_iterations_not_at_the_first_tick(tmp_path, lmdb16):
+    out = tmp_path / "runs"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.1", "--tick-kimg", "100"]) == 0
+    (run_dir,) = out.iterdir()
+    status = [line for line in (run_dir / "log.txt").read_text().splitlines() if " sec/kimg " in line]
+    assert len(status) == 2 and "kimg     0.04 " in status[0] and "kimg     0.10 " in status[1], status
+
+
 def test_nan_batch_is_skipped_and_counted(tmp_path, lmdb16):
     out = tmp_path / "runs"
     assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.1", "--debug-nan-iterations", "3"]) == 0
