@@ -71,14 +71,12 @@ class TrainConfig:
         """ValueError naming the option for a value no run can use (a NaN or zero length, negative counts)."""
         positive = ["tick_kimg", "snapshot_kimg", "checkpoint_kimg", "ema_kimg", "keep_checkpoints", "max_nonfinite"]
         positive += ["grid_images", "metric_images", "collective_timeout_min"] + ([] if self.kimg is None else ["kimg"])
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
-        for name in ("workers", "metric_kimg", "synthetic_images"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
+        for name in [*positive, "workers", "metric_kimg", "synthetic_images"]:
+            value, zero_allowed = getattr(self, name), name not in positive
+            number = not isinstance(value, bool) and isinstance(value, int | float) and value < math.inf
+            if not (number and (value >= 0 if zero_allowed else value > 0)):
+                bound = ">= 0" if zero_allowed else "> 0"
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number {bound}, got {value!r}")
 
     @property
     def total_images(self) -> int:
