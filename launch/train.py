@@ -23,7 +23,7 @@ from progressive.config import TrainConfig, load_config_file, merge_config, pres
 from progressive.layers import is_power_of_two
 from progressive.presets import PRESETS
 from progressive.schedule import ScheduleConfig, schedule_table
-from progressive.triangle import RECIPES, TriangleConfig
+from progressive.triangle import DEFAULT_RECIPE, RECIPES, TriangleConfig
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default: by --res, see docs)")
     parser.add_argument(
         "--recipe",
-        help=f"objective recipe, one of {', '.join(RECIPES)} (default: triangle; docs/objective.md)",
+        help=f"objective recipe, one of {', '.join(RECIPES)} (default: {DEFAULT_RECIPE}; docs/objective.md)",
     )
     parser.add_argument("--out", help="root of the auto-numbered run directories (default: runs)")
     parser.add_argument("--resume", help="`latest`, a run directory or a checkpoint file")
@@ -124,7 +124,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     try:
         file_values = load_config_file(args.config) if args.config else {}
         # The recipe gives the objective's starting values; a --config file and the flags apply on top.
-        config = preset_config(preset, args.recipe or file_values.get("recipe", "triangle"))
+        config = preset_config(preset, args.recipe or file_values.get("recipe", DEFAULT_RECIPE))
         if file_values:
             config = merge_config(config, file_values)
     except (ValueError, TypeError) as error:

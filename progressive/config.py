@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from progressive.schedule import ScheduleConfig
-from progressive.triangle import TriangleConfig, recipe_config
+from progressive.triangle import DEFAULT_RECIPE, TriangleConfig, recipe_config
 
 # Values that may change between a checkpoint and its resumption without changing the training itself.
 RESUMABLE_CHANGES = frozenset(
@@ -63,8 +63,10 @@ class TrainConfig:
     metric_images: int = 256  # held-out (or training) images, and as many samples, per evaluation
     inception: str | None = None  # TorchScript Inception weights for fid/is (docs/evaluation.md)
     debug_nan_iterations: list[int] = field(default_factory=list)  # testing aid: replace these batches by NaN
-    recipe: str = "triangle"  # named objective configuration the `objective` values started from (triangle.RECIPES)
-    objective: TriangleConfig = field(default_factory=lambda: recipe_config("triangle"))  # weights, forms, optimiser
+    recipe: str = DEFAULT_RECIPE  # named objective configuration the `objective` values started from (triangle.RECIPES)
+    objective: TriangleConfig = field(
+        default_factory=lambda: recipe_config(DEFAULT_RECIPE)
+    )  # weights, forms, optimiser
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # growth: phases, batch sizes
 
     def __post_init__(self) -> None:
@@ -102,7 +104,7 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(preset: str, recipe: str = "triangle") -> TrainConfig:
+def preset_config(preset: str, recipe: str = DEFAULT_RECIPE) -> TrainConfig:
     """TrainConfig with preset `preset`'s defaults (schedule from ScheduleConfig.for_preset) and objective `recipe`."""
     values = dict(PRESET_DEFAULTS.get(preset, {}))
     return TrainConfig(

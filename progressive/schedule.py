@@ -98,7 +98,7 @@ class ScheduleConfig:
             # A tenth of the objective's rates at every resolution: Adam moves each plain weight by about the
             # learning rate, so a layer's output changes in proportion to rate x fan-in, and these networks
             # are 8x wider (512 channels) than the demo's, for which the reference rates were tuned. With the
-            # full rates even the VAE part alone un-learns at 8x8 (docs/objective.md, "Learning rates").
+            # full rates even the VAE part alone un-learns at 8x8 (docs/objective.md, "Where the default departs").
             return cls(
                 min_resolution=4,
                 max_resolution=last,

@@ -96,6 +96,7 @@ _STABLE: dict[str, Any] = {
     "energy_penalty": 0.1,  # not in D: pulls |E| towards 1 / (2 * 0.1) = 5 at most, without a gradient penalty
     "logvar_bound": 5.0,  # q's log-variance in (-5, 5): the latent NLL cannot explode through a vanishing variance
 }
+DEFAULT_RECIPE = "triangle"  # what launch/train.py trains without --recipe
 RECIPES: dict[str, dict[str, Any]] = {
     "triangle": _STABLE,  # the full objective with the stabilising terms: the default
     "vae": {**_STABLE, "weight_energy": 0.0, "weight_latent": 0.0},  # KL(Q||P) alone: no energy model
@@ -449,6 +450,7 @@ def stats_to_dict(stats: torch.Tensor) -> dict[str, float]:
 __all__ = [
     "ENERGY_FORMS",
     "KL_REDUCTIONS",
+    "DEFAULT_RECIPE",
     "RECIPES",
     "STAT_NAMES",
     "TriangleConfig",
