@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import lmdb
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 FORMAT_VERSION = 1
 META_KEY = b"__meta__"
@@ -93,14 +93,19 @@ def encode_image(pixels: np.ndarray, image_format: str) -> bytes:
 
 
 def decode_image(data: bytes, image_format: str, resolution: int) -> np.ndarray:
-    """Decode a stored value to uint8 (resolution, resolution, 3); raise DatasetFormatError on a wrong shape."""
+    """Decode a stored value to uint8 (resolution, resolution, 3); DatasetFormatError if damaged or of a wrong shape."""
     if image_format == "raw":
         expected = resolution * resolution * 3
         if len(data) != expected:
             raise DatasetFormatError(f"raw value has {len(data)} bytes, expected {expected}")
         return np.frombuffer(data, dtype=np.uint8).reshape(resolution, resolution, 3)
-    with Image.open(io.BytesIO(data), formats=[image_format.upper()]) as image:
-        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    try:
+        with Image.open(io.BytesIO(data), formats=[image_format.upper()]) as image:
+            pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    except UnidentifiedImageError:
+        raise DatasetFormatError(f"value is not a {image_format.upper()} image") from None
+    except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for damaged bytes
+        raise DatasetFormatError(f"value is a damaged {image_format.upper()} image ({error})") from None
     if pixels.shape != (resolution, resolution, 3):
         raise DatasetFormatError(f"value decodes to {pixels.shape}, expected {(resolution, resolution, 3)}")
     return pixels

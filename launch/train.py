@@ -5,7 +5,8 @@ Works under `accelerate launch` (any number of processes, --mixed_precision no|f
 Every objective and schedule value can be overridden (see --help); the resolved configuration is written
 to the run directory as config.json. docs/training.md describes the options and the presets.
 
-Exit codes: 0 done, 2 bad input (nothing written), 3 stopped on repeated non-finite gradients.
+Exit codes: 0 done, 1 failed (one line; e.g. a checkpoint write on a full disk), 2 bad input (nothing written before
+the start, or a damaged image found in training), 3 stopped on repeated non-finite gradients.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from datasets_prep.lmdb_format import DatasetFormatError
 from progressive.checkpoint import CheckpointError, load_checkpoint, next_run_directory, resolve_resume
 from progressive.config import TrainConfig, load_config_file, merge_config, preset_config
 from progressive.layers import is_power_of_two
@@ -25,6 +27,7 @@ from progressive.presets import PRESETS
 from progressive.schedule import ScheduleConfig, schedule_table
 from progressive.triangle import DEFAULT_RECIPE, RECIPES, TriangleConfig
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 # Schedule values set by other options (--res sets max_resolution, --batch the batch sizes).
@@ -318,12 +321,22 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as error:
         accelerator.end_training()
         return fail(str(error), EXIT_NONFINITE)
+    except DatasetFormatError as error:  # a damaged image, found when a batch reads it
+        return fail(original_message(error), EXIT_BAD_INPUT)
+    except OSError as error:  # a full disk or a lost file system while writing; the last checkpoint is intact
+        return fail(f"{original_message(error)}; continue with --resume latest", EXIT_FAILED)
     except Stopped as stop:
         logging.getLogger("progressive.train").info("%s; continue with --resume latest", stop)
         accelerator.end_training()
         return 128 + stop.signal_number  # what a shell reports for a process ended by that signal
     accelerator.end_training()
     return 0
+
+
+def original_message(error: BaseException) -> str:
+    """The message of `error`, without the worker traceback a DataLoader worker's exception carries in its text."""
+    last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    return last.removeprefix(f"{type(error).__module__}.{type(error).__qualname__}: ")
 
 
 def _setup_logging(run_dir: Path, main_process: bool) -> None:

@@ -40,6 +40,8 @@ def save_atomically(state: dict[str, Any], path: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:  # torch.save's own message names no file
+        raise OSError(error.errno, f"writing {path} failed: {error.strerror}") from error
     finally:
         temporary.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)

@@ -85,7 +85,10 @@ class LMDBImageDataset(Dataset):
         try:
             pixels = decode_image(value, self.image_format, self.resolution)
         except DatasetFormatError as error:
-            raise DatasetFormatError(f"{self.path}: {self.split} image {index} at {self.resolution}: {error}") from None
+            raise DatasetFormatError(
+                f"{self.path}: {self.split} image {index} at {self.resolution}x{self.resolution}: {error}; "
+                "`python -m datasets_prep verify --full` lists every damaged image"
+            ) from None
         if self.hflip and torch.rand(()) < 0.5:
             pixels = pixels[:, ::-1]
         # One copy does it all: HWC uint8 to a contiguous, writable CHW float32 array.

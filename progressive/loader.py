@@ -9,6 +9,8 @@ images one process would see with the same global batch.
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 from collections.abc import Iterator
 
@@ -69,6 +71,10 @@ class StreamBatchSampler(Sampler[list[int]]):
 
 def make_loader(dataset: Dataset, sampler: StreamBatchSampler, workers: int, pin_memory: bool) -> DataLoader:
     """A DataLoader over `sampler`'s batches; the trainer rebuilds it when the batch size or resolution changes."""
+    if workers > 0:
+        # Registered (once) after multiprocessing's own exit hook, so it runs first: see kill_workers_at_exit.
+        atexit.unregister(kill_workers_at_exit)
+        atexit.register(kill_workers_at_exit)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -87,6 +93,23 @@ def ignore_stop_signals(worker_id: int) -> None:
     """
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
+
+
+def kill_workers_at_exit() -> None:
+    """End the DataLoader workers still alive when the training process exits, with SIGKILL.
+
+    Python's exit ends daemonic children with SIGTERM and then waits for them; the workers ignore
+    SIGTERM (above), so after an exception that leaves a DataLoader iterator alive (a damaged image,
+    a failed checkpoint write, a killed worker) that wait would never end. A clean exit has shut its
+    workers down already and finds none here.
+    """
+    workers = [child for child in multiprocessing.active_children() if child.daemon]
+    if workers and hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report these kills as failures
+    for worker in workers:
+        worker.kill()
+    for worker in workers:
+        worker.join(timeout=5)
 
 
 class SyntheticShapesDataset(Dataset):

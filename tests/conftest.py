@@ -3,6 +3,7 @@
 One intra-op thread: tiny networks run fastest that way, and suites share 2 cores.
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,17 @@ def _build_shapes_lmdb(out: Path, images: int, max_res: int, holdout: int, seed:
 def build_shapes_lmdb():
     """build_shapes_lmdb(out, images, max_res, holdout, seed=0): a synthetic-shapes LMDB built by the real CLI."""
     return _build_shapes_lmdb
+
+
+def _accelerate_command(args: list[str], processes: int = 2) -> tuple[list[str], dict[str, str]]:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(ROOT / "launch" / "train.py"), *args]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return command, env
+
+
+@pytest.fixture(scope="session")
+def accelerate_command():
+    """accelerate_command(args, processes=2): (`accelerate launch` of launch/train.py on CPU processes, its env)."""
+    return _accelerate_command

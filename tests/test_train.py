@@ -277,23 +277,14 @@ def test_a_save_killed_half_way_leaves_the_previous_checkpoint(tmp_path, monkeyp
     assert [p.name for p in list_checkpoints(directory)] == ["checkpoint-000000300.pt", "checkpoint-000000400.pt"]
 
 
-def _accelerate_command(args: list[str], processes: int = 2) -> tuple[list[str], dict[str, str]]:
-    """`accelerate launch` of launch/train.py with `processes` CPU processes (gloo), and its environment."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(ROOT / "launch" / "train.py"), *args]  # fmt: skip
-    return command, env
-
-
-def _accelerate(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
-    command, env = _accelerate_command(args, processes)
+def _accelerate(accelerate_command, args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    command, env = accelerate_command(args, processes)
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
-def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, lmdb16):
+def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, lmdb16, accelerate_command):
     two, one = tmp_path / "two", tmp_path / "one"
-    result = _accelerate([*TINY, "--data", str(lmdb16), "--out", str(two), "--kimg", "0.24"])
+    result = _accelerate(accelerate_command, [*TINY, "--data", str(lmdb16), "--out", str(two), "--kimg", "0.24"])
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = two.iterdir()
     assert list(run_dir.glob("tensorboard/events.out.tfevents.*")) and (run_dir / "snapshots" / "reals.png").exists()
@@ -302,12 +293,14 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, lmdb16):
     assert len(digests) == 2 and digests[0] == digests[1]  # both ranks hold identical weights
     assert "res   16" in (run_dir / "log.txt").read_text()
     # Resuming with two processes reads the checkpoint the main process wrote, on every rank.
-    resumed = _accelerate([*TINY, "--data", str(lmdb16), "--out", str(two), "--kimg", "0.288", "--resume", "latest"])
+    resumed = _accelerate(
+        accelerate_command, [*TINY, "--data", str(lmdb16), "--out", str(two), "--kimg", "0.288", "--resume", "latest"]
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = _final_checkpoint(two)
     assert state["images_shown"] == 288 and state["rank_digests"][0] == state["rank_digests"][1]
     straight = tmp_path / "two-straight"
-    result = _accelerate([*TINY, "--data", str(lmdb16), "--out", str(straight), "--kimg", "0.288"])
+    result = _accelerate(accelerate_command, [*TINY, "--data", str(lmdb16), "--out", str(straight), "--kimg", "0.288"])
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_training_state(_final_checkpoint(straight), state)  # exact: same processes, same reductions
 
@@ -320,7 +313,9 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, lmdb16):
 
     # A global batch that the processes cannot split is refused before anything is written. Each process
     # exits with 2; `accelerate launch` itself reports that in its summary and exits with 1.
-    refused = _accelerate([*TINY, "--data", str(lmdb16), "--out", str(tmp_path / "odd"), "--batch", "3"])
+    refused = _accelerate(
+        accelerate_command, [*TINY, "--data", str(lmdb16), "--out", str(tmp_path / "odd"), "--batch", "3"]
+    )
     assert refused.returncode != 0 and "exitcode  : 2" in refused.stderr
     assert refused.stderr.count("error: batch size 3 at 4x4 is not divisible by the 2 processes") == 1
     assert not (tmp_path / "odd").exists()
@@ -349,9 +344,9 @@ def test_bf16_autocasts_and_fp16_on_the_cpu_is_refused(tmp_path, lmdb16, monkeyp
     assert not (tmp_path / "fp16").exists()
 
 
-def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_iteration(tmp_path, lmdb16):
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_iteration(tmp_path, lmdb16, accelerate_command):
     out = tmp_path / "runs"
-    command, env = _accelerate_command([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.24"])
+    command, env = accelerate_command([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.24"])
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 cwd=ROOT, start_new_session=True)  # fmt: skip
     lines = []

@@ -1,0 +1,131 @@
+"""A training run with DataLoader workers ends within seconds after a failure, workers included.
+
+Each run bounds its own time: a hang fails the test instead of stalling the suite.
+"""
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lmdb
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Far above the few seconds these runs need to fail; a hang is what exceeds it.
+DEADLINE_S = 60
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--res", "8", "--preset", "tiny", "--workers", "2", "--out", str(out), *extra]
+
+
+def train_command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "launch/train.py", *train_args(data, out, *extra)]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains `text` (a worker forked from a run shares its line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                    if state != "Z":
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def finish(process: subprocess.Popen, marker: str) -> tuple[int, str]:
+    """Wait for the run (at most DEADLINE_S), then check that neither it nor any of its workers is left."""
+    try:
+        _, stderr = process.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        for pid in processes_mentioning(marker):
+            os.kill(pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"the run did not exit within {DEADLINE_S} s")
+    time.sleep(0.5)  # workers of a killed parent would still be visible here
+    assert processes_mentioning(marker) == []
+    return process.returncode, stderr
+
+
+@pytest.fixture(scope="module")
+def shapes8(build_shapes_lmdb, tmp_path_factory):
+    return build_shapes_lmdb(tmp_path_factory.mktemp("data") / "shapes8", images=256, max_res=8, holdout=0)
+
+
+def test_damaged_image_ends_the_run_with_one_line(shapes8, tmp_path):
+    data = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", str(shapes8), str(data)], check=True)
+    with lmdb.open(str(data)).begin(write=True) as txn:
+        txn.put(b"train/8/00000100", b"\x89PNG but not really")
+    process = subprocess.Popen(train_command(data, tmp_path / "runs", "--kimg", "3"), cwd=ROOT, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    code, stderr = finish(process, str(tmp_path))
+    assert code == 2
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "train image 100 at 8x8" in last and "verify --full" in last
+
+
+def test_failed_checkpoint_write_ends_the_run(shapes8, tmp_path):
+    def small_files_only():  # a disk that takes the logs and snapshots, but no checkpoint (about 110 kB here)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so a write past the limit fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    command = train_command(
+        shapes8, tmp_path / "runs", "--kimg", "3", "--checkpoint-kimg", "0.5", "--snapshot-kimg", "100"
+    )
+    process = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=small_files_only)  # fmt: skip
+    code, stderr = finish(process, str(tmp_path))
+    assert code == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "checkpoint-" in last and "--resume latest" in last
+    assert not list((tmp_path / "runs").glob("*/checkpoints/*"))  # no partial file left behind
+
+
+def test_killed_worker_ends_the_run(shapes8, tmp_path):
+    command = train_command(shapes8, tmp_path / "runs", "--kimg", "50", "--tick-kimg", "0.1")
+    process = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in process.stdout:  # a status line: training runs, its workers are up
+        if " kimg " in line:
+            break
+    workers = children_of(process.pid)
+    assert workers, "the run has no DataLoader workers"
+    os.kill(workers[0], signal.SIGKILL)
+    code, stderr = finish(process, str(tmp_path))
+    assert code != 0
+    assert "exited unexpectedly" in stderr or "killed by signal" in stderr
+
+
+def test_killed_worker_of_one_rank_ends_every_rank(shapes8, tmp_path, accelerate_command):
+    command, env = accelerate_command(train_args(shapes8, tmp_path / "runs", "--kimg", "50", "--tick-kimg", "0.1"))
+    launcher = subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in launcher.stdout:
+        if " kimg " in line:
+            break
+    ranks = sorted(pid for pid in children_of(launcher.pid) if children_of(pid))
+    assert len(ranks) == 2, "expected two training processes with DataLoader workers"
+    os.kill(children_of(ranks[-1])[0], signal.SIGKILL)
+    code, _ = finish(launcher, str(tmp_path))
+    assert code != 0
