@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lmdb
 from tqdm import tqdm
 
 from datasets_prep.lmdb_format import (
@@ -79,7 +80,11 @@ def _verify_env(env, path: Path, full: bool, progress: bool) -> list[str]:
     with env.begin() as txn, bar:
         for split, count in metadata["count"].items():
             for index in range(count):
-                values = _check_image(txn, metadata, split, index, full, problems)
+                try:
+                    values = _check_image(txn, metadata, split, index, full, problems)
+                except lmdb.Error as error:  # damaged page structure; the transaction cannot read on
+                    problems.append(f"{split} image {index}: {error}; the LMDB is damaged, copy it again or rebuild it")
+                    return problems
                 if full and values is not None:
                     accumulator = accumulate_fingerprint(accumulator, split, index, image_digest(values))
                 bar.update(1)

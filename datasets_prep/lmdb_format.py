@@ -151,10 +151,11 @@ def open_readonly(path: str | os.PathLike) -> lmdb.Environment:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DatasetFormatError(f"no dataset LMDB at {path}")
+    subdir = os.path.isdir(path)  # prepare_data.py and this package write directories; a bare file works too
     try:
-        return lmdb.open(
+        env = lmdb.open(
             path,
-            subdir=os.path.isdir(path),  # prepare_data.py and this package write directories; a bare file works too
+            subdir=subdir,
             readonly=True,
             lock=False,  # no lock file needed (or writable) when nothing writes concurrently
             readahead=False,  # random access: OS readahead would only waste page cache
@@ -163,10 +164,28 @@ def open_readonly(path: str | os.PathLike) -> lmdb.Environment:
         )
     except lmdb.Error as error:
         raise DatasetFormatError(f"{path} is not a readable LMDB ({error})") from error
+    # A truncated file (an interrupted copy or download) would kill the process with SIGBUS at the first
+    # read past its end. Opening reads only the meta pages, which record the last page in use: compare.
+    data_file = os.path.join(path, "data.mdb") if subdir else path
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = os.path.getsize(data_file)
+    if size < needed:
+        env.close()
+        raise DatasetFormatError(
+            f"{data_file} is truncated: {size} bytes, but its pages need {needed}; copy it again or rebuild it"
+        )
+    return env
 
 
 def metadata_from_env(env: lmdb.Environment, path: str) -> dict:
     """The metadata of an open dataset LMDB, synthesised for prepare_data.py LMDBs."""
+    try:
+        return _metadata_from_txn(env, path)
+    except lmdb.Error as error:  # CorruptedError, PageNotFoundError, ...: damaged page structure
+        raise DatasetFormatError(f"{path} is damaged ({error}); copy it again or rebuild it") from error
+
+
+def _metadata_from_txn(env: lmdb.Environment, path: str) -> dict:
     with env.begin() as txn:
         raw_meta = txn.get(META_KEY)
         if raw_meta is not None:

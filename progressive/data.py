@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+import lmdb
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -72,8 +73,13 @@ class LMDBImageDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} {self.split} images")
         key = key_for(self.metadata, self.split, self.resolution, index)
-        with READERS.shared(self.path).begin() as txn:
-            value = txn.get(key)
+        try:
+            with READERS.shared(self.path).begin() as txn:
+                value = txn.get(key)
+        except lmdb.Error as error:  # damaged page structure
+            raise DatasetFormatError(
+                f"{self.path}: key {key.decode()} is unreadable ({error}); run `python -m datasets_prep verify`"
+            ) from error
         if value is None:
             raise DatasetFormatError(
                 f"{self.path}: key {key.decode()} is missing; run `python -m datasets_prep verify`"

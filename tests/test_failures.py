@@ -1,6 +1,7 @@
-"""A training run with DataLoader workers ends within seconds after a failure, workers included.
+"""Failures end within seconds, with one line: training with DataLoader workers, damaged or truncated LMDBs.
 
-Each run bounds its own time: a hang fails the test instead of stalling the suite.
+Each run bounds its own time: a hang fails the test instead of stalling the suite. Commands that could
+die of SIGBUS on a truncated file run as subprocesses, so a regression fails the test, not the suite.
 """
 
 import os
@@ -129,3 +130,42 @@ def test_killed_worker_of_one_rank_ends_every_rank(shapes8, tmp_path, accelerate
     os.kill(children_of(ranks[-1])[0], signal.SIGKILL)
     code, _ = finish(launcher, str(tmp_path))
     assert code != 0
+
+
+def run_tool(*args, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess:
+    command = [sys.executable, *[str(a) for a in args]]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("keep", [0.9, 40_000], ids=["90-percent", "40-kB"])
+def test_truncated_lmdb_is_one_line_for_every_reader(shapes8, tmp_path, keep):
+    data = tmp_path / "truncated"
+    subprocess.run(["cp", "-r", str(shapes8), str(data)], check=True)
+    size = (data / "data.mdb").stat().st_size
+    os.truncate(data / "data.mdb", int(size * keep) if keep < 1 else keep)
+    expected = f"data.mdb is truncated: {int(size * keep) if keep < 1 else keep} bytes, but its pages need {size}"
+
+    info = run_tool("-m", "datasets_prep", "info", data)
+    assert info.returncode == 2 and info.stderr.strip() == f"error: {data}/{expected}; copy it again or rebuild it"
+    for full in ([], ["--full"]):
+        verify = run_tool("-m", "datasets_prep", "verify", *full, data)
+        assert verify.returncode == 1 and f"problem: {data}/{expected}" in verify.stdout
+    train = run_tool("launch/train.py", *train_args(data, tmp_path / "runs", "--kimg", "0.1"))
+    assert train.returncode == 2 and train.stderr.strip().splitlines()[-1].endswith("copy it again or rebuild it")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_damaged_page_structure_is_a_listed_problem(shapes8, tmp_path):
+    pages = (shapes8 / "data.mdb").stat().st_size // 4096
+    # Damage everywhere hides the metadata; damage to some leaf pages only, images read through them.
+    for damaged, seen in [(range(2, pages), " is damaged ("), (range(pages // 4, pages // 2), ": train image ")]:
+        name = f"damaged-{damaged.start}"
+        data = tmp_path / name
+        subprocess.run(["cp", "-r", str(shapes8), str(data)], check=True)
+        with open(data / "data.mdb", "r+b") as handle:
+            for page in damaged:  # pages 0 and 1 are LMDB's meta pages; each other page begins with its header
+                handle.seek(page * 4096 + 8)
+                handle.write(b"\xff" * 8)
+        verify = run_tool("-m", "datasets_prep", "verify", data)
+        assert verify.returncode == 1, verify.stderr
+        assert seen in verify.stdout and "1 problem(s)" in verify.stdout and not verify.stderr

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from datasets_prep.lmdb_format import DatasetFormatError
 from progressive.checkpoint import CheckpointError, newest_in_directory, newest_of_runs
 from progressive.pretrained import TrainedRun, load_trained
 from progressive.schedule import blend_reals
@@ -31,10 +32,10 @@ class BadInput(Exception):
 
 
 def run_main(body: Callable[[], int]) -> int:
-    """Run a command's body; BadInput becomes one `error: ...` line on stderr and exit code 2."""
+    """Run a command's body; BadInput or a damaged dataset becomes one `error: ...` line on stderr and exit code 2."""
     try:
         return body()
-    except BadInput as error:
+    except (BadInput, DatasetFormatError) as error:  # the second: a damaged image or LMDB found while reading
         # Loaders may quote multi-line library messages; the first line names the problem.
         lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         print(f"error: {lines[0]}", file=sys.stderr)
