@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from datasets_prep.lmdb_format import DatasetFormatError
-from progressive.checkpoint import CheckpointError, load_checkpoint, next_run_directory, resolve_resume
+from progressive.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, resolve_resume
 from progressive.config import TrainConfig, load_config_file, merge_config, preset_config
 from progressive.layers import is_power_of_two
 from progressive.presets import PRESETS
+from progressive.run_directory import RunDirectoryBusy, RunDirectoryLock, create_run_directory
 from progressive.schedule import ScheduleConfig, schedule_table
 from progressive.triangle import DEFAULT_RECIPE, RECIPES, TriangleConfig
 
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list
 
-    from progressive.training_loop import NonFiniteError, Stopped, Trainer
+    from progressive.training_loop import Trainer
 
     accelerator = Accelerator(
         log_with="tensorboard",
@@ -264,11 +265,6 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     main_process = accelerator.is_main_process
-
-    def fail(message: str, code: int) -> int:
-        if main_process:
-            print(f"error: {message}", file=sys.stderr)
-        return code
 
     try:
         check_batches(config, accelerator.num_processes)
@@ -284,25 +280,53 @@ def main(argv: list[str] | None = None) -> int:
             # then resumes on any device and number of processes (torch cannot map to a multi-process "cpu:0").
             trainer.load_state_dict(load_checkpoint(checkpoint_path, map_location="cpu"), checkpoint_path)
     except (BadInput, CheckpointError, ValueError) as error:
-        return fail(str(error), EXIT_BAD_INPUT)
+        return report(main_process, str(error), EXIT_BAD_INPUT)
 
-    # Only now, with every input checked, is anything written.
-    run_dir = [None]
+    # Only now, with every input checked, is anything written. The main process picks the run directory and
+    # locks it (or learns that another run holds it); every process learns the outcome.
+    outcome: list[Any] = [None, None]  # [run directory, message of a refusal]
+    lock = None
     if main_process:
-        if checkpoint_path is not None:
-            run_dir[0] = str(
-                checkpoint_path.parent.parent
-                if checkpoint_path.parent.name == "checkpoints"
-                else checkpoint_path.parent
-            )
-        else:
-            run_dir[0] = str(next_run_directory(Path(config.out), f"{config.preset}-{config.resolution}"))
-    broadcast_object_list(run_dir)
-    trainer.run_dir = Path(run_dir[0])
+        try:
+            run_dir, lock = claim_run_directory(config, checkpoint_path)
+            outcome[0] = str(run_dir)
+        except RunDirectoryBusy as error:
+            outcome[1] = str(error)
+    broadcast_object_list(outcome)
+    if outcome[1] is not None:
+        return report(main_process, outcome[1], EXIT_BAD_INPUT)
+    try:
+        return train_in(Path(outcome[0]), trainer, config, accelerator, checkpoint_path)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_run_directory(config: TrainConfig, checkpoint_path: Path | None) -> tuple[Path, RunDirectoryLock]:
+    """The run directory to write in, locked: the resumed checkpoint's own run, else a new one under --out."""
+
+    if checkpoint_path is not None and checkpoint_path.parent.name == "checkpoints":
+        run_dir = checkpoint_path.parent.parent
+    else:  # a new run, or a checkpoint file kept outside any run directory: a new run directory under --out
+        run_dir = create_run_directory(Path(config.out), f"{config.preset}-{config.resolution}")
+    lock = RunDirectoryLock(run_dir)
+    lock.acquire()
+    return run_dir, lock
+
+
+def train_in(run_dir: Path, trainer, config: TrainConfig, accelerator, checkpoint_path: Path | None) -> int:
+    """Train in `run_dir` (chosen and locked by the main process) until done, stopped or failed; the exit code."""
+    from progressive.training_loop import NonFiniteError, Stopped
+
+    main_process = accelerator.is_main_process
+    log = logging.getLogger("progressive.train")
+    trainer.run_dir = run_dir
     _setup_logging(trainer.run_dir, main_process)
     if main_process:
         (trainer.run_dir / "config.json").write_text(config.to_json())
-        logging.getLogger("progressive.train").info(
+        for path in remove_stale_temporaries(run_dir / "checkpoints"):  # safe: this process holds the lock
+            log.info("removed %s, left by a checkpoint save that was interrupted", path.name)
+        log.info(
             "run directory %s; %d process(es), device %s, mixed precision %s%s",
             trainer.run_dir,
             accelerator.num_processes,
@@ -320,17 +344,24 @@ def main(argv: list[str] | None = None) -> int:
             trainer.run()
     except NonFiniteError as error:
         accelerator.end_training()
-        return fail(str(error), EXIT_NONFINITE)
+        return report(main_process, str(error), EXIT_NONFINITE)
     except DatasetFormatError as error:  # a damaged image, found when a batch reads it
-        return fail(original_message(error), EXIT_BAD_INPUT)
+        return report(main_process, original_message(error), EXIT_BAD_INPUT)
     except OSError as error:  # a full disk or a lost file system while writing; the last checkpoint is intact
-        return fail(f"{original_message(error)}; continue with --resume latest", EXIT_FAILED)
+        return report(main_process, f"{original_message(error)}; continue with --resume latest", EXIT_FAILED)
     except Stopped as stop:
-        logging.getLogger("progressive.train").info("%s; continue with --resume latest", stop)
+        log.info("%s; continue with --resume latest", stop)
         accelerator.end_training()
         return 128 + stop.signal_number  # what a shell reports for a process ended by that signal
     accelerator.end_training()
     return 0
+
+
+def report(main_process: bool, message: str, code: int) -> int:
+    """Print `error: message` once (from the main process) and return the exit code."""
+    if main_process:
+        print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def original_message(error: BaseException) -> str:

@@ -17,6 +17,8 @@ import torch
 CHECKPOINT_KIND = "divergence-triangle-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d{9,})\.pt$")
+# A save writes .checkpoint-NNN.pt.tmp-PID first; a process killed during a save leaves it behind.
+TEMPORARY_SUFFIX = ".tmp-"
 
 
 class CheckpointError(ValueError):
@@ -33,7 +35,7 @@ def save_atomically(state: dict[str, Any], path: Path) -> None:
     The bytes go to a temporary file in the same directory, are flushed to disk, then renamed over `path`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = path.with_name(f".{path.name}{TEMPORARY_SUFFIX}{os.getpid()}")
     try:
         with open(temporary, "wb") as handle:
             torch.save(state, handle)
@@ -123,11 +125,11 @@ def resolve_resume(resume: str, out: Path) -> Path:
     return path
 
 
-def next_run_directory(root: Path, name: str) -> Path:
-    """Create root/NNNNN-name with NNNNN one above the highest number already there."""
-    root.mkdir(parents=True, exist_ok=True)
-    existing = run_directories(root)
-    number = int(existing[-1].name[:5]) + 1 if existing else 0
-    run_dir = root / f"{number:05d}-{name}"
-    run_dir.mkdir()
-    return run_dir
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files of saves that were interrupted; only for a directory no other process writes."""
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if p.name.startswith(".checkpoint-") and TEMPORARY_SUFFIX in p.name]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

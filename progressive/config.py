@@ -21,6 +21,7 @@ RESUMABLE_CHANGES = frozenset(
     {
         "kimg",
         "out",
+        "data",  # the dataset is compared by its content fingerprint, whatever path it is found under
         "workers",
         "tick_kimg",
         "snapshot_kimg",

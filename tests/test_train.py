@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,8 +117,11 @@ def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path
     assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--resume", "latest", "--weight-kl", "2"]) == 2
     assert "objective.weight_kl: 1.0 -> 2.0" in capsys.readouterr().err
     assert train([*TINY, "--out", str(out), "--resume", "latest"]) == 2  # synthetic data instead of the LMDB
-    assert "data:" in capsys.readouterr().err
+    assert "was trained on dataset" in capsys.readouterr().err
     assert len(list(out.iterdir())) == 1  # nothing new was written
+    # The same data under another path (moved, or spelled relative instead of absolute) is the same dataset.
+    moved = shutil.copytree(lmdb16, tmp_path / "elsewhere" / "data")
+    assert train([*TINY, "--data", str(moved), "--out", str(out), "--resume", "latest", "--kimg", "0.104"]) == 0
 
 
 @pytest.mark.parametrize(
