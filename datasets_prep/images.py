@@ -127,6 +127,17 @@ def pyramid(square: Image.Image, settings: ImageSettings) -> list[np.ndarray]:
     return box_pyramid(np.asarray(top), settings.min_res)
 
 
+def load_image(path, resolution: int, crop: str = "center") -> np.ndarray:
+    """One image file as a build stores it at `resolution` (uint8, (r, r, 3)): oriented, transparency on white,
+    cropped, resized with Lanczos (enlarged if smaller). The exports read their input images with this, so a
+    model sees them as it saw its training data. Raises what Pillow raises, or SkipImage."""
+    settings = ImageSettings(
+        max_res=resolution, min_res=resolution, crop=crop, filter="lanczos", image_format="png", upscale=True
+    )
+    with Image.open(path) as image:
+        return pyramid(prepare_square(image, settings), settings)[0]
+
+
 def process_item(item, settings: ImageSettings) -> Encoded | Skipped:
     """Read, prepare and encode one source item; any failure becomes a Skipped with its reason."""
     try:

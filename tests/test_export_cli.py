@@ -258,3 +258,24 @@ def test_a_root_of_runs_means_its_newest_run_and_outputs_go_into_that_run(traine
     assert report["checkpoint"] == str(trained["checkpoint"]) and set(report["metrics"]) == {
         "recon/mse", "recon/mse_01", "recon/psnr"
     }  # fmt: skip
+
+
+def test_exports_read_images_as_the_builder_stores_them(tmp_path):
+    """Transparency on white, EXIF orientation, centre crop: an export's input is what training saw."""
+    from datasets_prep.__main__ import main as datasets_main
+    from progressive.cli.common import read_image
+    from progressive.data import LMDBImageDataset
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    pixels = torch.zeros(24, 32, 4, dtype=torch.uint8)  # hidden black where transparent
+    pixels[:, :, 0] = torch.arange(32, dtype=torch.uint8) * 8
+    pixels[6:18, 10:22, 3] = 255  # an opaque square in the middle; the rest fully transparent
+    Image.fromarray(pixels.numpy(), "RGBA").save(folder / "sticker.png")
+    out = tmp_path / "built"
+    assert datasets_main(["build", str(folder), str(out), "--max-res", "16", "--min-res", "16", "--filter",
+                          "lanczos", "--upscale", "--format", "png", "--no-progress"]) == 0  # fmt: skip
+    stored = LMDBImageDataset(out, 16)[0]
+    exported = read_image(folder / "sticker.png", 16)
+    torch.testing.assert_close(exported, stored, rtol=0, atol=0)
+    assert exported[:, 0, 0].tolist() == [1.0, 1.0, 1.0]  # a transparent corner is white, not black

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from datasets_prep.images import SkipImage, load_image
 from datasets_prep.lmdb_format import DatasetFormatError
 from progressive.checkpoint import CheckpointError, newest_in_directory, newest_of_runs
 from progressive.pretrained import TrainedRun, load_trained
@@ -101,19 +102,13 @@ def choose_generator(run: TrainedRun, which: str) -> torch.nn.Module:
 
 
 def read_image(path: Path, resolution: int) -> torch.Tensor:
-    """One image file as (3, resolution, resolution) in [-1, 1]: centre-cropped to a square, then resized."""
+    """One image file as (3, resolution, resolution) in [-1, 1], prepared exactly as the dataset builder does
+    (transparency composited on white, EXIF orientation, centre crop, Lanczos resize)."""
     try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, UnidentifiedImageError) as error:
+        pixels = load_image(path, resolution)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, SkipImage) as error:
         raise BadInput(f"{path} is not a readable image: {error}") from error
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    if side != resolution:
-        image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1).copy())
-    return pixels / 127.5 - 1.0
+    return torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32)) / 127.5 - 1.0
 
 
 def image_files(folder: str) -> list[Path]:
