@@ -21,6 +21,7 @@ from typing import Any
 
 from datasets_prep.lmdb_format import DatasetFormatError
 from progressive.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, resolve_resume
+from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, check_writable_folder
 from progressive.config import TrainConfig, load_config_file, merge_config, preset_config
 from progressive.layers import is_power_of_two
 from progressive.presets import PRESETS
@@ -28,15 +29,9 @@ from progressive.run_directory import RunDirectoryBusy, RunDirectoryLock, create
 from progressive.schedule import ScheduleConfig, schedule_table
 from progressive.triangle import DEFAULT_RECIPE, RECIPES, TriangleConfig
 
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 # Schedule values set by other options (--res sets max_resolution, --batch the batch sizes).
 _SCHEDULE_VIA_OTHER_OPTIONS = {"max_resolution", "batch_size", "batch_sizes"}
-
-
-class BadInput(Exception):
-    """Raised for anything the user can fix; reported as one line with exit code 2."""
 
 
 def _table(text: str) -> dict[int, Any]:
@@ -278,7 +273,16 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint_path is not None:
             # Read onto the CPU: load_state_dict copies each tensor to its parameter's device, and a checkpoint
             # then resumes on any device and number of processes (torch cannot map to a multi-process "cpu:0").
-            trainer.load_state_dict(load_checkpoint(checkpoint_path, map_location="cpu"), checkpoint_path)
+            state = load_checkpoint(checkpoint_path, map_location="cpu")
+            try:
+                trainer.load_state_dict(state, checkpoint_path)
+            except (KeyError, RuntimeError, TypeError) as error:  # a missing entry, a tensor of another shape
+                detail = (str(error).splitlines() or [""])[0]
+                raise CheckpointError(
+                    f"checkpoint {checkpoint_path} is damaged or incomplete: {type(error).__name__}: {detail}"
+                ) from error
+        if main_process:
+            check_writable_folder(Path(config.out), "--out", config.out)
     except (BadInput, CheckpointError, ValueError) as error:
         return report(main_process, str(error), EXIT_BAD_INPUT)
 

@@ -195,12 +195,20 @@ def test_bad_checkpoints_are_one_line_exit_2_and_earlier_outputs_survive(
         (["energy", "{checkpoint}", "--images", "{empty}"], "no images"),
         (["energy", "{checkpoint}", "--images", "{empty}", "--data", "{data}"], "alternatives"),
         (["sample", "{checkpoint}", "--out", "{out}/x.jpg", "--grid"], "ending in .png"),
+        (["sample", "{checkpoint}", "--out", "{file}/x.png", "--grid"], "is a file, not a folder"),
+        (["sample", "{checkpoint}", "--out", "{file}/samples"], "is a file, not a folder"),
+        (["reconstruct", "{checkpoint}", "--data", "{data}", "--out", "{file}/o"], "is a file, not a folder"),
+        (["energy", "{checkpoint}", "--data", "{data}", "--csv", "{file}/e.csv"], "is a file, not a folder"),
+        (["energy", "{checkpoint}", "--data", "{data}", "--csv", "{folder}"], "is a directory"),
     ],
 )
 def test_bad_export_input_is_one_line_exit_2(trained, tmp_path, capsys, args, message):
     paths = {"checkpoint": str(trained["checkpoint"]), "empty": str(tmp_path / "empty"), "out": str(tmp_path / "o"),
-             "data": str(trained["data"])}  # fmt: skip
+             "data": str(trained["data"]), "file": str(tmp_path / "a-file"),
+             "folder": str(tmp_path / "f.csv")}  # fmt: skip
     (tmp_path / "empty").mkdir()
+    (tmp_path / "f.csv").mkdir()
+    (tmp_path / "a-file").write_text("")
     assert export.main([a.format(**paths) for a in args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
@@ -217,12 +225,16 @@ def test_bad_export_input_is_one_line_exit_2(trained, tmp_path, capsys, args, me
         (["--out", "{out}/v.avi"], ".mp4 or .gif"),
         (["--size", "64"], "--size must lie in [2, 16]"),
         (["--seconds", "0.01"], "need at least 2"),
+        (["--out", "{file}/v.mp4"], "is a file, not a folder"),
+        (["--strip", "{file}/s.png"], "is a file, not a folder"),
     ],
 )
 def test_bad_video_input_is_one_line_exit_2(trained, tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("")
     picture = next(trained["images"].iterdir())
-    paths = {"empty": str(tmp_path / "empty"), "picture": str(picture), "out": str(tmp_path / "o")}
+    paths = {"empty": str(tmp_path / "empty"), "picture": str(picture), "out": str(tmp_path / "o"),
+             "file": str(tmp_path / "a-file")}  # fmt: skip
     full = [str(trained["checkpoint"]), "--out", str(tmp_path / "o" / "v.mp4"), *[a.format(**paths) for a in args]]
     assert export_video.main(full) == 2
     err = capsys.readouterr().err.strip()

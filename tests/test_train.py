@@ -142,13 +142,17 @@ def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path
         (["--kimg", "-1"], "--kimg must be a finite number > 0"),
         (["--checkpoint-kimg", "-1"], "--checkpoint-kimg must be a finite number > 0"),
         (["--workers", "-1"], "--workers must be a finite number >= 0"),
+        (["--out", "{file}"], "is a file, not a folder"),
+        (["--out", "{file}/runs"], "is a file, not a folder"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, lmdb16, capsys, extra, message):
     corrupt = tmp_path / "corrupt.lmdb"
     corrupt.mkdir()
     (corrupt / "data.mdb").write_bytes(b"not an lmdb" * 100)
-    paths = {"missing": str(tmp_path / "missing.lmdb"), "lmdb": str(lmdb16), "corrupt": str(corrupt)}
+    (tmp_path / "a-file").write_text("")
+    paths = {"missing": str(tmp_path / "missing.lmdb"), "lmdb": str(lmdb16), "corrupt": str(corrupt),
+             "file": str(tmp_path / "a-file")}  # fmt: skip
     args = [a.format(**paths) for a in extra]
     out = tmp_path / "runs"
     assert train([*TINY, "--out", str(out), *args]) == 2
@@ -157,6 +161,24 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, lmdb16, caps
     if message != "corrupt":
         assert message in err
     assert not out.exists()
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_line_exit_2(tmp_path, lmdb16, capsys):
+    out = tmp_path / "runs"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.1"]) == 0
+    checkpoint = list_checkpoints(out / "00000-tiny-16" / "checkpoints")[-1]
+    state = load_checkpoint(checkpoint)
+    missing, reshaped = dict(state), dict(state)
+    missing["networks"] = {k: v for k, v in state["networks"].items() if k != "energy"}
+    reshaped["generator_ema"] = {k: v[..., :1] if v.ndim else v for k, v in state["generator_ema"].items()}
+    capsys.readouterr()
+    for name, damaged, kind in [("missing", missing, "KeyError"), ("reshaped", reshaped, "RuntimeError")]:
+        path = tmp_path / f"{name}.pt"
+        torch.save(damaged, path)
+        assert train([*TINY, "--data", str(lmdb16), "--out", str(tmp_path / name), "--resume", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: checkpoint {path} is damaged or incomplete: {kind}: ") and "\n" not in err
+        assert not (tmp_path / name).exists()
 
 
 def _dry_run_config(capsys, args: list[str]) -> dict:

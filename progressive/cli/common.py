@@ -21,15 +21,11 @@ from PIL import Image
 from datasets_prep.images import SkipImage, load_image
 from datasets_prep.lmdb_format import DatasetFormatError
 from progressive.checkpoint import CheckpointError, newest_in_directory, newest_of_runs
+from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
 from progressive.pretrained import TrainedRun, load_trained
 from progressive.schedule import blend_reals
 
-EXIT_BAD_INPUT = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-class BadInput(Exception):
-    """Anything the user can fix; reported as one line with exit code 2."""
 
 
 def run_main(body: Callable[[], int]) -> int:
@@ -41,6 +37,9 @@ def run_main(body: Callable[[], int]) -> int:
         lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         print(f"error: {lines[0]}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as error:  # a write that failed after the checks (a full disk); earlier outputs are intact
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def pick_device(name: str) -> torch.device:
@@ -221,13 +220,6 @@ def save_png(image: np.ndarray | torch.Tensor, path: Path) -> None:
         image = ((image.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, f"bad image {image.shape}"
     write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
-
-
-def check_output_suffix(path: str, suffixes: tuple[str, ...], option: str) -> Path:
-    """`path` as a Path if it ends in one of `suffixes`; BadInput otherwise."""
-    if Path(path).suffix.lower() not in suffixes:
-        raise BadInput(f"{option} {path}: expected a file ending in {' or '.join(suffixes)}")
-    return Path(path)
 
 
 def positive(kind: type, name: str) -> Callable[[str], int | float]:

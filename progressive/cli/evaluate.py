@@ -22,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from progressive.cli.checks import BadInput, check_output_suffix
 from progressive.cli.common import (
-    BadInput,
-    check_output_suffix,
     dataset_images,
     load_run,
     pick_device,

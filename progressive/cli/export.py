@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid
 
+from progressive.cli.checks import BadInput, check_output_suffix, check_writable_folder
 from progressive.cli.common import (
-    BadInput,
     RealImages,
-    check_output_suffix,
     choose_generator,
     dataset_images,
     folder_images,
@@ -122,6 +121,8 @@ def export_samples(args: argparse.Namespace) -> int:
     out = check_output_suffix(args.out, (".png",), "--out") if args.grid else Path(args.out)
     if not args.grid and out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} is a file; give a folder (or --grid with a .png file)")
+    if not args.grid:
+        check_writable_folder(out, "--out", args.out)
     device = pick_device(args.device)
     run = load_run(args.checkpoint, device)
     generator = choose_generator(run, args.generator)
@@ -144,6 +145,7 @@ def export_reconstructions(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} is a file; give a folder")
+    check_writable_folder(out, "--out", args.out)
     device = pick_device(args.device)
     run = load_run(args.checkpoint, device)
     real = _real_images(args, run)

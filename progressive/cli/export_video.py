@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
+from progressive.cli.checks import BadInput, check_output_suffix, check_writable_folder
 from progressive.cli.common import (
-    BadInput,
-    check_output_suffix,
     choose_generator,
     load_run,
     pick_device,
@@ -88,6 +88,7 @@ def export_video(args: argparse.Namespace) -> int:
         columns, rows = parse_grid(args.grid)
         if args.out is not None:
             choose_target(args.out)  # checked before the checkpoint is read; chosen for real below
+            check_writable_folder(Path(args.out).parent, "--out", args.out)
     except (ValueError, VideoUnavailable) as error:
         raise BadInput(str(error)) from error
     if (args.from_image is None) != (args.to_image is None):

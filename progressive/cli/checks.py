@@ -1,0 +1,47 @@
+"""What every command checks and how it reports it, kept free of heavy imports so a bad flag answers at once.
+
+Every problem the user can fix is a `BadInput`, reported as one `error: ...` line on stderr with exit
+code 2; outputs are checked to be writable before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+EXIT_FAILED = 1  # something went wrong that is not the input's fault (a full disk during a write)
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    """Anything the user can fix; reported as one line with exit code 2."""
+
+
+def check_output_suffix(path: str, suffixes: tuple[str, ...], option: str) -> Path:
+    """`path` as a Path if it ends in one of `suffixes` and can be written; BadInput otherwise.
+
+    Checked before any work, so a long evaluation or export never ends on an unwritable output.
+    """
+    if Path(path).suffix.lower() not in suffixes:
+        raise BadInput(f"{option} {path}: expected a file ending in {' or '.join(suffixes)}")
+    if Path(path).is_dir():
+        raise BadInput(f"{option} {path} is a directory; give a file ending in {' or '.join(suffixes)}")
+    check_writable_folder(Path(path).parent, option, path)
+    return Path(path)
+
+
+def check_writable_folder(folder: Path, option: str, given: str) -> None:
+    """BadInput unless `folder` exists or can be created, and files can be written in it. Creates nothing.
+
+    Writes (then removes) a probe file in the nearest folder that exists: a real write, unlike a permission
+    check, also catches read-only file systems, and works for root.
+    """
+    existing = next(a for a in (folder.absolute(), *folder.absolute().parents) if a.exists())
+    if not existing.is_dir():
+        raise BadInput(f"{option} {given}: {existing} is a file, not a folder")
+    probe = existing / f".write-probe-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise BadInput(f"{option} {given}: cannot write in {existing} ({error.strerror})") from error
