@@ -98,8 +98,10 @@ def run_build(args: argparse.Namespace) -> int:
     """The `build` subcommand."""
     settings = _settings_from(args)
     source = open_source(args.src, settings.max_res).limited(args.limit)
-    if args.holdout and any(item.split for item in source.items):
+    if args.holdout and source.has_splits:
         raise UsageError("this source comes with its own held-out split (the CIFAR-10 test batch); drop --holdout")
+    if args.holdout >= len(source):
+        raise UsageError(f"--holdout {args.holdout} leaves no training image: the source has {len(source)} items")
     options = BuildOptions(
         workers=args.workers,
         holdout=args.holdout,
@@ -129,6 +131,9 @@ def run_build(args: argparse.Namespace) -> int:
     )
     if sum(count.values()) == 0:
         raise UsageError(f"no usable image in {args.src}; reasons in {summary.report_path}")
+    if count["train"] == 0:
+        raise UsageError(f"every usable image went to the holdout split; lower --holdout (reasons for skips in "
+                         f"{summary.report_path})")  # fmt: skip
     return 0
 
 
@@ -157,6 +162,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if not is_power_of_two(args.max_res) or args.max_res < 4:
         raise UsageError(f"--max-res must be a power of two of at least 4, got {args.max_res}")
+    for flag, value in (("--workers", args.workers), ("--count", args.count)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
     for line in run_benchmark(workers=args.workers, count=args.count, max_res=args.max_res, image_format=args.format):
         print(line, flush=True)
     return 0

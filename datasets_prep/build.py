@@ -26,11 +26,14 @@ from datasets_prep.lmdb_format import (
     META_KEY,
     READERS,
     SKIPPED_PREFIX,
+    DatasetFormatError,
     accumulate_fingerprint,
     finish_fingerprint,
     image_key,
+    read_metadata,
     skipped_key,
 )
+from datasets_prep.locking import LOCK_NAME, DirectoryBusy, DirectoryLock
 from datasets_prep.sources import Source
 
 REPORT_NAME = "report.txt"
@@ -110,20 +113,28 @@ def new_metadata(source: Source, settings: ImageSettings, options: BuildOptions)
 
 
 def _prepare_output(out: Path, options: BuildOptions) -> None:
-    if options.resume and options.overwrite:
-        raise BuildError("--resume and --overwrite exclude each other")
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    """Check what is at `out` (locked by this build) and clear it when it is to be replaced."""
+    if not any(p.name != LOCK_NAME for p in out.iterdir()):
         return
-    if not out.is_dir() or not (out / "data.mdb").exists():
+    if not (out / "data.mdb").exists():
         raise BuildError(f"{out} exists and is not an LMDB directory; choose another output path")
-    if options.overwrite:
-        others = sorted(p.name for p in out.iterdir() if p.name not in (*LMDB_FILES, REPORT_NAME))
+    if options.overwrite or (not options.resume and _holds_no_image(out)):  # a failed build is replaced
+        others = sorted(p.name for p in out.iterdir() if p.name not in (*LMDB_FILES, REPORT_NAME, LOCK_NAME))
         if others:
             raise BuildError(f"refusing to overwrite {out}: it also holds {others[:3]}")
         for name in (*LMDB_FILES, REPORT_NAME):
             (out / name).unlink(missing_ok=True)
     elif not options.resume:
         raise BuildError(f"{out} already exists; pass --resume to continue it or --overwrite to replace it")
+
+
+def _holds_no_image(out: Path) -> bool:
+    """True for an LMDB of this package whose build committed no image (nothing would be lost replacing it)."""
+    try:
+        metadata = read_metadata(out)
+    except DatasetFormatError:
+        return False
+    return metadata["layout"] == "multires" and sum(metadata["count"].values()) == 0
 
 
 def _resumed_metadata(env: lmdb.Environment, expected: dict, out: Path) -> dict:
@@ -201,9 +212,32 @@ def write_report(env: lmdb.Environment, out: Path, source: Source, metadata: dic
 def build_dataset(source: Source, out: Path, settings: ImageSettings, options: BuildOptions) -> BuildSummary:
     """Build (or resume) the LMDB at `out`; BuildInterrupted on Ctrl-C/SIGTERM after saving what was committed."""
     out = Path(out)
+    if options.resume and options.overwrite:
+        raise BuildError("--resume and --overwrite exclude each other")
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out} exists and is not an LMDB directory; choose another output path")
     READERS.release(out)  # a reader's handle in this process would stop the writer from opening the files
-    _prepare_output(out, options)
-    out.parent.mkdir(parents=True, exist_ok=True)  # `build SRC data/new.lmdb` on a fresh checkout
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # `build SRC data/new.lmdb` on a fresh checkout
+        lock = DirectoryLock(out)
+        lock.acquire()
+    except DirectoryBusy as busy:
+        raise BuildError(f"{out} is being built by {busy.holder}; wait for that build or choose another path") from None
+    except OSError as error:
+        raise BuildError(f"cannot create {out} ({error.strerror})") from error
+    try:
+        _prepare_output(out, options)
+        return _build_locked(source, out, settings, options)
+    except (lmdb.Error, OSError) as error:  # a full disk, a lost file system: committed transactions stay valid
+        raise BuildError(
+            f"writing {out} failed ({error}); the images committed so far are kept: "
+            "make room, then rerun the same command with --resume"
+        ) from error
+    finally:
+        lock.release()
+
+
+def _build_locked(source: Source, out: Path, settings: ImageSettings, options: BuildOptions) -> BuildSummary:
     started = time.perf_counter()
     env = lmdb.open(str(out), map_size=INITIAL_MAP_SIZE, subdir=True, meminit=False)
     try:

@@ -193,15 +193,48 @@ def _metadata_from_txn(env: lmdb.Environment, path: str) -> dict:
                 metadata = json.loads(raw_meta)
             except json.JSONDecodeError as error:
                 raise DatasetFormatError(f"{path}: metadata is not valid JSON ({error})") from error
-            if metadata.get("format_version") != FORMAT_VERSION:
-                raise DatasetFormatError(
-                    f"{path}: format version {metadata.get('format_version')} is not {FORMAT_VERSION}; rebuild it"
-                )
+            if not isinstance(metadata, dict) or metadata.get("format_version") != FORMAT_VERSION:
+                version = metadata.get("format_version") if isinstance(metadata, dict) else None
+                raise DatasetFormatError(f"{path}: format version {version} is not {FORMAT_VERSION}; rebuild it")
+            _check_metadata(metadata, path)
             return metadata
         length = txn.get(LEGACY_LENGTH_KEY)
         if length is None:
             raise DatasetFormatError(f"{path}: neither a {META_KEY.decode()} nor a 'length' key; not a dataset LMDB")
         return _legacy_metadata(txn, int(length.decode()))
+
+
+def _check_metadata(metadata: dict, path: str) -> None:
+    """DatasetFormatError naming the first field of a metadata record that readers could not use."""
+
+    def bad(field: str, expected: str) -> DatasetFormatError:
+        return DatasetFormatError(
+            f"{path}: metadata field {field!r} is {metadata.get(field, 'missing')!r}, expected {expected}; "
+            "the __meta__ record is damaged, rebuild the LMDB"
+        )
+
+    resolutions = metadata.get("resolutions")
+    if (
+        not isinstance(resolutions, list)
+        or not resolutions
+        or not all(isinstance(r, int) and is_power_of_two(r) for r in resolutions)
+    ):
+        raise bad("resolutions", "a list of powers of two")
+    count = metadata.get("count")
+    if (
+        not isinstance(count, dict)
+        or set(count) != set(SPLITS)
+        or not all(isinstance(n, int) and n >= 0 for n in count.values())
+    ):
+        raise bad("count", f"a count per split {SPLITS}")
+    if metadata.get("image_format") not in IMAGE_FORMATS:
+        raise bad("image_format", f"one of {IMAGE_FORMATS}")
+    if metadata.get("layout") != "multires":
+        raise bad("layout", "'multires'")
+    if not isinstance(metadata.get("complete"), bool):
+        raise bad("complete", "true or false")
+    if metadata["complete"] and not isinstance(metadata.get("fingerprint"), str):
+        raise bad("fingerprint", "a string")
 
 
 def _legacy_metadata(txn: lmdb.Transaction, length: int) -> dict:

@@ -16,6 +16,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -113,6 +114,24 @@ class ShapeItem:
         return Image.fromarray(render_shape_image(self.index, self.resolution, self.seed))
 
 
+class ShapeItems(Sequence):
+    """The items of synthetic:shapes, made on access: `n` can be large without a listing in memory."""
+
+    def __init__(self, count: int, seed: int, max_res: int):
+        self.count, self.seed, self.max_res = count, seed, max_res
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if not -self.count <= index < self.count:
+            raise IndexError(index)
+        index %= self.count
+        return ShapeItem(f"shape {index}", None, self.seed, index, self.max_res)
+
+
 @dataclass(frozen=True, slots=True)
 class EmojiItem:
     """One character of a colour emoji font, rendered by the worker, centred on a square of `background`."""
@@ -134,10 +153,11 @@ class EmojiItem:
 class Source:
     """An ordered list of items plus what the report and the metadata say about them."""
 
-    def __init__(self, description: str, items: list, ignored: list[str] | None = None):
+    def __init__(self, description: str, items: Sequence, ignored: list[str] | None = None, has_splits: bool = False):
         self.description = description  # stored in the metadata; a resumed build must see the same
         self.items = items
         self.ignored = ignored or []  # files passed over because their extension is not an image's
+        self.has_splits = has_splits  # items come with their own train/holdout split (CIFAR-10)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -153,6 +173,8 @@ class Source:
         """The first `limit` items of each predefined split (of the whole source when it has none)."""
         if limit is None:
             return self
+        if not self.has_splits:  # a slice: never walks a long (or lazily generated) listing
+            return self._with_items(list(self.items[:limit]))
         taken: dict[str | None, int] = {}
         kept = []
         for item in self.items:
@@ -162,7 +184,7 @@ class Source:
         return self._with_items(kept)
 
     def _with_items(self, items: list) -> Source:
-        return Source(self.description, items, self.ignored)
+        return Source(self.description, items, self.ignored, self.has_splits)
 
     def for_worker(self, items: list) -> list:
         """The items as a worker process needs them (overridden where the main process must read first)."""
@@ -254,8 +276,9 @@ def _synthetic_source(spec: str, max_res: int) -> Source:
         seed = int(query.get("seed", ["0"])[-1])
     except ValueError as error:
         raise SourceError(f"synthetic:shapes parameters must be integers ({error})") from error
-    items = [ShapeItem(f"shape {i}", None, seed, i, max_res) for i in range(count)]
-    return Source(f"synthetic:shapes?n={count}&seed={seed}", items)
+    if count < 1:
+        raise SourceError(f"synthetic:shapes needs n >= 1, got {count}")
+    return Source(f"synthetic:shapes?n={count}&seed={seed}", ShapeItems(count, seed, max_res))
 
 
 def _emoji_source(spec: str) -> Source:
@@ -398,11 +421,14 @@ def _unpickle_batch(data: bytes, name: str) -> np.ndarray:
 
 def _read_cifar_tarball(path: Path) -> dict[str, np.ndarray]:
     batches = {}
-    with tarfile.open(path) as archive:
-        for member in archive.getmembers():
-            name = Path(member.name).name
-            if member.isfile() and name in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH):
-                batches[name] = _unpickle_batch(archive.extractfile(member).read(), name)
+    try:
+        with tarfile.open(path) as archive:
+            for member in archive.getmembers():
+                name = Path(member.name).name
+                if member.isfile() and name in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH):
+                    batches[name] = _unpickle_batch(archive.extractfile(member).read(), name)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:  # a truncated or damaged download
+        raise SourceError(f"{path} is truncated or damaged ({error}); download it again") from error
     if not batches:
         raise SourceError(f"{path} holds no CIFAR-10 batches (data_batch_1..5, test_batch)")
     return batches
@@ -419,4 +445,4 @@ def _cifar_source(path: Path, batches: dict[str, np.ndarray]) -> Source:
         split = "holdout" if name == CIFAR_TEST_BATCH else "train"
         for row, pixels in enumerate(batches.get(name, ())):
             items.append(PixelItem(f"{name}[{row}]", split, np.ascontiguousarray(pixels)))
-    return Source(f"cifar10:{path.resolve()}", items)
+    return Source(f"cifar10:{path.resolve()}", items, has_splits=True)

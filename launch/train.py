@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from datasets_prep.lmdb_format import DatasetFormatError
+from datasets_prep.locking import DirectoryBusy, DirectoryLock
 from progressive.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, resolve_resume
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, check_writable_folder
 from progressive.config import TrainConfig, load_config_file, merge_config, preset_config
 from progressive.layers import is_power_of_two
 from progressive.presets import PRESETS
-from progressive.run_directory import RunDirectoryBusy, RunDirectoryLock, create_run_directory
+from progressive.run_directory import create_run_directory, lock_run_directory
 from progressive.schedule import ScheduleConfig, schedule_table
 from progressive.triangle import DEFAULT_RECIPE, RECIPES, TriangleConfig
 
@@ -294,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_dir, lock = claim_run_directory(config, checkpoint_path)
             outcome[0] = str(run_dir)
-        except RunDirectoryBusy as error:
-            outcome[1] = str(error)
+        except DirectoryBusy as error:
+            outcome[1] = f"run directory {error}"
     broadcast_object_list(outcome)
     if outcome[1] is not None:
         return report(main_process, outcome[1], EXIT_BAD_INPUT)
@@ -306,16 +307,14 @@ def main(argv: list[str] | None = None) -> int:
             lock.release()
 
 
-def claim_run_directory(config: TrainConfig, checkpoint_path: Path | None) -> tuple[Path, RunDirectoryLock]:
+def claim_run_directory(config: TrainConfig, checkpoint_path: Path | None) -> tuple[Path, DirectoryLock]:
     """The run directory to write in, locked: the resumed checkpoint's own run, else a new one under --out."""
 
     if checkpoint_path is not None and checkpoint_path.parent.name == "checkpoints":
         run_dir = checkpoint_path.parent.parent
     else:  # a new run, or a checkpoint file kept outside any run directory: a new run directory under --out
         run_dir = create_run_directory(Path(config.out), f"{config.preset}-{config.resolution}")
-    lock = RunDirectoryLock(run_dir)
-    lock.acquire()
-    return run_dir, lock
+    return run_dir, lock_run_directory(run_dir)
 
 
 def train_in(run_dir: Path, trainer, config: TrainConfig, accelerator, checkpoint_path: Path | None) -> int:

@@ -1,29 +1,26 @@
-"""Run directories: auto-numbered under --out, and locked while a training run writes in them.
-
-The lock is an `flock` on RUN_DIR/.lock, held by the main training process for as long as it runs. The
-kernel releases it when that process ends in any way (kill -9 and power loss included), so a lock left
-by a dead run is recovered by the next one without any clean-up; the file only records who holds it,
-for the message a second run receives. flock works on local disks and on most cluster file systems
-(Lustre, GPFS, NFSv4); where it does not, the lock is not enforced (docs/training.md).
-"""
+"""Run directories: auto-numbered under --out, and locked (datasets_prep.locking) while a run writes in them."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import socket
-import time
 from pathlib import Path
 
+from datasets_prep.locking import DirectoryBusy, DirectoryLock
 from progressive.checkpoint import run_directories
 
-LOCK_NAME = ".lock"
 # Simultaneous starts under one --out each take the next free number; this bounds the retries.
 NUMBERING_ATTEMPTS = 1000
 
 
-class RunDirectoryBusy(ValueError):
-    """Another live training process holds the run directory."""
+def lock_run_directory(run_dir: Path) -> DirectoryLock:
+    """The held lock of `run_dir`; ValueError (one line) while another live run holds it."""
+    lock = DirectoryLock(run_dir)
+    try:
+        lock.acquire()
+    except DirectoryBusy as busy:
+        raise DirectoryBusy(
+            run_dir, f"{busy.holder}; two runs in one directory would overwrite each other's checkpoints"
+        ) from None
+    return lock
 
 
 def create_run_directory(root: Path, name: str) -> Path:
@@ -39,34 +36,3 @@ def create_run_directory(root: Path, name: str) -> Path:
         except FileExistsError:  # another run created a directory with this number since the listing
             continue
     raise RuntimeError(f"no free run directory number under {root} after {NUMBERING_ATTEMPTS} attempts")
-
-
-class RunDirectoryLock:
-    """An exclusive lock on a run directory: `acquire()` raises RunDirectoryBusy while another process holds it."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        self.path = run_dir / LOCK_NAME
-        self._handle = None
-
-    def acquire(self) -> None:
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RunDirectoryBusy(
-                f"run directory {self.run_dir} is in use by {holder}; two runs in one directory would overwrite "
-                "each other's checkpoints"
-            ) from None
-        handle.truncate(0)
-        handle.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        self._handle = handle
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the descriptor releases the flock
-            self._handle = None

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
+import resource
+import signal
+import subprocess
+import sys
 import tarfile
 import zipfile
 
@@ -163,11 +169,16 @@ def test_bad_input_is_skipped_and_reported(tmp_path, capsys):
         (["synthetic:shapes?n=4", "OUT", "--max-res", "32", "--min-res", "64"], "above --max-res"),
         (["synthetic:shapes?n=4&colour=red", "OUT", "--max-res", "32"], "unknown synthetic:shapes parameter"),
         (["synthetic:shapes?n=4", "EXISTING", "--max-res", "8"], "already exists"),
+        (["synthetic:shapes?n=5", "OUT", "--max-res", "8", "--holdout", "5"], "--holdout 5 leaves no training image"),
+        (["synthetic:shapes?n=0", "OUT", "--max-res", "8"], "needs n >= 1"),
+        (["TRUNCATED.tar.gz", "OUT", "--max-res", "8"], "TRUNCATED.tar.gz is truncated or damaged"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, monkeypatch, arguments, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "EMPTY").mkdir()
+    make_cifar_tarball(tmp_path / "whole.tar.gz", train_per_batch=4, test_count=4)
+    (tmp_path / "TRUNCATED.tar.gz").write_bytes((tmp_path / "whole.tar.gz").read_bytes()[:-200])
     assert run_cli("build", "synthetic:shapes?n=2", "EXISTING", "--max-res", 8, "--workers", 1) == 0
     capsys.readouterr()
     assert run_cli("build", *arguments) == 2
@@ -355,3 +366,81 @@ def test_crop_center_takes_the_middle_and_none_keeps_everything(tmp_path):
     stretched = LMDBImageDataset(tmp_path / "none", 16)[0]
     assert centred[0].max() == -1.0 and centred[2].min() == 1.0
     assert stretched[0, :, :3].min() > 0.95 and stretched[2, :, -3:].min() > 0.95  # Lanczos rings slightly
+
+
+def test_bench_refuses_no_workers(capsys):
+    assert run_cli("bench", "--workers", "0") == 2
+    assert capsys.readouterr().err == "error: --workers must be at least 1, got 0\n"
+
+
+def test_limit_on_a_huge_synthetic_source_lists_only_what_it_builds(tmp_path):
+    command = [sys.executable, "-m", "datasets_prep", "build", "synthetic:shapes?n=100000000", str(tmp_path / "db"),
+               "--max-res", "8", "--limit", "2", "--workers", "1", "--no-progress"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=60)  # a listing of 1e8 items would not fit
+    assert read_metadata(tmp_path / "db")["count"] == {"train": 2, "holdout": 0}
+
+
+def test_a_build_that_kept_no_image_is_replaced_without_overwrite(tmp_path, capsys):
+    bad, good, out = tmp_path / "bad", tmp_path / "good", tmp_path / "db"
+    bad.mkdir()
+    good.mkdir()
+    (bad / "broken.png").write_bytes(b"not a png")
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(good / "fine.png")
+    assert run_cli("build", bad, out, "--max-res", 8, "--workers", 1) == 2
+    assert "no usable image" in capsys.readouterr().err
+    assert run_cli("build", good, out, "--max-res", 8, "--workers", 1) == 0
+    assert read_metadata(out)["count"]["train"] == 1
+    assert run_cli("build", bad, out, "--max-res", 8, "--workers", 1) == 2  # but one with images is kept
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_second_build_into_the_same_output_is_refused(tmp_path, capsys):
+    from datasets_prep.locking import DirectoryLock
+
+    out = tmp_path / "db"
+    out.mkdir()
+    lock = DirectoryLock(out)  # stands for a build in another process
+    lock.acquire()
+    try:
+        assert run_cli("build", "synthetic:shapes?n=4", out, "--max-res", 8, "--workers", 1, "--resume") == 2
+    finally:
+        lock.release()
+    assert f"is being built by process {os.getpid()} on " in capsys.readouterr().err
+    assert run_cli("build", "synthetic:shapes?n=4", out, "--max-res", 8, "--workers", 1, "--resume") == 0
+
+
+def test_a_build_on_a_full_disk_is_one_line_and_resumes(tmp_path):
+    def small_files_only():  # a data.mdb may not grow past 200 kB: a disk that fills up during the build
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    command = [sys.executable, "-m", "datasets_prep", "build", "synthetic:shapes?n=400", str(tmp_path / "db"),
+               "--max-res", "16", "--workers", "1", "--no-progress", "--commit-every", "16"]  # fmt: skip
+    full = subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=small_files_only)
+    assert full.returncode == 2, full.stderr
+    (line,) = full.stderr.strip().splitlines()
+    assert line.startswith(f"error: writing {tmp_path / 'db'} failed (") and line.endswith("with --resume")
+    assert 0 < sum(read_metadata(tmp_path / "db")["count"].values()) < 400  # committed windows are kept
+    subprocess.run([*command, "--resume"], check=True, capture_output=True, timeout=120)
+    subprocess.run([*command[:5], str(tmp_path / "straight"), *command[6:]], check=True, capture_output=True)
+    assert read_metadata(tmp_path / "db")["fingerprint"] == read_metadata(tmp_path / "straight")["fingerprint"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("count", {"train": "many"}), ("resolutions", [4, 6]), ("image_format", "gif"), ("complete", None)],
+)
+def test_a_malformed_metadata_record_is_named(tmp_path, capsys, field, value):
+    out = tmp_path / "db"
+    assert run_cli("build", "synthetic:shapes?n=3", out, "--max-res", 8, "--workers", 1) == 0
+    metadata = read_metadata(out)
+    env = lmdb.open(str(out))
+    with env.begin(write=True) as txn:
+        txn.put(META_KEY, json.dumps({**metadata, field: value}).encode())
+    env.close()
+    capsys.readouterr()
+    assert run_cli("info", out) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {out}: metadata field {field!r} is ") and error.count("\n") == 1
+    assert run_cli("verify", out) == 1
+    assert "the __meta__ record is damaged" in capsys.readouterr().out

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from datasets_prep.locking import DirectoryBusy, DirectoryLock
 from progressive.checkpoint import list_checkpoints
-from progressive.run_directory import RunDirectoryBusy, RunDirectoryLock, create_run_directory
+from progressive.run_directory import create_run_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "launch" / "train.py"), "--preset", "tiny", "--res", "8", "--workers", "0"]
@@ -37,9 +38,9 @@ def test_simultaneous_starts_each_get_their_own_number(tmp_path):
 
 
 def test_lock_refuses_a_second_holder_and_is_free_again_after_release(tmp_path):
-    first, second = RunDirectoryLock(tmp_path), RunDirectoryLock(tmp_path)
+    first, second = DirectoryLock(tmp_path), DirectoryLock(tmp_path)
     first.acquire()
-    with pytest.raises(RunDirectoryBusy, match=f"in use by process {os.getpid()} on "):
+    with pytest.raises(DirectoryBusy, match=f"in use by process {os.getpid()} on "):
         second.acquire()
     first.release()
     second.acquire()
