@@ -20,7 +20,7 @@ from pathlib import Path
 import lmdb
 from tqdm import tqdm
 
-from datasets_prep.images import Encoded, ImageSettings, process_item
+from datasets_prep.images import Encoded, ImageSettings, process_item, use_build_pixel_limit
 from datasets_prep.lmdb_format import (
     FORMAT_VERSION,
     META_KEY,
@@ -182,10 +182,11 @@ def _record_window(metadata: dict, window: list, outcomes: list, puts: list) -> 
     build["next_item"] = window[-1][0] + 1
 
 
-def _ignore_interrupts() -> None:
+def _start_worker() -> None:
     # Ctrl-C reaches the whole process group; only the main process reacts (keeps what is committed, reports).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    use_build_pixel_limit()
 
 
 def write_report(env: lmdb.Environment, out: Path, source: Source, metadata: dict) -> Path:
@@ -289,7 +290,7 @@ def _run_windows(
         disable=None if options.progress else True,  # None: shown on terminals, hidden in logs and pipes
         smoothing=0.1,
     )
-    with Pool(options.workers, initializer=_ignore_interrupts) as pool, progress:
+    with Pool(options.workers, initializer=_start_worker) as pool, progress:
 
         def submit(positions: list[int]):
             items = source.for_worker([source.items[p] for p in positions])

@@ -18,6 +18,10 @@ FILTERS = ("box", "lanczos")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 WHITE = (255, 255, 255)
+# Largest source image a build decodes: 2**27 pixels (e.g. 11585 x 11585) take 512 MiB as RGBA, per worker.
+# Larger ones are skipped with their size in the report. Builds replace Pillow's own check (a warning per
+# image above 89 Mpx, an error above 179 Mpx) by this one, see `use_build_pixel_limit`.
+MAX_SOURCE_PIXELS = 2**27
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,17 @@ def box_pyramid(top: np.ndarray, min_res: int) -> list[np.ndarray]:
     return levels[::-1]
 
 
+def use_build_pixel_limit() -> None:
+    """In a build's worker process: MAX_SOURCE_PIXELS, checked by `prepare_square`, instead of Pillow's limit."""
+    Image.MAX_IMAGE_PIXELS = None
+
+
 def prepare_square(image: Image.Image, settings: ImageSettings) -> Image.Image:
     """Oriented, RGB, cropped image, checked to be large enough (not yet resized)."""
+    if image.width * image.height > MAX_SOURCE_PIXELS:  # known from the header, before anything is decoded
+        raise SkipImage(
+            f"too large: {image.width}x{image.height} is above {MAX_SOURCE_PIXELS} pixels (memory per worker)"
+        )
     if image.format == "JPEG":
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves at least max_res pixels per side.
         image.draft(None, (settings.max_res, settings.max_res))

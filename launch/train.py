@@ -195,7 +195,17 @@ def open_datasets(config: TrainConfig):
     available = sorted(metadata["resolutions"])
     missing = [r for r in needed if r not in available]
     if missing:
-        raise BadInput(f"--res {config.resolution} needs resolutions {needed} but {config.data} has {available}")
+        remedies = []
+        if min(available) > needed[0] and max(available) >= needed[-1]:
+            remedies.append(f"start the schedule there with --min-resolution {min(available)}")
+        if max(available) < needed[-1]:
+            remedies.append(f"train to --res {max(available)}, or rebuild with --max-res {needed[-1]}")
+        if not remedies:
+            remedies.append(f"rebuild it with --min-res {needed[0]} --max-res {needed[-1]}")
+        raise BadInput(
+            f"--res {config.resolution} needs resolutions {needed} but {config.data} has {available}; "
+            + "; ".join(remedies)
+        )
     try:
         train = LMDBImageDataset(config.data, needed[0], split="train")
         holdout = (

@@ -444,3 +444,16 @@ def test_a_malformed_metadata_record_is_named(tmp_path, capsys, field, value):
     assert error.startswith(f"error: {out}: metadata field {field!r} is ") and error.count("\n") == 1
     assert run_cli("verify", out) == 1
     assert "the __meta__ record is damaged" in capsys.readouterr().out
+
+
+def test_huge_sources_are_skipped_by_size_and_large_ones_build_without_warnings(tmp_path, capfd):
+    folder = tmp_path / "clipart"
+    folder.mkdir()
+    Image.new("1", (12000, 12000)).save(folder / "huge.png")  # 144 Mpx, above MAX_SOURCE_PIXELS
+    Image.new("1", (10000, 10000)).save(folder / "large.png")  # 100 Mpx: Pillow alone would warn
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(folder / "small.png")
+    assert run_cli("build", folder, tmp_path / "db", "--max-res", 16, "--workers", 1) == 0
+    assert "DecompressionBomb" not in capfd.readouterr().err
+    report = (tmp_path / "db" / "report.txt").read_text()
+    assert "huge.png\ttoo large: 12000x12000 is above 134217728 pixels" in report
+    assert read_metadata(tmp_path / "db")["count"]["train"] == 2

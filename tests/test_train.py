@@ -129,7 +129,8 @@ def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path
     [
         (["--res", "12"], "power of two"),
         (["--data", "{missing}"], "missing"),
-        (["--data", "{lmdb}", "--res", "32"], "has [4, 8, 16]"),
+        (["--data", "{lmdb}", "--res", "32"], "has [4, 8, 16]; train to --res 16, or rebuild with --max-res 32"),
+        (["--data", "{from8}", "--res", "16"], "has [8, 16]; start the schedule there with --min-resolution 8"),
         (["--data", "{corrupt}"], "corrupt"),
         (["--resume", "latest"], "no checkpoint"),
         (["--metrics", "recon,fidd"], "unknown metrics ['fidd']"),
@@ -151,8 +152,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, lmdb16, caps
     corrupt.mkdir()
     (corrupt / "data.mdb").write_bytes(b"not an lmdb" * 100)
     (tmp_path / "a-file").write_text("")
+    if "{from8}" in extra:
+        from datasets_prep.__main__ import main as datasets_main
+
+        build = ["build", "synthetic:shapes?n=4", str(tmp_path / "from8"), "--max-res", "16", "--min-res", "8"]
+        assert datasets_main([*build, "--workers", "1", "--no-progress"]) == 0
     paths = {"missing": str(tmp_path / "missing.lmdb"), "lmdb": str(lmdb16), "corrupt": str(corrupt),
-             "file": str(tmp_path / "a-file")}  # fmt: skip
+             "file": str(tmp_path / "a-file"), "from8": str(tmp_path / "from8")}  # fmt: skip
     args = [a.format(**paths) for a in extra]
     out = tmp_path / "runs"
     assert train([*TINY, "--out", str(out), *args]) == 2
