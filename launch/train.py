@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("ema_kimg", float),
         ("ema_rampup", float),
         ("tick_kimg", float),
+        ("progress_seconds", float),
         ("snapshot_kimg", float),
         ("checkpoint_kimg", float),
         ("keep_checkpoints", int),

@@ -24,6 +24,7 @@ RESUMABLE_CHANGES = frozenset(
         "data",  # the dataset is compared by its content fingerprint, whatever path it is found under
         "workers",
         "tick_kimg",
+        "progress_seconds",
         "snapshot_kimg",
         "checkpoint_kimg",
         "keep_checkpoints",
@@ -53,6 +54,7 @@ class TrainConfig:
     ema_kimg: float = 10.0  # half-life of the generator's exponential moving average, in kimg
     ema_rampup: float | None = 0.05  # early on, the half-life is at most this fraction of the images shown
     tick_kimg: float = 4.0  # status line and TensorBoard scalars every this many kimg
+    progress_seconds: float = 60.0  # between ticks, a short progress line at most this often; 0 turns it off
     snapshot_kimg: float = 40.0  # sample and reconstruction grids every this many kimg
     checkpoint_kimg: float = 200.0  # checkpoint every this many kimg (and always at the end)
     keep_checkpoints: int = 3  # older checkpoints are deleted
@@ -74,7 +76,7 @@ class TrainConfig:
         """ValueError naming the option for a value no run can use (a NaN or zero length, negative counts)."""
         positive = ["tick_kimg", "snapshot_kimg", "checkpoint_kimg", "ema_kimg", "keep_checkpoints", "max_nonfinite"]
         positive += ["grid_images", "metric_images", "collective_timeout_min"] + ([] if self.kimg is None else ["kimg"])
-        for name in [*positive, "workers", "metric_kimg", "synthetic_images"]:
+        for name in [*positive, "workers", "metric_kimg", "synthetic_images", "progress_seconds"]:
             value, zero_allowed = getattr(self, name), name not in positive
             number = not isinstance(value, bool) and isinstance(value, int | float) and value < math.inf
             if not (number and (value >= 0 if zero_allowed else value > 0)):

