@@ -331,6 +331,7 @@ class Trainer:
         loader_key, batches = None, None
         tick = _Tick(time.time(), self.state.images_shown)
         last_progress = tick.time
+        saved_at = None  # images shown at the last checkpoint this call wrote
         # A first status line a few iterations in (speed and ETAs within seconds), not only at the first tick.
         first_report = self.state.iteration + FIRST_REPORT_ITERATIONS
         if self.state.images_shown == 0:
@@ -341,7 +342,8 @@ class Trainer:
         while self.state.images_shown < total:
             signal_number = self._agreed_stop_signal()
             if signal_number:
-                self.save_checkpoint()
+                if saved_at != self.state.images_shown:  # not when the periodic save just wrote this state
+                    self.save_checkpoint()
                 raise Stopped(signal_number, self.state.images_shown)
             images_shown = self.state.images_shown
             stage = stage_at(config.schedule, images_shown, config.objective)
@@ -417,6 +419,7 @@ class Trainer:
                 self.evaluate(stage_at(config.schedule, now, config.objective))
             if _crossed(images_shown, now, config.checkpoint_kimg) and now < total:
                 self.save_checkpoint()
+                saved_at = now
         self.save_checkpoint()
 
     @contextmanager

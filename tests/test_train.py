@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -413,3 +414,39 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_iteration(tmp_pa
     assert 48 <= state["images_shown"] < 240
     digests = state["rank_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]  # both ranks took part in the same final save
+
+
+def test_two_machines_simulated_on_one_stop_on_sigterm_and_resume(tmp_path, lmdb16):
+    """Two `accelerate launch --num_machines 2` (one process each), as on two nodes of a cluster."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "runs"
+
+    def launch(machine_rank: int, *args: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                   "--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1", "--main_process_port",
+                   str(port), "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   str(ROOT / "launch" / "train.py"), *TINY, "--data", str(lmdb16), "--out", str(out),
+                   *args]  # fmt: skip
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        return subprocess.Popen(command, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    nodes = [launch(0, "--kimg", "100"), launch(1, "--kimg", "100")]
+    for line in nodes[0].stdout:
+        if "stage: 8 x 8" in line:
+            break
+    for node in nodes:  # what a scheduler does at the end of a job's time: SIGTERM to each node's launcher
+        node.send_signal(signal.SIGTERM)
+    outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    assert "stopped by SIGTERM at" in outputs[0], outputs[0][-3000:]
+    stopped_at = _final_checkpoint(out)["images_shown"]
+    assert 48 <= stopped_at < 100_000
+
+    nodes = [launch(rank, "--kimg", f"{(stopped_at + 8) / 1000}", "--resume", "latest") for rank in (0, 1)]
+    outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:]
+    state = _final_checkpoint(out)
+    assert state["images_shown"] == stopped_at + 8 and len(state["rank_digests"]) == 2
+    assert state["rank_digests"][0] == state["rank_digests"][1]
+    assert sorted(p.name for p in out.iterdir()) == ["00000-tiny-16"]
