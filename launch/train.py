@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             outcome[0] = str(run_dir)
         except DirectoryBusy as error:
             outcome[1] = f"run directory {error}"
+        except OSError as error:  # the other processes wait in the broadcast below: tell them, do not raise
+            outcome[1] = f"--out {config.out}: cannot create the run directory ({error})"
     broadcast_object_list(outcome)
     if outcome[1] is not None:
         return report(main_process, outcome[1], EXIT_BAD_INPUT)
@@ -320,7 +322,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def claim_run_directory(config: TrainConfig, checkpoint_path: Path | None) -> tuple[Path, DirectoryLock]:
     """The run directory to write in, locked: the resumed checkpoint's own run, else a new one under --out."""
-
     if checkpoint_path is not None and checkpoint_path.parent.name == "checkpoints":
         run_dir = checkpoint_path.parent.parent
     else:  # a new run, or a checkpoint file kept outside any run directory: a new run directory under --out
@@ -359,8 +360,8 @@ def train_in(run_dir: Path, trainer, config: TrainConfig, accelerator, checkpoin
     except NonFiniteError as error:
         accelerator.end_training()
         return report(main_process, str(error), EXIT_NONFINITE)
-    except DatasetFormatError as error:  # a damaged image, found when a batch reads it
-        return report(main_process, original_message(error), EXIT_BAD_INPUT)
+    except DatasetFormatError as error:  # a damaged image, found by whichever rank reads it: that rank reports
+        return report(True, original_message(error), EXIT_BAD_INPUT)
     except OSError as error:  # a full disk or a lost file system while writing; the last checkpoint is intact
         return report(main_process, f"{original_message(error)}; continue with --resume latest", EXIT_FAILED)
     except Stopped as stop:
