@@ -2,26 +2,47 @@
 
     accelerate launch --mixed_precision bf16 launch/benchmark_train.py --preset celebahq --res 1024
     python launch/benchmark_train.py --preset demo --res 32 --iterations 10      # CPU
+    python launch/benchmark_train.py --preset celebahq --res 32 --batch 4 --count-ops   # launch-count proxy
 
 Each resolution runs mid-fade (alpha 0.5, both paths active: the costlier case) at the preset's
 schedule batch size (or --batch), on random images already on the device, so the figures measure the
 models, the objective and the optimisers, not the data pipeline (see `python -m datasets_prep bench`).
+
+`--count-ops` adds the number of ATen operator calls in one iteration (forward, backward and the three
+updates). Each is a dispatch, and most a kernel launch, on a GPU; where the GPU waits on launches (the
+low resolutions) this count, measurable on any machine, tracks the time of an iteration.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from progressive.config import preset_config
 from progressive.layers import resolutions
 from progressive.presets import PRESETS, TriangleModels, build_models
 from progressive.training_loop import GuardedUpdate, peak_memory_gib
 from progressive.triangle import build_optimizers, triangle_step
+
+
+class OperatorCount(TorchDispatchMode):
+    """Counts the ATen operator calls made while it is active, by operator name."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def main() -> None:
@@ -32,12 +53,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="global batch at every resolution (default: schedule)")
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations per resolution")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per resolution")
+    parser.add_argument("--count-ops", action="store_true", help="also count ATen operator calls per iteration")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for networks and images")
+    parser.add_argument("--json", help="also write the images/s per resolution here (for train.py --throughput)")
     args = parser.parse_args()
 
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     config = preset_config(args.preset)
     torch.manual_seed(0)
     models = build_models(args.preset).to(accelerator.device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    for net in models.networks().values():
+        net.to(memory_format=memory_format)
     try:
         update = GuardedUpdate.for_accelerator(accelerator, models.networks())
     except ValueError as error:
@@ -54,13 +81,17 @@ def main() -> None:
             f"preset {args.preset}, {accelerator.num_processes} process(es), device {accelerator.device}, "
             f"mixed precision {accelerator.mixed_precision}"
         )
-        print(f"{'res':>5} {'alpha':>5} {'batch':>6} {'img/s':>9} {'sec/kimg':>9} {'peak GiB':>9}")
+        ops_column = f" {'ATen ops':>9}" if args.count_ops else ""
+        print(f"{'res':>5} {'alpha':>5} {'batch':>6} {'img/s':>9} {'sec/kimg':>9} {'peak GiB':>9}{ops_column}")
+    measured: dict[str, float] = {}
     for resolution in resolutions(bottom, top):
         alpha = 1.0 if resolution == models.min_resolution else 0.5
         wrapped.set_stage(resolution, alpha)
         batch = args.batch or config.schedule.batch_size_at(resolution)
         local = batch // accelerator.num_processes
-        x = torch.rand(local, 3, resolution, resolution, device=accelerator.device) * 2 - 1
+        x = (torch.rand(local, 3, resolution, resolution, device=accelerator.device) * 2 - 1).contiguous(
+            memory_format=memory_format
+        )
         if cuda:
             torch.cuda.reset_peak_memory_stats(accelerator.device)
         for iteration in range(args.warmup + args.iterations):
@@ -74,12 +105,34 @@ def main() -> None:
             torch.cuda.synchronize(accelerator.device)
         accelerator.wait_for_everyone()
         images_per_second = batch * args.iterations / (time.perf_counter() - start)
+        measured[str(resolution)] = images_per_second
+        ops_column = ""
+        if args.count_ops:  # after the timing: the counting mode slows every call down
+            with OperatorCount() as count:
+                triangle_step(wrapped, optimizers, x, config=config.objective, update=update, check_range=False)
+            ops_column = f" {sum(count.calls.values()):9d}"
         if accelerator.is_main_process:
             print(
                 f"{resolution:5d} {alpha:5.1f} {batch:6d} {images_per_second:9.1f} {1000 / images_per_second:9.2f} "
-                f"{peak_memory_gib(accelerator.device):9.2f}",
+                f"{peak_memory_gib(accelerator.device):9.2f}{ops_column}",
                 flush=True,
             )
+
+    if args.json and accelerator.is_main_process:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "device": torch.cuda.get_device_name() if cuda else str(accelerator.device),
+                    "processes": accelerator.num_processes,
+                    "mixed_precision": accelerator.mixed_precision,
+                    "channels_last": args.channels_last,
+                    "images_per_second": measured,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 from datetime import timedelta
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="global seed")
     parser.add_argument("--config", help="JSON configuration (e.g. a run's config.json), applied before the flags")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and schedule, exit")
+    parser.add_argument(
+        "--throughput",
+        help="with --dry-run: images/s per resolution (benchmark_train.py --json) to project the wall time",
+    )
     run = parser.add_argument_group("run")
     for name, kind in [
         ("workers", int),
@@ -87,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         run.add_argument(_flag(name), dest=name, type=kind, help=f"TrainConfig.{name}")
     run.add_argument("--hflip", dest="hflip", action=argparse.BooleanOptionalAction, help="mirror augmentation")
+    run.add_argument(
+        "--channels-last",
+        dest="channels_last",
+        action=argparse.BooleanOptionalAction,
+        help="NHWC memory format (GPUs: faster convolutions at high resolution; same results)",
+    )
     run.add_argument(
         "--metrics",
         type=lambda s: [m for m in s.split(",") if m],
@@ -134,7 +145,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     objective: dict[str, Any] = {}
     schedule: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if value is None or key in ("res", "preset", "recipe", "resume", "batch", "config", "dry_run"):
+        if value is None or key in ("res", "preset", "recipe", "resume", "batch", "config", "dry_run", "throughput"):
             continue
         if key.startswith("objective."):
             objective[key.split(".", 1)[1]] = value
@@ -229,19 +240,42 @@ def check_batches(config: TrainConfig, processes: int) -> None:
             )
 
 
-def print_dry_run(config: TrainConfig) -> None:
+def print_dry_run(config: TrainConfig, throughput: dict | None = None) -> None:
+    """The configuration, the schedule and, given measured images/s per resolution, the projected wall time."""
     print(config.to_json())
+    speed = {int(r): v for r, v in throughput["images_per_second"].items()} if throughput else {}
     print(
         f"\n{'phase':>6} {'res':>5} {'batch':>6} {'start kimg':>11} {'end kimg':>9}  learning rates at start (E, I, G)"
+        + ("   hours" if speed else "")
     )
+    total_seconds, unmeasured = 0.0, set()
     for stage in schedule_table(config.schedule, config.objective):
+        end_images = min(stage.phase_end_images or config.total_images, config.total_images)
         end = f"{stage.phase_end_images / 1000:9.3f}" if stage.phase_end_images is not None else "      end"
         rates = ", ".join(f"{stage.learning_rates[n]:.2e}" for n in ("energy", "inference", "generator"))
+        hours = ""
+        if speed:
+            images = max(end_images - stage.phase_start_images, 0)
+            if stage.resolution in speed:
+                total_seconds += images / speed[stage.resolution]
+                hours = f"  {images / speed[stage.resolution] / 3600:6.2f}"
+            elif images:
+                unmeasured.add(stage.resolution)
+                hours = "       ?"
         print(
             f"{stage.phase:>6} {stage.resolution:5d} {stage.batch_size:6d} {stage.phase_start_images / 1000:11.3f}"
-            f" {end}  {rates}"
+            f" {end}  {rates}{hours}"
         )
     print(f"\ntraining length: {config.total_images / 1000:.1f} kimg")
+    if speed:
+        where = (
+            f"{throughput.get('processes', 1)} x {throughput.get('device', '?')}, {throughput.get('mixed_precision')}"
+        )
+        missing = f" (without resolutions {sorted(unmeasured)}, not measured)" if unmeasured else ""
+        print(f"projected training time at the measured speed ({where}): {total_seconds / 3600:.1f} h{missing}")
+        scaled = ", ".join(f"{n}x: {total_seconds / 3600 / n:.1f} h" for n in (2, 4, 8, 16))
+        print(f"on N times as many GPUs, scaling ideally (a lower bound on time): {scaled}")
+        print("(iterations only: snapshots, checkpoints and metrics add to it)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +286,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        print_dry_run(config)
+        throughput = None
+        if args.throughput:
+            try:
+                throughput = json.loads(Path(args.throughput).read_text())
+                throughput["images_per_second"]  # noqa: B018 -- checked to exist
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                print(f"error: --throughput {args.throughput}: not a benchmark_train.py --json file ({error})",
+                      file=sys.stderr)  # fmt: skip
+                return EXIT_BAD_INPUT
+        print_dry_run(config, throughput)
         return 0
 
     # Heavy imports after argument checks, so --help and bad flags answer at once.

@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0  # global seed: weights, latents, data order and fixed snapshot latents derive from it
     workers: int = 2  # DataLoader worker processes per training process
     hflip: bool = False  # mirror augmentation (left-right flips of real images, decided per image from the seed)
+    channels_last: bool = False  # NHWC memory format for the networks and images: same maths, faster convs on GPUs
     ema_kimg: float = 10.0  # half-life of the generator's exponential moving average, in kimg
     ema_rampup: float | None = 0.05  # early on, the half-life is at most this fraction of the images shown
     tick_kimg: float = 4.0  # status line and TensorBoard scalars every this many kimg

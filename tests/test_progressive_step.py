@@ -78,3 +78,74 @@ def test_iterations_follow_the_schedule_across_a_growth_step():
     state = optimizers.generator.state
     assert state[models.generator.blocks["8"][1].weight]["step"] == 4
     assert state[models.generator.blocks["16"][1].weight]["step"] == 1
+
+
+def test_speed_paths_compute_what_the_plain_ones_do():
+    """Fused Adam and the hand-written pixel-norm gradient: the same iteration as the plain code, within rounding."""
+    import copy
+
+    from progressive.layers import PixelNorm
+    from progressive.triangle import TriangleOptimizers, recipe_config
+
+    torch.manual_seed(0)
+    fused = build_models("tiny")
+    fused.set_stage(16, 0.5)
+    plain = copy.deepcopy(fused)
+    config = recipe_config("triangle")
+
+    def for_loop_adam(net, lr, decay):
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=(config.adam_beta1, config.adam_beta2),
+                                weight_decay=decay, foreach=False, fused=False)  # fmt: skip
+
+    plain_optimizers = TriangleOptimizers(
+        generator=for_loop_adam(plain.generator, config.lr_generator, config.weight_decay_generator),
+        energy=for_loop_adam(plain.energy, config.lr_energy, config.weight_decay_energy),
+        inference=for_loop_adam(plain.inference, config.lr_inference, config.weight_decay_inference),
+    )
+    fused_optimizers = build_optimizers(fused, config)
+    assert all(group["fused"] for o in vars(fused_optimizers).values() for group in o.param_groups)
+    for step in range(3):
+        x = blend_reals(shapes_tensor(4, 16, seed=step), 0.5)
+        z, eps = torch.randn(4, fused.latent_dim), (torch.randn(4, fused.latent_dim), torch.randn(4, fused.latent_dim))
+        train_step(fused, fused_optimizers, x, z, eps, config)
+        train_step(plain, plain_optimizers, x, z, eps, config)
+    for name, net in fused.networks().items():
+        for (key, a), b in zip(net.named_parameters(), plain.networks()[name].parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
+
+    x = torch.randn(3, 5, 4, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(PixelNorm(), (x,))
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(3, 5, 4, 4).to(dtype).requires_grad_()
+        weights = torch.randn(3, 5, 4, 4)
+        (PixelNorm()(x).float() * weights).sum().backward()
+        ours, x.grad = x.grad, None
+        x32 = x.float()
+        expression = (x32 * torch.rsqrt(x32.pow(2).mean(dim=1, keepdim=True) + 1e-8)).to(dtype)
+        (expression.float() * weights).sum().backward()
+        torch.testing.assert_close(ours, x.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_trains_as_the_default_memory_format():
+    import copy
+
+    from progressive.triangle import recipe_config
+
+    torch.manual_seed(0)
+    plain = build_models("tiny")
+    plain.set_stage(16, 0.5)
+    nhwc = copy.deepcopy(plain)
+    for net in nhwc.networks().values():
+        net.to(memory_format=torch.channels_last)
+    config = recipe_config("triangle")
+    plain_optimizers, nhwc_optimizers = build_optimizers(plain, config), build_optimizers(nhwc, config)
+    for step in range(3):
+        x = blend_reals(shapes_tensor(4, 16, seed=step), 0.5)
+        z, eps = torch.randn(4, plain.latent_dim), (torch.randn(4, plain.latent_dim), torch.randn(4, plain.latent_dim))
+        train_step(plain, plain_optimizers, x, z, eps, config)
+        train_step(nhwc, nhwc_optimizers, x.contiguous(memory_format=torch.channels_last), z, eps, config)
+    for name, net in nhwc.networks().items():
+        convolutions = [p for p in net.parameters() if p.ndim == 4]
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)  # it stayed NHWC
+        for a, b in zip(net.parameters(), plain.networks()[name].parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -76,6 +76,23 @@ def test_dry_run_prints_configuration_and_schedule_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_dry_run_projects_the_training_time_from_a_benchmark(tmp_path, capsys):
+    measured = tmp_path / "speed.json"
+    speed = {"4": 0.0048, "8": 0.0096}  # images/s: 48 images at 4x4 take 10,000 s
+    measured.write_text(json.dumps({"device": "test", "processes": 1, "images_per_second": speed}))
+    assert train([*TINY, "--res", "8", "--kimg", "0.192", "--dry-run", "--throughput", str(measured)]) == 0
+    printed = capsys.readouterr().out
+    # 48 images at 4x4, 48 fading in 8x8, 96 at 8x8: 10,000 + 5,000 + 10,000 s.
+    assert "stable     4      4       0.000     0.048  " in printed and printed.count("    2.78\n") == 2
+    assert "projected training time at the measured speed (1 x test, None): 6.9 h\n" in printed
+    assert "2x: 3.5 h, 4x: 1.7 h" in printed
+    assert train([*TINY, "--res", "16", "--dry-run", "--throughput", str(measured)]) == 0
+    assert "(without resolutions [16], not measured)" in capsys.readouterr().out
+    measured.write_text("[]")
+    assert train([*TINY, "--dry-run", "--throughput", str(measured)]) == 2
+    assert "not a benchmark_train.py --json file" in capsys.readouterr().err
+
+
 def test_run_writes_config_log_events_snapshots_and_checkpoints(tmp_path, lmdb16):
     out = tmp_path / "runs"
     metrics = ["--metrics", "recon,energy", "--metric-kimg", "0.12", "--metric-images", "8"]
@@ -450,3 +467,16 @@ def test_two_machines_simulated_on_one_stop_on_sigterm_and_resume(tmp_path, lmdb
     assert state["images_shown"] == stopped_at + 8 and len(state["rank_digests"]) == 2
     assert state["rank_digests"][0] == state["rank_digests"][1]
     assert sorted(p.name for p in out.iterdir()) == ["00000-tiny-16"]
+
+
+def test_benchmark_train_counts_operator_calls_and_writes_its_speeds(tmp_path):
+    out = tmp_path / "speed.json"
+    command = [sys.executable, str(ROOT / "launch" / "benchmark_train.py"), "--preset", "tiny", "--res", "8",
+               "--iterations", "1", "--warmup", "0", "--count-ops", "--channels-last", "--json", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.split() and line.split()[0] in ("4", "8")]
+    assert len(rows) == 2 and all(int(row[-1]) > 100 for row in rows)  # the ATen-calls column
+    written = json.loads(out.read_text())
+    assert set(written["images_per_second"]) == {"4", "8"} and written["channels_last"] is True
