@@ -1,7 +1,7 @@
 """Quality of named objective configurations side by side: the triangle against its VAE and adversarial parts.
 
     python launch/benchmark_quality.py --data data/emoji32.lmdb --preset demo --res 32 --kimg 14
-    python launch/benchmark_quality.py --data data/emoji32.lmdb --configs triangle vae adversarial reference
+    python launch/benchmark_quality.py --data data/emoji32.lmdb --configs triangle vae wake-sleep acd adversarial
     python launch/benchmark_quality.py --data data/emoji32.lmdb --configs triangle eps1=triangle,energy_penalty=1
 
 Every configuration trains with launch/train.py on the same data, seed and schedule (one after another, each in
@@ -41,7 +41,7 @@ from progressive.triangle import RECIPES, TriangleConfig
 
 EXIT_BAD_INPUT = 2
 TRAIN = Path(__file__).with_name("train.py")
-DEFAULT_CONFIGS = ["triangle", "vae", "adversarial"]
+DEFAULT_CONFIGS = ["triangle", "vae", "wake-sleep", "adversarial"]  # the paper's Table 2 rows, and E+G alone
 
 
 @dataclass

@@ -163,12 +163,29 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+# Values added after checkpoints were first written, with the value that reproduces the older behaviour:
+# a checkpoint without them resumes as if it had them.
+ADDED_LATER: dict[str, dict[str, Any]] = {
+    "": {"recipe": "reference", "channels_last": False},
+    "objective": {
+        "energy_penalty": 0.0,
+        "logvar_bound": 0.0,
+        "weight_recon_generator": None,
+        "weight_latent_generator": None,
+    },
+}
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'key: saved -> current' for every value that differs, ignoring RESUMABLE_CHANGES.
 
-    Both sides are compared as JSON (so per-resolution tables compare equal whatever their key type).
+    Both sides are compared as JSON (so per-resolution tables compare equal whatever their key type);
+    values missing from `saved` that ADDED_LATER knows take their older-behaviour value.
     """
     saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    saved = {**ADDED_LATER[""], **saved}
+    if isinstance(saved.get("objective"), dict):
+        saved["objective"] = {**ADDED_LATER["objective"], **saved["objective"]}
     differences = []
     for key in sorted(set(saved) | set(current)):
         if key in RESUMABLE_CHANGES:

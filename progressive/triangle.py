@@ -40,10 +40,12 @@ class TriangleConfig:
 
     energy_form: str = "identity"  # E(x) from the network output s: identity s, or softplus/tanh/sigmoid of -s
     kl_reduction: str = "mean"  # "mean": over batch and latent dims (reference); "sum": over dims, mean over batch
-    weight_recon: float = 1.0  # w_rec: reconstruction sum||G(z_hat) - x||^2 / B in L_I and L_G
+    weight_recon: float = 1.0  # w_rec: reconstruction sum||G(z_hat) - x||^2 / B in L_I (and in L_G, see below)
     weight_kl: float = 1.0  # w_kl: KL(q(z|x) || N(0, I)) in L_I
-    weight_latent: float = 0.1  # w_lat: NLL of z under q(z|G(z)) in L_I and L_G
+    weight_latent: float = 0.1  # w_lat: NLL of z under q(z|G(z)) in L_I (and in L_G, see below)
     weight_energy: float = 1.0  # weight of mean E(G(z)) in L_G; 0 turns the energy model off (VAE-like)
+    weight_recon_generator: float | None = None  # reconstruction weight in L_G; None: the same as weight_recon
+    weight_latent_generator: float | None = None  # latent-NLL weight in L_G; None: the same as weight_latent
     energy_penalty: float = 0.0  # w_pen: mean E^2 over real and generated images in L_E; keeps E bounded
     logvar_bound: float = 0.0  # c > 0: the posterior log-variance s becomes c * tanh(s / c); 0 leaves s unbounded
     nll_eps: float = 1e-6  # added to the variance in the latent NLL, as the reference
@@ -64,10 +66,18 @@ class TriangleConfig:
             raise ValueError(f"energy_form must be one of {ENERGY_FORMS}, got {self.energy_form!r}")
         if self.kl_reduction not in KL_REDUCTIONS:
             raise ValueError(f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}")
-        for name in ("energy_penalty", "logvar_bound", "weight_recon", "weight_kl", "weight_latent"):
+        weights = ("energy_penalty", "logvar_bound", "weight_recon", "weight_kl", "weight_latent")
+        for name in (*weights, "weight_recon_generator", "weight_latent_generator"):
             value = getattr(self, name)
+            if value is None and name.endswith("_generator"):
+                continue
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.recon_generator == 0 and self.latent_generator == 0 and self.weight_energy == 0:
+            raise ValueError(
+                "the generator has no loss: weight_recon_generator, weight_latent_generator and weight_energy "
+                "are all 0 (recipe 'vae' or 'wake-sleep' train it by reconstruction)"
+            )
         if self.lr_decay_images <= 0:
             raise ValueError(f"lr_decay_images must be positive, got {self.lr_decay_images}")
 
@@ -80,6 +90,16 @@ class TriangleConfig:
     def trains_inference(self) -> bool:
         """The inference model is updated only when one of its terms has a weight."""
         return any(w != 0 for w in (self.weight_recon, self.weight_kl, self.weight_latent))
+
+    @property
+    def recon_generator(self) -> float:
+        """The reconstruction weight of the generator step."""
+        return self.weight_recon if self.weight_recon_generator is None else self.weight_recon_generator
+
+    @property
+    def latent_generator(self) -> float:
+        """The latent-NLL weight of the generator step."""
+        return self.weight_latent if self.weight_latent_generator is None else self.weight_latent_generator
 
     def replace(self, **changes) -> TriangleConfig:
         """A copy with some values changed (validated)."""
@@ -97,11 +117,24 @@ _STABLE: dict[str, Any] = {
     "logvar_bound": 5.0,  # q's log-variance in (-5, 5): the latent NLL cannot explode through a vanishing variance
 }
 DEFAULT_RECIPE = "triangle"  # what launch/train.py trains without --recipe
+_NO_ENERGY: dict[str, Any] = {"weight_energy": 0.0}
+_NO_VAE: dict[str, Any] = {"weight_recon": 0.0, "weight_kl": 0.0}
 RECIPES: dict[str, dict[str, Any]] = {
-    "triangle": _STABLE,  # the full objective with the stabilising terms: the default
-    "vae": {**_STABLE, "weight_energy": 0.0, "weight_latent": 0.0},  # KL(Q||P) alone: no energy model
-    "adversarial": {**_STABLE, "weight_recon": 0.0, "weight_kl": 0.0, "weight_latent": 0.0},  # E and G alone
-    "reference": {},  # the paper's code exactly (enijkamp/triangle, train_cifar10.py)
+    # D = KL(Q||P) + KL(P||Pi) - KL(Q||Pi) with the stabilising terms: the default.
+    "triangle": _STABLE,
+    # Section 3.2.1: min over G and I of KL(Q||P) alone (reconstruction and KL in both steps); no energy model.
+    "vae": {**_STABLE, **_NO_ENERGY, "weight_latent": 0.0},
+    # Section 3.2.1's wake-sleep: G by KL(Q||P) on real images (wake: reconstruction), I by KL(P||Q) on dreams
+    # (sleep: the NLL of z under q(z|G(z)) only). Two objectives, not one.
+    "wake-sleep": {**_STABLE, **_NO_ENERGY, **_NO_VAE, "weight_recon_generator": 50.0, "weight_latent_generator": 0.0},
+    # Section 3.2.2, the tractable ACD: max over E, min over G and I of KL(P||Pi) - KL(Q||Pi); G's entropy comes
+    # through I's latent NLL on generated images (eq. 18). No reconstruction, no KL to the prior.
+    "acd": {**_STABLE, **_NO_VAE},
+    # E and G alone, the generator minimising mean E(G(z)) without any entropy term: eq. (16) with the
+    # intractable entropy of p_theta dropped (what energy-based GANs do), not the paper's ACD.
+    "adversarial": {**_STABLE, **_NO_VAE, "weight_latent": 0.0},
+    # The paper's code exactly (enijkamp/triangle, train_cifar10.py).
+    "reference": {},
 }
 
 
@@ -371,33 +404,44 @@ def triangle_step(
     else:
         energy_real = energy_fake = loss_energy = grad_norm_energy = energy_abs_max = zero
 
-    # 3. Inference step.
+    # 3. Inference step. Only the terms with a weight are computed: real images are encoded for the
+    #    reconstruction and the KL, generated ones for the latent NLL.
+    recon = kl = nll = loss_inference = grad_norm_inference = logvar_min = logvar_max = zero
     if config.trains_inference:
-        mu_all, logvar_all = posterior(inference, torch.cat([x, x_fake_const]), config)
+        encode_real = config.weight_recon != 0 or config.weight_kl != 0
+        encode_fake = config.weight_latent != 0
+        inputs = [x] if encode_real else []
+        inputs += [x_fake_const] if encode_fake else []
+        mu_all, logvar_all = posterior(inference, torch.cat(inputs) if len(inputs) > 1 else inputs[0], config)
         logvar_min, logvar_max = torch.aminmax(logvar_all.detach())
-        mu, logvar = mu_all[:batch], logvar_all[:batch]
-        z_hat = reparameterize(mu, logvar, eps[0])
-        recon = reconstruction_loss(bare(generator)(z_hat), x)
-        kl = kl_to_prior(mu, logvar, config.kl_reduction)
-        nll = latent_nll(z, mu_all[batch:], logvar_all[batch:], config.nll_eps)
-        loss_inference = config.weight_recon * recon + config.weight_kl * kl + config.weight_latent * nll
+        real_count = batch if encode_real else 0
+        mu, logvar = mu_all[:real_count], logvar_all[:real_count]
+        if config.weight_recon != 0:
+            recon = reconstruction_loss(bare(generator)(reparameterize(mu, logvar, eps[0])), x)
+            loss_inference = loss_inference + config.weight_recon * recon
+        if config.weight_kl != 0:
+            kl = kl_to_prior(mu, logvar, config.kl_reduction)
+            loss_inference = loss_inference + config.weight_kl * kl
+        if encode_fake:
+            nll = latent_nll(z, mu_all[real_count:], logvar_all[real_count:], config.nll_eps)
+            loss_inference = loss_inference + config.weight_latent * nll
         grad_norm_inference = update("inference", optimizers.inference, inference, loss_inference, config)
-    else:
-        recon = kl = nll = loss_inference = grad_norm_inference = logvar_min = logvar_max = zero
 
     # 4. Generator step with the updated E and I; gradients reach G through x_fake and G(z_hat2).
     loss_generator = zero
     recon_generator = nll_generator = zero
-    need_encoding = config.weight_recon != 0 or config.weight_latent != 0
-    if need_encoding:
-        mu_all, logvar_all = posterior(bare(inference), torch.cat([x, x_fake]), config)
-        if config.weight_recon != 0:
+    weight_recon, weight_latent = config.recon_generator, config.latent_generator
+    if weight_recon != 0 or weight_latent != 0:
+        inputs = ([x] if weight_recon != 0 else []) + ([x_fake] if weight_latent != 0 else [])
+        mu_all, logvar_all = posterior(bare(inference), torch.cat(inputs) if len(inputs) > 1 else inputs[0], config)
+        real_count = batch if weight_recon != 0 else 0
+        if weight_recon != 0:
             z_hat2 = reparameterize(mu_all[:batch], logvar_all[:batch], eps[1]).detach()
             recon_generator = reconstruction_loss(bare(generator)(z_hat2), x)
-            loss_generator = loss_generator + config.weight_recon * recon_generator
-        if config.weight_latent != 0:
-            nll_generator = latent_nll(z, mu_all[batch:], logvar_all[batch:], config.nll_eps)
-            loss_generator = loss_generator + config.weight_latent * nll_generator
+            loss_generator = loss_generator + weight_recon * recon_generator
+        if weight_latent != 0:
+            nll_generator = latent_nll(z, mu_all[real_count:], logvar_all[real_count:], config.nll_eps)
+            loss_generator = loss_generator + weight_latent * nll_generator
     if config.trains_energy:
         energy_of_fake = energy_from_output(bare(energy)(x_fake), config.energy_form).mean()
         loss_generator = loss_generator + config.weight_energy * energy_of_fake

@@ -344,3 +344,64 @@ def test_recipes_name_the_reference_and_the_parts_of_the_triangle():
     for name in ("energy_penalty", "logvar_bound", "weight_recon"):
         with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
             TriangleConfig(**{name: -1.0})
+
+
+def _forward_counts(models) -> dict[str, int]:
+    """Forward calls of each network, counted by hooks (what a zero-weight term must not cost)."""
+    counts = dict.fromkeys(models.networks(), 0)
+    for name, net in models.networks().items():
+        net.register_forward_hook(lambda module, args, output, name=name: counts.__setitem__(name, counts[name] + 1))
+    return counts
+
+
+def test_wake_sleep_trains_inference_on_dreams_and_the_generator_by_reconstruction():
+    models, x, z, eps = _tiny_setup(seed=8)
+    before = copy.deepcopy(models)
+    counts = _forward_counts(models)
+    config = recipe_config("wake-sleep")
+    stats = train_step(models, build_optimizers(models, config), x, z=z, eps=eps, config=config)
+    assert stats["recon"] == 0 and stats["kl"] == 0 and stats["latent_nll"] > 0  # sleep: dreams only
+    assert stats["recon_generator"] > 0 and stats["latent_nll_generator"] == 0  # wake: reconstruction only
+    assert torch.equal(_flat(models.energy), _flat(before.energy)) and counts["energy"] == 0
+    # G(z) once, G(z_hat2) once; I on the dreams (sleep), then on the real images (wake).
+    assert counts == {"generator": 2, "energy": 0, "inference": 2}
+    # The sleep step is the latent NLL of the dreams alone, against an independent computation.
+    fresh = copy.deepcopy(before)
+    with torch.no_grad():
+        mu, logvar = fresh.inference(fresh.generator(z))
+        logvar = bound_logvar(logvar, config.logvar_bound)
+    assert stats["latent_nll"] == pytest.approx(latent_nll(z, mu, logvar, config.nll_eps).item(), rel=1e-5)
+
+
+def test_terms_with_zero_weight_cost_no_forward():
+    counts = {}
+    for recipe in ("triangle", "vae", "acd", "adversarial"):
+        models, x, z, eps = _tiny_setup(seed=9)
+        counted = _forward_counts(models)
+        config = recipe_config(recipe)
+        train_step(models, build_optimizers(models, config), x, z=z, eps=eps, config=config)
+        counts[recipe] = counted
+    assert counts["triangle"] == {"generator": 3, "energy": 2, "inference": 2}
+    assert counts["vae"] == {"generator": 3, "energy": 0, "inference": 2}
+    assert counts["acd"] == {"generator": 1, "energy": 2, "inference": 2}  # no reconstruction anywhere
+    assert counts["adversarial"] == {"generator": 1, "energy": 2, "inference": 0}
+
+
+def test_a_generator_without_any_loss_is_refused():
+    with pytest.raises(ValueError, match="the generator has no loss"):
+        recipe_config("vae", weight_recon=0.0)
+    with pytest.raises(ValueError, match="weight_latent_generator must be a finite number >= 0"):
+        recipe_config("triangle", weight_latent_generator=-1.0)
+    assert recipe_config("vae", weight_recon=0.0, weight_recon_generator=1.0).recon_generator == 1.0
+
+
+def test_old_checkpoint_configurations_resume_with_the_values_added_since():
+    from progressive.config import config_differences, preset_config
+
+    current = preset_config("tiny", "reference").to_dict()
+    saved = copy.deepcopy(current)
+    del saved["recipe"], saved["channels_last"]
+    for key in ("energy_penalty", "logvar_bound", "weight_recon_generator", "weight_latent_generator"):
+        del saved["objective"][key]
+    assert config_differences(saved, current) == []
+    assert config_differences(saved, preset_config("tiny", "triangle").to_dict())  # but not another objective
