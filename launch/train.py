@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     objective = parser.add_argument_group("objective (docs/objective.md)")
     for f in dataclasses.fields(TriangleConfig):
-        kind = {"str": str, "int": int, "float": float}[str(f.type)]
+        kind = {"str": str, "int": int, "float": float, "float | None": float}[str(f.type)]
         objective.add_argument(_flag(f.name), dest=f"objective.{f.name}", type=kind, help=f"default {f.default!r}")
     schedule = parser.add_argument_group("schedule (docs/training.md); per-resolution values as R:V,R:V")
     for f in dataclasses.fields(ScheduleConfig):

@@ -155,6 +155,7 @@ def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path
         (["--recipe", "nope"], "unknown recipe 'nope'"),
         (["--energy-penalty", "-1"], "energy_penalty must be a finite number >= 0"),
         (["--logvar-bound", "nan"], "logvar_bound must be a finite number >= 0"),
+        (["--recipe", "vae", "--weight-recon", "0"], "the generator has no loss"),
         (["--config", "{missing}"], "cannot read configuration"),
         (["--kimg", "nan"], "--kimg must be a finite number > 0"),
         (["--kimg", "0"], "--kimg must be a finite number > 0"),
