@@ -172,6 +172,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
         "logvar_bound": 0.0,
         "weight_recon_generator": None,
         "weight_latent_generator": None,
+        "generator_steps": 1,
     },
 }
 

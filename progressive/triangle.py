@@ -60,6 +60,7 @@ class TriangleConfig:
     grad_clip: float = 100.0  # gradient-norm clipping per network; <= 0 disables it
     lr_decay: float = 0.998  # learning rates are multiplied by this ...
     lr_decay_images: int = 50_000  # ... every this many real images shown
+    generator_steps: int = 1  # K generator updates per iteration (Algorithm 1, step 9's "multiple-step update")
 
     def __post_init__(self) -> None:
         if self.energy_form not in ENERGY_FORMS:
@@ -78,6 +79,8 @@ class TriangleConfig:
                 "the generator has no loss: weight_recon_generator, weight_latent_generator and weight_energy "
                 "are all 0 (recipe 'vae' or 'wake-sleep' train it by reconstruction)"
             )
+        if not (isinstance(self.generator_steps, int) and self.generator_steps >= 1):
+            raise ValueError(f"generator_steps must be an integer >= 1, got {self.generator_steps!r}")
         if self.lr_decay_images <= 0:
             raise ValueError(f"lr_decay_images must be positive, got {self.lr_decay_images}")
 
@@ -427,25 +430,34 @@ def triangle_step(
             loss_inference = loss_inference + config.weight_latent * nll
         grad_norm_inference = update("inference", optimizers.inference, inference, loss_inference, config)
 
-    # 4. Generator step with the updated E and I; gradients reach G through x_fake and G(z_hat2).
-    loss_generator = zero
-    recon_generator = nll_generator = zero
+    # 4. Generator step with the updated E and I; gradients reach G through x_fake and G(z_hat2). With
+    #    generator_steps K > 1 (Algorithm 1, step 9), K updates from the same z and eps2, each with a fresh G(z);
+    #    the statistics are the first step's (what K = 1 reports).
     weight_recon, weight_latent = config.recon_generator, config.latent_generator
-    if weight_recon != 0 or weight_latent != 0:
-        inputs = ([x] if weight_recon != 0 else []) + ([x_fake] if weight_latent != 0 else [])
-        mu_all, logvar_all = posterior(bare(inference), torch.cat(inputs) if len(inputs) > 1 else inputs[0], config)
-        real_count = batch if weight_recon != 0 else 0
-        if weight_recon != 0:
-            z_hat2 = reparameterize(mu_all[:batch], logvar_all[:batch], eps[1]).detach()
-            recon_generator = reconstruction_loss(bare(generator)(z_hat2), x)
-            loss_generator = loss_generator + weight_recon * recon_generator
-        if weight_latent != 0:
-            nll_generator = latent_nll(z, mu_all[real_count:], logvar_all[real_count:], config.nll_eps)
-            loss_generator = loss_generator + weight_latent * nll_generator
-    if config.trains_energy:
-        energy_of_fake = energy_from_output(bare(energy)(x_fake), config.energy_form).mean()
-        loss_generator = loss_generator + config.weight_energy * energy_of_fake
+
+    def generator_loss(x_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss, recon_g, nll_g = zero, zero, zero
+        if weight_recon != 0 or weight_latent != 0:
+            inputs = ([x] if weight_recon != 0 else []) + ([x_fake] if weight_latent != 0 else [])
+            mu_all, logvar_all = posterior(bare(inference), torch.cat(inputs) if len(inputs) > 1 else inputs[0], config)
+            real_count = batch if weight_recon != 0 else 0
+            if weight_recon != 0:
+                z_hat2 = reparameterize(mu_all[:batch], logvar_all[:batch], eps[1]).detach()
+                recon_g = reconstruction_loss(bare(generator)(z_hat2), x)
+                loss = loss + weight_recon * recon_g
+            if weight_latent != 0:
+                nll_g = latent_nll(z, mu_all[real_count:], logvar_all[real_count:], config.nll_eps)
+                loss = loss + weight_latent * nll_g
+        if config.trains_energy:
+            energy_of_fake = energy_from_output(bare(energy)(x_fake), config.energy_form).mean()
+            loss = loss + config.weight_energy * energy_of_fake
+        return loss, recon_g, nll_g
+
+    loss_generator, recon_generator, nll_generator = generator_loss(x_fake)
     grad_norm_generator = update("generator", optimizers.generator, generator, loss_generator, config)
+    for _ in range(config.generator_steps - 1):
+        loss, _, _ = generator_loss(generator(z))
+        update("generator", optimizers.generator, generator, loss, config)
 
     values = (
         loss_energy,

@@ -401,7 +401,34 @@ def test_old_checkpoint_configurations_resume_with_the_values_added_since():
     current = preset_config("tiny", "reference").to_dict()
     saved = copy.deepcopy(current)
     del saved["recipe"], saved["channels_last"]
-    for key in ("energy_penalty", "logvar_bound", "weight_recon_generator", "weight_latent_generator"):
+    for key in (
+        "energy_penalty",
+        "logvar_bound",
+        "weight_recon_generator",
+        "weight_latent_generator",
+        "generator_steps",
+    ):
         del saved["objective"][key]
     assert config_differences(saved, current) == []
     assert config_differences(saved, preset_config("tiny", "triangle").to_dict())  # but not another objective
+
+
+def test_several_generator_steps_per_iteration():
+    """Algorithm 1's multiple-step generator update: E and I as with one step, G updated K times, deterministic."""
+    config = recipe_config("triangle")
+    results = {}
+    for steps in (1, 3, 3):
+        models, x, z, eps = _tiny_setup(seed=10)
+        optimizers = build_optimizers(models, config)
+        stats = train_step(models, optimizers, x, z=z, eps=eps, config=config.replace(generator_steps=steps))
+        adam_steps = {name: {int(v["step"]) for v in o.state.values()} for name, o in optimizers.items()}
+        results.setdefault(steps, []).append((stats, {n: _flat(net) for n, net in models.networks().items()}))
+        assert adam_steps == {"energy": {1}, "inference": {1}, "generator": {steps}}
+    (one_stats, one), (three_stats, three), (_, again) = results[1][0], *results[3]
+    assert three_stats == one_stats  # the statistics are the first generator step's
+    torch.testing.assert_close(three["energy"], one["energy"], rtol=0, atol=0)
+    torch.testing.assert_close(three["inference"], one["inference"], rtol=0, atol=0)
+    assert not torch.equal(three["generator"], one["generator"])
+    torch.testing.assert_close(three["generator"], again["generator"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="generator_steps must be an integer >= 1"):
+        config.replace(generator_steps=0)
