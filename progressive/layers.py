@@ -147,12 +147,47 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose batch statistics cover the batch of every process, so N processes train exactly as one
+    process with the global batch would, and the running statistics stay equal on every rank.
+
+    One process (or evaluation mode) is plain BatchNorm2d. With several, the per-channel sums of x and x^2
+    and the count go through one differentiable all-reduce (torch.distributed.nn), on any backend: unlike
+    torch's SyncBatchNorm, which refuses CPU tensors, it also runs under gloo. State dicts are BatchNorm2d's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not (self.training and distributed and torch.distributed.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        x32 = x.float()
+        channels = x.shape[1]
+        count = torch.full((1,), x.numel() / channels, device=x.device, dtype=torch.float32)
+        totals = all_reduce(torch.cat([x32.sum(dim=(0, 2, 3)), x32.pow(2).sum(dim=(0, 2, 3)), count]))
+        n = totals[-1]
+        mean = totals[:channels] / n
+        var = (totals[channels : 2 * channels] / n - mean.pow(2)).clamp_min(0)  # biased, as BatchNorm2d normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), momentum)  # unbiased, as torch
+        scale = torch.rsqrt(var + self.eps)
+        y = (x32 - mean[None, :, None, None]) * scale[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     """The normalisation layer named `kind` (one of NORMS) for `channels` feature maps."""
     if kind == "pixel":
         return PixelNorm()
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return GlobalBatchNorm2d(channels)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")

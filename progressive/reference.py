@@ -1,6 +1,7 @@
 """Fixed-resolution reference networks (the paper's CIFAR-10 experiments, 32x32).
 
-Generator: DCGAN-style transposed convolutions with batch norm; energy model and
+Generator: DCGAN-style transposed convolutions with batch norm (statistics over every process's batch,
+`GlobalBatchNorm2d`); energy model and
 inference model: strided-convolution trunks with LeakyReLU and no normalisation.
 """
 
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from progressive.layers import GlobalBatchNorm2d
 
 
 def init_reference_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -46,7 +49,7 @@ class ReferenceGenerator(nn.Module):
             stride, padding = (1, 0) if i == 0 else (2, 1)
             layers += [
                 nn.ConvTranspose2d(c_prev, c, 4, stride, padding, bias=False),
-                nn.BatchNorm2d(c),
+                GlobalBatchNorm2d(c),
                 nn.ReLU(inplace=True),
             ]
             c_prev = c

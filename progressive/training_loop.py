@@ -281,10 +281,11 @@ class Trainer:
 
     @torch.no_grad()
     def rank_digests(self) -> list[list[float]]:
-        """Per rank, (sum, sum of squares) of each network's parameters: rows agree while ranks are in sync."""
+        """Per rank, (sum, sum of squares) of each network's parameters and buffers (batch-norm running
+        statistics): rows agree while ranks are in sync."""
         values = []
         for net in self.models.networks().values():
-            flat = torch.cat([p.detach().double().flatten() for p in net.parameters()])
+            flat = torch.cat([t.detach().double().flatten() for t in (*net.parameters(), *net.buffers())])
             values += [flat.sum(), flat.pow(2).sum()]
         gathered = self.accelerator.gather(torch.stack(values)[None])  # (world, 6)
         return gathered.cpu().tolist()
