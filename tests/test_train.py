@@ -481,3 +481,18 @@ def test_benchmark_train_counts_operator_calls_and_writes_its_speeds(tmp_path):
     assert len(rows) == 2 and all(int(row[-1]) > 100 for row in rows)  # the ATen-calls column
     written = json.loads(out.read_text())
     assert set(written["images_per_second"]) == {"4", "8"} and written["channels_last"] is True
+
+
+def test_batch_norm_statistics_cover_the_batch_of_every_process(tmp_path, build_shapes_lmdb, accelerate_command):
+    """The cifar10 networks (batch norm in the generator): 2 processes train as 1 with the same global batch."""
+    data = build_shapes_lmdb(tmp_path / "shapes32", 32, max_res=32, holdout=0)
+    args = ["--preset", "cifar10-tiny", "--res", "32", "--batch", "8", "--workers", "0", "--kimg", "0.024",
+            "--recipe", "reference", "--tick-kimg", "1", "--snapshot-kimg", "1", "--data", str(data)]  # fmt: skip
+    command, env = accelerate_command([*args, "--out", str(tmp_path / "two")])
+    two = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert train([*args, "--out", str(tmp_path / "one")]) == 0
+    a, b = _final_checkpoint(tmp_path / "two"), _final_checkpoint(tmp_path / "one")
+    assert any(key.endswith("running_var") for key in a["networks"]["generator"])
+    _assert_same_training_state(a, b, atol=2e-5)  # 3 iterations; per-process statistics drifted by 2e-3
+    assert a["rank_digests"][0] == a["rank_digests"][1]  # parameters and running statistics equal on both ranks
