@@ -103,6 +103,8 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "celebahq": {"resolution": 1024, "hflip": True, "tick_kimg": 4.0, "snapshot_kimg": 40.0, "checkpoint_kimg": 200.0},
     "lsun": {"resolution": 256, "hflip": True, "tick_kimg": 4.0, "snapshot_kimg": 40.0, "checkpoint_kimg": 200.0},
     "cifar10": {"resolution": 32, "kimg": 25_000.0, "tick_kimg": 10.0, "snapshot_kimg": 100.0},
+    "celeba64": {"resolution": 64, "kimg": 25_000.0, "tick_kimg": 10.0, "snapshot_kimg": 100.0},
+    "lsun64": {"resolution": 64, "kimg": 25_000.0, "tick_kimg": 10.0, "snapshot_kimg": 100.0},
     "demo": {"resolution": 32, "tick_kimg": 0.5, "snapshot_kimg": 2.0, "checkpoint_kimg": 4.0, "grid_images": 32},
     "tiny": {"resolution": 32, "tick_kimg": 0.064, "snapshot_kimg": 0.128, "checkpoint_kimg": 0.128, "workers": 0},
 }

@@ -95,6 +95,30 @@ def _cifar10_tiny() -> TriangleModels:
     )
 
 
+def _celeba64() -> TriangleModels:
+    """Section 4.1's 64x64 networks for CelebA: the cifar10 networks with one more block at 64x64."""
+    latent_dim = 100
+    return TriangleModels(
+        generator=ReferenceGenerator(latent_dim=latent_dim, channels=(512, 512, 256, 128, 64)),
+        energy=ReferenceEnergy(channels=(32, 64, 128, 256, 256)),
+        inference=ReferenceInference(latent_dim=latent_dim, channels=(32, 64, 128, 256, 512)),
+        latent_dim=latent_dim,
+        resolution=64,
+    )
+
+
+def _lsun64() -> TriangleModels:
+    """Section 4.1's 64x64 networks for LSUN: celeba64 with twice the channels and batch norm in all three models."""
+    latent_dim = 100
+    return TriangleModels(
+        generator=ReferenceGenerator(latent_dim=latent_dim, channels=(1024, 1024, 512, 256, 128)),
+        energy=ReferenceEnergy(channels=(64, 128, 256, 512, 512), batch_norm=True),
+        inference=ReferenceInference(latent_dim=latent_dim, channels=(64, 128, 256, 512, 1024), batch_norm=True),
+        latent_dim=latent_dim,
+        resolution=64,
+    )
+
+
 def _progressive(
     latent_dim: int,  # dimension of z
     max_resolution: int,  # last resolution of the growth
@@ -149,6 +173,8 @@ def _tiny1024() -> TriangleModels:
 PRESETS: dict[str, Callable[[], TriangleModels]] = {
     "cifar10": _cifar10,
     "cifar10-tiny": _cifar10_tiny,
+    "celeba64": _celeba64,
+    "lsun64": _lsun64,
     "celebahq": _celebahq,
     "lsun": _lsun,
     "demo": _demo,

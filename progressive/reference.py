@@ -1,4 +1,5 @@
-"""Fixed-resolution reference networks (the paper's CIFAR-10 experiments, 32x32).
+"""Fixed-resolution reference networks: the paper's CIFAR-10 networks (32x32, its code) and their 64x64
+extension for CelebA and LSUN (section 4.1).
 
 Generator: DCGAN-style transposed convolutions with batch norm (statistics over every process's batch,
 `GlobalBatchNorm2d`); energy model and
@@ -25,14 +26,17 @@ def init_reference_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _down_trunk(channels: list[int], slope: float) -> nn.Sequential:
-    """3x3 stride-1 stem to channels[0], then one 4x4 stride-2 conv per further entry."""
+def _down_trunk(channels: list[int], slope: float, batch_norm: bool = False) -> nn.Sequential:
+    """3x3 stride-1 stem to channels[0], then one 4x4 stride-2 conv per further entry (with batch norm after each
+    of those when `batch_norm`, as the paper's 64x64 LSUN networks)."""
     layers: list[nn.Module] = [
         nn.Conv2d(3, channels[0], 3, 1, 1, bias=False),
         nn.LeakyReLU(slope),
     ]
     for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
-        layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.LeakyReLU(slope)]
+        layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False)]
+        layers += [GlobalBatchNorm2d(c_out)] if batch_norm else []
+        layers += [nn.LeakyReLU(slope)]
     return nn.Sequential(*layers)
 
 
@@ -65,10 +69,10 @@ class ReferenceGenerator(nn.Module):
 class ReferenceEnergy(nn.Module):
     """Raw energy network output s(x): image (B, 3, 32, 32) -> (B,). The objective applies the energy form."""
 
-    def __init__(self, channels: tuple[int, ...] = (64, 128, 256, 256), slope: float = 0.2):
+    def __init__(self, channels: tuple[int, ...] = (64, 128, 256, 256), slope: float = 0.2, batch_norm: bool = False):
         super().__init__()
         self.resolution = 4 * 2 ** (len(channels) - 1)
-        self.trunk = _down_trunk(list(channels), slope)
+        self.trunk = _down_trunk(list(channels), slope, batch_norm)
         self.head = nn.Conv2d(channels[-1], 1, 4, 1, 0, bias=True)
         init_reference_weights(self)
 
@@ -82,11 +86,17 @@ class ReferenceEnergy(nn.Module):
 class ReferenceInference(nn.Module):
     """q(z|x): image (B, 3, 32, 32) -> (mu, logvar), each (B, latent_dim)."""
 
-    def __init__(self, latent_dim: int = 100, channels: tuple[int, ...] = (64, 128, 256, 512), slope: float = 0.2):
+    def __init__(
+        self,
+        latent_dim: int = 100,  # dimension of z
+        channels: tuple[int, ...] = (64, 128, 256, 512),  # stem, then one stride-2 block per further entry
+        slope: float = 0.2,  # LeakyReLU slope
+        batch_norm: bool = False,  # batch norm after each stride-2 convolution
+    ):
         super().__init__()
         self.latent_dim = latent_dim
         self.resolution = 4 * 2 ** (len(channels) - 1)
-        self.trunk = _down_trunk(list(channels), slope)
+        self.trunk = _down_trunk(list(channels), slope, batch_norm)
         self.head_mu = nn.Conv2d(channels[-1], latent_dim, 4, 1, 0, bias=True)
         self.head_logvar = nn.Conv2d(channels[-1], latent_dim, 4, 1, 0, bias=True)
         init_reference_weights(self)

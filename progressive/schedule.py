@@ -113,6 +113,8 @@ class ScheduleConfig:
             return cls(min_resolution=4, max_resolution=1024, fade_images=32, stable_images=32, batch_size=2)
         if name in ("cifar10", "cifar10-tiny"):
             return cls(min_resolution=32, max_resolution=32, batch_size=64)
+        if name in ("celeba64", "lsun64"):
+            return cls(min_resolution=64, max_resolution=64, batch_size=64)
         raise ValueError(f"no default schedule for preset {name!r}")
 
 

@@ -293,3 +293,30 @@ def test_exports_read_images_as_the_builder_stores_them(tmp_path):
     exported = read_image(folder / "sticker.png", 16)
     torch.testing.assert_close(exported, stored, rtol=0, atol=0)
     assert exported[:, 0, 0].tolist() == [1.0, 1.0, 1.0]  # a transparent corner is white, not black
+
+
+def test_energy_landscape_of_a_trained_run(trained, tmp_path, capsys):
+    import importlib.util
+
+    from progressive.cli import energy_landscape
+
+    out = tmp_path / "landscape"
+    small = ["--count", "6", "--descent-steps", "20", "--path-steps", "10", "--path-points", "4"]
+    for space in ("image", "latent"):
+        assert (
+            energy_landscape.main([str(trained["checkpoint"]), "--out", str(out / space), "--space", space, *small])
+            == 0
+        )
+        report = json.loads((out / space / "landscape.json").read_text())
+        count = len(report["minima"])
+        assert 1 <= count <= 6 and sum(m["members"] for m in report["minima"]) == 6
+        assert len(report["barriers"]) == count and len(report["merges"]) == count - 1
+        energies = [m["energy"] for m in report["minima"]]
+        assert energies == sorted(energies)  # lowest first
+        for i in range(count):  # a barrier is never below either of the minima it joins
+            assert all(report["barriers"][i][j] >= max(energies[i], energies[j]) - 1e-5 for j in range(count))
+        assert (out / space / "minima.png").is_file()
+        assert (out / space / "disconnectivity.png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
+    assert "minima in" in capsys.readouterr().out
+    assert energy_landscape.main([str(trained["checkpoint"]), "--space", "latent", "--start", "data"]) == 2
+    assert "--space latent starts from latents" in capsys.readouterr().err

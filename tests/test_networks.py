@@ -295,3 +295,33 @@ def test_fixed_resolution_presets_accept_only_their_own_stage():
     for resolution, alpha in [(16, 1.0), (32, 0.5)]:
         with pytest.raises(ValueError, match="runs only at resolution 32"):
             models.set_stage(resolution, alpha)
+
+
+@pytest.mark.parametrize(
+    ("preset", "normalised"), [("celeba64", {"generator"}), ("lsun64", {"generator", "energy", "inference"})]
+)
+def test_the_papers_64x64_networks(preset, normalised):
+    """Section 4.1: the cifar10 networks with one more block; LSUN's with twice the channels and batch norm in all."""
+    from progressive.layers import GlobalBatchNorm2d
+    from progressive.schedule import ScheduleConfig
+
+    torch.manual_seed(0)
+    models = build_models(preset)
+    assert models.resolution == models.min_resolution == 64
+    z = torch.randn(2, models.latent_dim)
+    images = models.generator(z)
+    assert images.shape == (2, 3, 64, 64)
+    assert models.energy(images).shape == (2,)
+    mu, logvar = models.inference(images)
+    assert mu.shape == logvar.shape == (2, models.latent_dim)
+    with_batch_norm = {
+        n for n, net in models.networks().items() if any(isinstance(m, GlobalBatchNorm2d) for m in net.modules())
+    }
+    assert with_batch_norm == normalised
+    convolutions = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    channels = {n: max(m.out_channels for m in net.modules() if isinstance(m, convolutions))
+                for n, net in models.networks().items()}  # fmt: skip
+    assert channels == ({"generator": 512, "energy": 256, "inference": 512} if preset == "celeba64"
+                        else {"generator": 1024, "energy": 512, "inference": 1024})  # fmt: skip
+    schedule = ScheduleConfig.for_preset(preset)
+    assert schedule.min_resolution == schedule.max_resolution == 64

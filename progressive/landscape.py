@@ -1,0 +1,195 @@
+"""Mapping an energy landscape (section 4.3 and Figure 11 of the paper, after Hill, Nijkamp & Zhu 2018).
+
+1. **Minima.** Start from images (generated or held out) and descend the energy: gradient descent, or
+   Langevin dynamics at a low temperature, in image space (clamped to [-1, 1]) or in the generator's
+   latent space through E(g(z)). Minima closer than `merge_distance` (root-mean-square over the
+   coordinates) are one minimum, kept at its lowest member.
+2. **Barriers.** Between two minima, the highest energy along a path joining them, the path lowered by a
+   nudged elastic band: the interior points of a discretised path move down the energy gradient's
+   component across the path, while springs along it keep them evenly spaced. The barrier is the highest
+   energy on the relaxed path: an upper bound on the true one (the lowest possible maximum), tight when
+   the band has found the mountain pass.
+3. **Basins and the disconnectivity graph.** Minima sorted from lowest energy up; two groups merge at the
+   barrier joining them (single linkage, lowest barriers first), which gives the merge tree the graph draws.
+   A basin is a group whose internal merges all rise less than `barrier_threshold` above the higher of the
+   two minima they join: the paper's "sequentially group images if the energy barrier between two minima
+   satisfies some threshold".
+
+Everything takes an energy function on a batch of points (B, ...) -> (B,), so it runs on a trained energy
+model, on E(g(z)), or on a hand-written energy (the tests check it against analytic minima and barriers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+EnergyFunction = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LandscapeSettings:
+    """Every knob of the mapping (docs/landscape.md)."""
+
+    descent_steps: int = 300  # gradient (or Langevin) steps from each start to its minimum
+    step_size: float = 0.01  # size of each descent step, per unit of gradient
+    temperature: float = 0.0  # Langevin temperature of the descent; 0 is plain gradient descent
+    bounds: tuple[float, float] | None = (-1.0, 1.0)  # points are clamped to this box (images); None: no box
+    merge_distance: float = 0.05  # minima closer than this (root-mean-square over coordinates) are one
+    path_points: int = 16  # points of each path between two minima, both ends included
+    path_steps: int = 200  # nudged-elastic-band iterations per path
+    path_step_size: float = 0.01  # size of each band step
+    spring: float = 1.0  # stiffness of the springs that keep the band's points evenly spaced
+    barrier_threshold: float = 1.0  # minima join one basin when their barrier rises less than this above them
+
+
+def energy_and_gradient(energy: EnergyFunction, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E at each point (B,) and its gradient with respect to the points (B, ...)."""
+    with torch.enable_grad():
+        x = points.detach().requires_grad_(True)
+        values = energy(x)
+        (gradient,) = torch.autograd.grad(values.sum(), x)
+    return values.detach(), gradient
+
+
+def descend(energy: EnergyFunction, start: torch.Tensor, settings: LandscapeSettings, seed: int = 0) -> torch.Tensor:
+    """Each start moved down the energy for `descent_steps` steps (Langevin noise when temperature > 0)."""
+    generator = torch.Generator(device=start.device).manual_seed(seed)
+    x = start.detach().clone()
+    for _ in range(settings.descent_steps):
+        _, gradient = energy_and_gradient(energy, x)
+        x = x - settings.step_size * gradient
+        if settings.temperature > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + (2 * settings.step_size * settings.temperature) ** 0.5 * noise
+        if settings.bounds is not None:
+            x = x.clamp(*settings.bounds)
+    return x
+
+
+def rms_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square distance between every row of a (N, ...) and of b (M, ...): (N, M)."""
+    return torch.cdist(a.flatten(1).double(), b.flatten(1).double()) / a[0].numel() ** 0.5
+
+
+def merge_minima(points: torch.Tensor, energies: torch.Tensor, distance: float) -> tuple[list[int], list[int]]:
+    """(indices of the distinct minima, lowest energy first; the distinct minimum each point belongs to)."""
+    order = torch.argsort(energies).tolist()
+    kept: list[int] = []
+    owner = [0] * len(order)
+    for index in order:
+        if kept:
+            gaps = rms_distance(points[index : index + 1], points[kept])[0]
+            nearest = int(torch.argmin(gaps))
+            if float(gaps[nearest]) < distance:
+                owner[index] = nearest
+                continue
+        owner[index] = len(kept)
+        kept.append(index)
+    return kept, owner
+
+
+def relaxed_path(
+    energy: EnergyFunction, a: torch.Tensor, b: torch.Tensor, settings: LandscapeSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A nudged elastic band from a to b: (the path's points (P, ...), their energies (P,)); ends stay fixed."""
+    weights = torch.linspace(0, 1, settings.path_points, dtype=a.dtype, device=a.device).view(-1, *[1] * a.ndim)
+    path = (1 - weights) * a + weights * b
+    for _ in range(settings.path_steps):
+        _, gradient = energy_and_gradient(energy, path[1:-1])
+        forward, backward = path[2:] - path[1:-1], path[1:-1] - path[:-2]
+        tangent = forward + backward
+        tangent = tangent / tangent.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * a.ndim)
+        along = (gradient * tangent).flatten(1).sum(dim=1).view(-1, *[1] * a.ndim)
+        stretch = forward.flatten(1).norm(dim=1) - backward.flatten(1).norm(dim=1)
+        move = -(gradient - along * tangent) + settings.spring * stretch.view(-1, *[1] * a.ndim) * tangent
+        interior = path[1:-1] + settings.path_step_size * move
+        if settings.bounds is not None:
+            interior = interior.clamp(*settings.bounds)
+        path = torch.cat([path[:1], interior, path[-1:]])
+    values, _ = energy_and_gradient(energy, path)
+    return path, values
+
+
+def barrier_matrix(energy: EnergyFunction, minima: torch.Tensor, settings: LandscapeSettings) -> torch.Tensor:
+    """Barrier (highest energy on the relaxed path) between every two minima: symmetric (N, N), minima's own
+    energies on the diagonal."""
+    count = len(minima)
+    own, _ = energy_and_gradient(energy, minima)
+    barriers = torch.diag(own.double())
+    for i in range(count):
+        for j in range(i + 1, count):
+            _, values = relaxed_path(energy, minima[i], minima[j], settings)
+            barriers[i, j] = barriers[j, i] = float(values.max())
+    return barriers
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Two groups of minima (by their lowest member) join at `height` in the disconnectivity graph."""
+
+    height: float
+    lower: int  # the group whose lowest minimum is lower; it names the merged group
+    higher: int
+    same_basin: bool  # the barrier rose less than the threshold above the higher group's minimum
+
+
+def merge_tree(energies: torch.Tensor, barriers: torch.Tensor, threshold: float) -> tuple[list[Merge], list[int]]:
+    """(the merges, lowest barrier first; the basin of every minimum, named by its lowest minimum).
+
+    Single linkage on the barrier matrix: the barrier between two groups is the lowest between their members.
+    """
+    count = len(energies)
+    group = list(range(count))  # representative (lowest minimum) of each minimum's current group
+    basin = list(range(count))
+
+    def find(parents: list[int], i: int) -> int:
+        while parents[i] != i:
+            parents[i] = parents[parents[i]]
+            i = parents[i]
+        return i
+
+    pairs = sorted((float(barriers[i, j]), i, j) for i in range(count) for j in range(i + 1, count))
+    merges = []
+    for height, i, j in pairs:
+        a, b = find(group, i), find(group, j)
+        if a == b:
+            continue
+        lower, higher = (a, b) if energies[a] <= energies[b] else (b, a)
+        same = height - float(energies[higher]) < threshold
+        merges.append(Merge(height, lower, higher, same))
+        group[higher] = lower
+        if same:
+            basin[find(basin, higher)] = find(basin, lower)
+    return merges, [find(basin, i) for i in range(count)]
+
+
+def plot_disconnectivity(energies: list[float], merges: list[Merge], sizes: list[int], path: str) -> None:
+    """Draw the graph (matplotlib, an optional extra): one column per minimum ordered by energy, a vertical line
+    from each minimum up to where it merges, a horizontal line at each merge, circles sized by basin members."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(energies)
+    column = {index: position for position, index in enumerate(sorted(range(count), key=lambda i: energies[i]))}
+    x = {i: float(column[i]) for i in range(count)}
+    top = {i: energies[i] for i in range(count)}
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.5 * count + 2), 4))
+    for merge in merges:
+        for side in (merge.lower, merge.higher):
+            axes.plot([x[side], x[side]], [top[side], merge.height], color="black", linewidth=1)
+        axes.plot([x[merge.lower], x[merge.higher]], [merge.height, merge.height], color="black", linewidth=1)
+        x[merge.lower] = (x[merge.lower] + x[merge.higher]) / 2
+        top[merge.lower] = merge.height
+    for i in range(count):
+        axes.scatter([column[i]], [energies[i]], s=20 + 20 * sizes[i], color="tab:blue", zorder=3)
+    axes.set_xticks(range(count), [str(i) for i in sorted(range(count), key=lambda i: energies[i])])
+    axes.set_xlabel("minimum (by energy)")
+    axes.set_ylabel("energy")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
