@@ -8,7 +8,8 @@ layer, whatever its fan-in. Without it the weights are stored pre-scaled; both s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -151,14 +152,19 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose batch statistics cover the batch of every process, so N processes train exactly as one
     process with the global batch would, and the running statistics stay equal on every rank.
 
-    One process (or evaluation mode) is plain BatchNorm2d. With several, the per-channel sums of x and x^2
-    and the count go through one differentiable all-reduce (torch.distributed.nn), on any backend: unlike
-    torch's SyncBatchNorm, which refuses CPU tensors, it also runs under gloo. State dicts are BatchNorm2d's.
+    It synchronises only while `synchronised` is True, which `batch_statistics_over_processes` sets around
+    each training iteration: every rank runs the same forwards then, while a forward on one process alone
+    (snapshots, evaluations on the main process, exports) must not wait for the others. Otherwise, as with
+    one process, it is plain BatchNorm2d. Synchronised, the per-channel sums of x and x^2 and the count go
+    through one differentiable all-reduce (torch.distributed.nn), on any backend: unlike torch's
+    SyncBatchNorm, which refuses CPU tensors, it also runs under gloo. State dicts are BatchNorm2d's.
     """
+
+    synchronised = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if not (self.training and distributed and torch.distributed.get_world_size() > 1):
+        if not (self.synchronised and self.training and distributed and torch.distributed.get_world_size() > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
@@ -180,6 +186,37 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y.to(x.dtype)
+
+
+def global_batch_norms(*networks: nn.Module) -> list[GlobalBatchNorm2d]:
+    """The GlobalBatchNorm2d layers of `networks` (an empty list for networks without batch norm)."""
+    return [m for net in networks for m in net.modules() if isinstance(m, GlobalBatchNorm2d)]
+
+
+@contextmanager
+def batch_statistics_over_processes(layers: list[GlobalBatchNorm2d]) -> Iterator[None]:
+    """While inside, `layers` take their batch statistics over every process (see GlobalBatchNorm2d)."""
+    for layer in layers:
+        layer.synchronised = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.synchronised = False
+
+
+@contextmanager
+def running_statistics_frozen(layers: list[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """While inside, batch-norm `layers` still normalise with batch statistics but leave their running
+    statistics alone: a snapshot or evaluation on one process must not change training state."""
+    tracked = [layer.track_running_stats for layer in layers]
+    for layer in layers:
+        layer.track_running_stats = False
+    try:
+        yield
+    finally:
+        for layer, before in zip(layers, tracked, strict=True):
+            layer.track_running_stats = before
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:

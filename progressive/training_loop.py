@@ -37,6 +37,7 @@ from progressive.checkpoint import (
     save_atomically,
 )
 from progressive.config import TrainConfig, config_differences
+from progressive.layers import batch_statistics_over_processes, global_batch_norms, running_statistics_frozen
 from progressive.loader import STOP_SIGNALS, StreamBatchSampler, make_loader
 from progressive.presets import TriangleModels, build_models
 from progressive.schedule import Stage, blend_reals, stage_at
@@ -228,6 +229,7 @@ class Trainer:
             resolution=models.resolution,
             min_resolution=models.min_resolution,
         )
+        self.batch_norms = global_batch_norms(*self.models.networks().values())  # synchronised in each step
         self.state = RunState()
         self.noise_generator = torch.Generator(device=self.device)
         self.inception = None  # loaded on first use by a fid/is evaluation
@@ -377,16 +379,17 @@ class Trainer:
             x = self._real_batch(next(batches), stage, noise)
 
             self.update.skipped_this_iteration = False
-            stats = triangle_step(
-                self.models,
-                self.optimizers,
-                x,
-                z=noise.z,
-                eps=noise.eps,
-                config=config.objective,
-                update=self.update,
-                check_range=check_range,
-            )
+            with batch_statistics_over_processes(self.batch_norms):
+                stats = triangle_step(
+                    self.models,
+                    self.optimizers,
+                    x,
+                    z=noise.z,
+                    eps=noise.eps,
+                    config=config.objective,
+                    update=self.update,
+                    check_range=check_range,
+                )
             if self.update.skipped_this_iteration:
                 self.state.consecutive_nonfinite += 1
                 if self.state.consecutive_nonfinite >= config.max_nonfinite:
@@ -560,11 +563,13 @@ class Trainer:
             return
         resolution = stage.resolution
         self._set_stage(stage)
-        # Networks stay in training mode as in the iteration (batch statistics for batch-norm presets).
-        samples = self.ema(self.grid_latents).float()
-        real = self._fixed_reals(stage, self.config.grid_images)
-        mu, _ = bare(self.models.inference)(real)
-        reconstructions = bare(self.models.generator)(mu).float()
+        # Networks stay in training mode as in the iteration (batch statistics for batch-norm presets), without
+        # touching the running statistics: they are training state, and this runs on the main process only.
+        with running_statistics_frozen(self.batch_norms + global_batch_norms(self.ema)):
+            samples = self.ema(self.grid_latents).float()
+            real = self._fixed_reals(stage, self.config.grid_images)
+            mu, _ = bare(self.models.inference)(real)
+            reconstructions = bare(self.models.generator)(mu).float()
         pairs = torch.stack([real, reconstructions], dim=1).flatten(0, 1)
         directory = self.run_dir / "snapshots"
         directory.mkdir(exist_ok=True)
@@ -598,16 +603,17 @@ class Trainer:
         self._set_stage(stage)
         real = self._fixed_reals(stage, self.config.metric_images)
         scores: dict[str, float] = {}
-        for name in self.config.metrics:
-            scores |= evaluate_metric(
-                name,
-                self.models,
-                self.ema,
-                real,
-                energy_form=self.config.objective.energy_form,
-                seed=self.config.seed,
-                inception=self.inception,
-            )
+        with running_statistics_frozen(self.batch_norms + global_batch_norms(self.ema)):  # as in write_snapshot
+            for name in self.config.metrics:
+                scores |= evaluate_metric(
+                    name,
+                    self.models,
+                    self.ema,
+                    real,
+                    energy_form=self.config.objective.energy_form,
+                    seed=self.config.seed,
+                    inception=self.inception,
+                )
         log.info(
             "metrics at kimg %.2f: %s",
             self.state.images_shown / 1000,
