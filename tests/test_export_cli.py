@@ -320,3 +320,23 @@ def test_energy_landscape_of_a_trained_run(trained, tmp_path, capsys):
     assert "minima in" in capsys.readouterr().out
     assert energy_landscape.main([str(trained["checkpoint"]), "--space", "latent", "--start", "data"]) == 2
     assert "--space latent starts from latents" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_evaluate_protocol_prints_the_papers_numbers_and_the_differences(trained, tmp_path, capsys, monkeypatch):
+    from tests.test_metrics import StandInInception
+
+    network = tmp_path / "stand-in.pt"
+    torch.jit.script(StandInInception()).save(str(network))
+    small = {**evaluate.PROTOCOLS["celeba"]["settings"], "fid_samples": 16, "fid_real_images": 16, "images": 8}
+    monkeypatch.setitem(evaluate.PROTOCOLS["celeba"], "settings", small)  # the real counts take minutes
+    out = tmp_path / "protocol.json"
+    args = [str(trained["checkpoint"]), "--protocol", "celeba", "--inception", str(network), "--no-stats-cache"]
+    assert evaluate.main([*args, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["metrics"]) >= {"fid", "recon/mse"} and "swd/mean" not in report["metrics"]
+    assert report["protocol"]["paper"] == {"fid": 31.92, "recon/mse": 0.030}
+    assert any("16x16, the paper's celeba row 64x64: not comparable" in d for d in report["protocol"]["differences"])
+    printed = capsys.readouterr().out
+    assert "paper (ours) 31.92; its baselines: VAE 99.09, DCGAN 38.39" in printed
+    assert "paper (ours) 0.03; its baselines: WS 0.152" in printed and "note: resolution:" in printed

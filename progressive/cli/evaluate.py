@@ -47,6 +47,53 @@ from progressive.metrics import (
 ALWAYS = ("recon", "swd", "energy", "diversity")
 NEEDS_INCEPTION = ("fid", "is")
 
+# The paper's evaluation protocols (section 4.1.1 and 4.2): the settings they fix, and Tables 1 and 2.
+PROTOCOLS: dict[str, dict] = {
+    "cifar10": {
+        "settings": {"metrics": "is,recon", "split": "holdout", "images": 10_000, "is_samples": 50_000},
+        "resolution": 32,
+        "paper": {"is/mean": 7.23, "recon/mse": 0.028},
+        "baselines": {
+            "is/mean": {
+                "VAE": 4.08,
+                "DCGAN": 6.16,
+                "WGAN": 5.76,
+                "CoopNet": 6.55,
+                "CEGAN": 7.07,
+                "ALI": 5.93,
+                "ALICE": 6.02,
+            },  # fmt: skip
+            "recon/mse": {"WS": 0.058, "VAE": 0.037, "ALI": 0.311, "ALICE": 0.034},
+        },
+        "data": "the CIFAR-10 LMDB built from cifar-10-python.tar.gz: its test batch is the holdout split",
+    },
+    "celeba": {
+        "settings": {
+            "metrics": "fid,recon",
+            "split": "holdout",
+            "images": 1_000,
+            "fid_samples": 10_000,
+            "fid_split": "train",
+            "fid_real_images": 9_000,
+        },  # fmt: skip
+        "resolution": 64,
+        "paper": {"fid": 31.92, "recon/mse": 0.030},
+        "baselines": {
+            "fid": {
+                "VAE": 99.09,
+                "DCGAN": 38.39,
+                "WGAN": 36.36,
+                "CoopNet": 56.57,
+                "CEGAN": 41.89,
+                "ALI": 60.29,
+                "ALICE": 46.14,
+            },  # fmt: skip
+            "recon/mse": {"WS": 0.152, "VAE": 0.039, "ALI": 0.519, "ALICE": 0.046},
+        },
+        "data": "a 64x64 CelebA LMDB of 9,000 training and 1,000 held-out images (build --holdout 1000 --limit 10000)",
+    },
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -54,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", help="checkpoint file, run directory, or root of runs (the newest checkpoint)")
     parser.add_argument("--metrics", default="auto", help=f"auto, or a comma list of {','.join(METRIC_NAMES)}")
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        help="the paper's Table 1 and 2 protocol (sets metrics and counts; prints the paper's numbers beside)",
+    )
     parser.add_argument("--out", help="JSON file (default: RUN_DIR/evaluation-IMAGES.json beside checkpoints/)")
     parser.add_argument("--data", help="dataset LMDB (default: the run's own data)")
     parser.add_argument("--split", default="holdout", help="real images for recon, swd, energy (default: holdout)")
@@ -97,6 +149,10 @@ def _default_out(checkpoint: Path, images_shown: int) -> Path:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    protocol = PROTOCOLS[args.protocol] if args.protocol else None
+    if protocol:
+        for key, value in protocol["settings"].items():
+            setattr(args, key, value)
     names, explicit = _requested(args.metrics)
     out = check_output_suffix(args.out, (".json",), "--out") if args.out else None
     device = pick_device(args.device)
@@ -177,11 +233,45 @@ def evaluate(args: argparse.Namespace) -> int:
         },
         "seconds": timings,
     }
+    if protocol:
+        report["protocol"] = protocol_report(args.protocol, protocol, run, inception, metrics)
     write_atomically(out, lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
     for key, value in metrics.items():
         print(f"{key:<24} {value:.6g}")
+    if protocol:
+        for key, paper in report["protocol"]["paper"].items():
+            baselines = ", ".join(f"{n} {v}" for n, v in protocol["baselines"][key].items())
+            print(f"{key:<24} {metrics.get(key, float('nan')):.6g}   paper (ours) {paper}; its baselines: {baselines}")
+        for difference in report["protocol"]["differences"]:
+            print(f"note: {difference}")
     print(f"wrote {out}")
     return 0
+
+
+def protocol_report(name: str, protocol: dict, run, inception, metrics: dict[str, float]) -> dict:
+    """The paper's numbers for the protocol's metrics, and every way this evaluation differs from the paper's."""
+    differences = [f"data: the paper uses {protocol['data']}; check that --data (or the run's data) is that"]
+    if run.resolution != protocol["resolution"]:
+        differences.append(
+            f"resolution: this run is {run.resolution}x{run.resolution}, the paper's {name} row "
+            f"{protocol['resolution']}x{protocol['resolution']}: not comparable"
+        )
+    if {"is", "fid"} & set(protocol["settings"]["metrics"].split(",")):
+        source = inception.source if inception else "none (skipped)"
+        differences.append(
+            f"Inception network: {source}; the paper's numbers come from TensorFlow's Inception v3 code, whose "
+            "scores differ by a few percent from PyTorch ports"
+        )
+    differences.append(
+        "recon/mse is on the [-1, 1] scale the paper's code works in (the paper does not state it; recon/mse_01 is "
+        "the [0, 1] one)"
+    )
+    return {
+        "name": name,
+        "paper": {key: value for key, value in protocol["paper"].items() if key in metrics},
+        "baselines": protocol["baselines"],
+        "differences": differences,
+    }
 
 
 def _real_statistics(args, run, fid_real, inception, device):
