@@ -19,7 +19,7 @@ from datasets_prep.build import BuildOptions, build_dataset
 from datasets_prep.images import ImageSettings, box_pyramid, prepare_square
 from datasets_prep.lmdb_format import encode_image
 from datasets_prep.sources import open_source
-from progressive.synthetic import render_shape_image
+from datasets_prep.synthetic import render_shape_image
 
 STAGE_SAMPLES = 20  # images timed per stage: enough for a stable mean, quick at 1024
 READ_BATCH = 64
@@ -70,7 +70,7 @@ def read_throughput(path: Path, resolution: int, workers: int) -> float:
     """Images per second through a shuffling DataLoader (decode and float conversion included)."""
     from torch.utils.data import DataLoader
 
-    from progressive.data import LMDBImageDataset
+    from datasets_prep.reader import LMDBImageDataset
 
     dataset = LMDBImageDataset(path, resolution)
     loader = DataLoader(dataset, batch_size=READ_BATCH, shuffle=True, num_workers=workers, drop_last=True)

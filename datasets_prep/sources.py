@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from datasets_prep.images import composite_on
-from progressive.synthetic import render_shape_image
+from datasets_prep.synthetic import render_shape_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -198,7 +198,8 @@ def open_datasets(config: TrainConfig):
         from progressive.loader import SyntheticShapesDataset
 
         return SyntheticShapesDataset(config.synthetic_images, needed[0], seed=config.seed), None
-    from progressive.data import LMDBImageDataset, read_metadata
+    from datasets_prep.lmdb_format import read_metadata
+    from datasets_prep.reader import LMDBImageDataset
 
     try:
         metadata = read_metadata(config.data)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from progressive.synthetic import render_shape_image
+from datasets_prep.synthetic import render_shape_image
 
 # Ctrl-C, pre-emption (SLURM sends SIGTERM, or SIGUSR1 with --signal=USR1@SECONDS): checkpoint, then stop.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
@@ -113,7 +113,7 @@ def kill_workers_at_exit() -> None:
 
 
 class SyntheticShapesDataset(Dataset):
-    """`count` procedurally rendered shapes (progressive/synthetic.py) at any power-of-two resolution."""
+    """`count` procedurally rendered shapes (datasets_prep/synthetic.py) at any power-of-two resolution."""
 
     def __init__(self, count: int, resolution: int, seed: int = 0):
         self.count = count

@@ -22,8 +22,8 @@ from PIL import Image
 from datasets_prep import build as build_module
 from datasets_prep.__main__ import main
 from datasets_prep.lmdb_format import META_KEY, encode_image, image_key, read_metadata
-from progressive.data import LMDBImageDataset
-from progressive.synthetic import render_shape_image
+from datasets_prep.reader import LMDBImageDataset
+from datasets_prep.synthetic import render_shape_image
 
 MAX_RES = 32
 RESOLUTIONS = [4, 8, 16, 32]

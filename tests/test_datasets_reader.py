@@ -1,4 +1,4 @@
-"""progressive.data: the LMDB reader the trainer uses (workers, distributed shards, pickling, old LMDBs)."""
+"""datasets_prep.reader: the LMDB reader the trainer uses (workers, distributed shards, pickling, old LMDBs)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets_prep.__main__ import main
-from progressive.data import LMDBImageDataset, read_metadata
-from progressive.synthetic import render_shape_image
+from datasets_prep.lmdb_format import read_metadata
+from datasets_prep.reader import LMDBImageDataset
+from datasets_prep.synthetic import render_shape_image
 
 COUNT = 24
 HOLDOUT = 4

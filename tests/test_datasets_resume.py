@@ -14,7 +14,7 @@ import pytest
 
 from datasets_prep.__main__ import main
 from datasets_prep.lmdb_format import META_KEY
-from progressive.data import LMDBImageDataset
+from datasets_prep.reader import LMDBImageDataset
 
 SOURCE = "synthetic:shapes?n=1200&seed=5"
 ARGUMENTS = ["--max-res", "16", "--holdout", "10", "--commit-every", "16", "--workers", "2", "--no-progress"]

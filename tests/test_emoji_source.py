@@ -14,8 +14,8 @@ import pytest
 
 from datasets_prep.__main__ import main
 from datasets_prep.lmdb_format import read_metadata
+from datasets_prep.reader import LMDBImageDataset
 from datasets_prep.sources import NOTO_EMOJI_FONT, SourceError, cmap_codepoints, emoji_codepoints, open_source
-from progressive.data import LMDBImageDataset
 
 needs_font = pytest.mark.skipif(not Path(NOTO_EMOJI_FONT).exists(), reason=f"{NOTO_EMOJI_FONT} is not installed")
 

@@ -277,8 +277,8 @@ def test_a_root_of_runs_means_its_newest_run_and_outputs_go_into_that_run(traine
 def test_exports_read_images_as_the_builder_stores_them(tmp_path):
     """Transparency on white, EXIF orientation, centre crop: an export's input is what training saw."""
     from datasets_prep.__main__ import main as datasets_main
+    from datasets_prep.reader import LMDBImageDataset
     from progressive.cli.common import read_image
-    from progressive.data import LMDBImageDataset
 
     folder = tmp_path / "pictures"
     folder.mkdir()

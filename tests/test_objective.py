@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from datasets_prep.synthetic import shapes_tensor
 from progressive.presets import build_models
-from progressive.synthetic import shapes_tensor
 from progressive.triangle import (
     TriangleConfig,
     TriangleOptimizers,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from datasets_prep.synthetic import shapes_tensor
 from progressive.presets import build_models
 from progressive.schedule import ScheduleConfig, blend_reals, stage_at
-from progressive.synthetic import shapes_tensor
 from progressive.triangle import apply_learning_rates, build_optimizers, train_step
 
 

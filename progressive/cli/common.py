@@ -170,7 +170,7 @@ def dataset_images(run: TrainedRun, data: str | None, split: str, limit: int | N
     A run trained on the built-in synthetic shapes has no stored split: its "holdout" images are shapes
     drawn with another seed (never shown in training), its "train" images the training shapes themselves.
     """
-    from progressive.data import LMDBImageDataset
+    from datasets_prep.reader import LMDBImageDataset
 
     if split not in ("train", "holdout"):
         raise BadInput(f"--split must be 'train' or 'holdout', got {split!r}")

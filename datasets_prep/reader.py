@@ -19,16 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets_prep.lmdb_format import READERS, DatasetFormatError, decode_image, key_for
-from datasets_prep.lmdb_format import read_metadata as _read_format_metadata
-
-
-def read_metadata(path: str | os.PathLike) -> dict:
-    """Metadata of a dataset LMDB without reading any image: "resolutions", "count" per split, "fingerprint", ...
-
-    Raises ValueError (one line) when `path` is missing or not a dataset LMDB.
-    """
-    return _read_format_metadata(path)
+from datasets_prep.lmdb_format import READERS, DatasetFormatError, decode_image, key_for, read_metadata
 
 
 class LMDBImageDataset(Dataset):
