@@ -32,6 +32,8 @@ from progressive.schedule import ScheduleConfig, schedule_table
 from progressive.triangle import DEFAULT_RECIPE, RECIPES, TriangleConfig
 
 EXIT_NONFINITE = 3
+# Flags that are not TrainConfig values (they choose what to run, not what is trained).
+COMMAND_ONLY = ("res", "preset", "recipe", "resume", "batch", "config", "dry_run", "throughput", "mixed_precision")
 # Schedule values set by other options (--res sets max_resolution, --batch the batch sizes).
 _SCHEDULE_VIA_OTHER_OPTIONS = {"max_resolution", "batch_size", "batch_sizes"}
 
@@ -63,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--recipe",
         help=f"objective recipe, one of {', '.join(RECIPES)} (default: {DEFAULT_RECIPE}; docs/objective.md)",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("no", "fp16", "bf16"),
+        help="autocast precision (default: Accelerate's configuration, e.g. accelerate launch --mixed_precision)",
     )
     parser.add_argument("--out", help="root of the auto-numbered run directories (default: runs)")
     parser.add_argument("--resume", help="`latest`, a run directory or a checkpoint file")
@@ -145,7 +152,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     objective: dict[str, Any] = {}
     schedule: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if value is None or key in ("res", "preset", "recipe", "resume", "batch", "config", "dry_run", "throughput"):
+        if value is None or key in COMMAND_ONLY:
             continue
         if key.startswith("objective."):
             objective[key.split(".", 1)[1]] = value
@@ -306,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     from progressive.training_loop import Trainer
 
     accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,  # None: from `accelerate launch` / `accelerate config` / the environment
         log_with="tensorboard",
         project_dir=config.out,  # replaced by the run directory once every input has been checked
         kwargs_handlers=[

@@ -407,6 +407,14 @@ def test_bf16_autocasts_and_fp16_on_the_cpu_is_refused(tmp_path, lmdb16, monkeyp
     assert "fp16 mixed precision needs a GPU" in capsys.readouterr().err
     assert not (tmp_path / "fp16").exists()
 
+    # The flag of plain `python launch/train.py` does the same and overrides the environment.
+    flagged = tmp_path / "flag"
+    assert (
+        train([*TINY, "--data", str(lmdb16), "--out", str(flagged), "--kimg", "0.1", "--mixed-precision", "bf16"]) == 0
+    )
+    assert "mixed precision bf16" in next(flagged.iterdir()).joinpath("log.txt").read_text()
+    torch.testing.assert_close(_final_checkpoint(flagged)["networks"]["generator"], a, rtol=0, atol=0)
+
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_iteration(tmp_path, lmdb16, accelerate_command):
     out = tmp_path / "runs"
