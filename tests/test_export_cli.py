@@ -318,6 +318,10 @@ def test_energy_landscape_of_a_trained_run(trained, tmp_path, capsys):
         assert (out / space / "minima.png").is_file()
         assert (out / space / "disconnectivity.png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
     assert "minima in" in capsys.readouterr().out
+    assert (
+        energy_landscape.main([str(trained["checkpoint"]), "--out", str(out / "data"), "--start", "data", *small]) == 0
+    )
+    assert json.loads((out / "data" / "landscape.json").read_text())["starts"] == 6  # held-out images
     assert energy_landscape.main([str(trained["checkpoint"]), "--space", "latent", "--start", "data"]) == 2
     assert "--space latent starts from latents" in capsys.readouterr().err
 
