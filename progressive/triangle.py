@@ -10,8 +10,11 @@ One iteration on a real batch x (B images):
   3. Inference step:  L_I = w_rec * sum||G(z_hat) - x||^2 / B + w_kl * KL(q(z|x) || N(0, I))
                             + w_lat * NLL(z | I(stopgrad x_fake)),   z_hat = mu(x) + exp(s(x)/2) * eps1,
                       with the log-variance s softly bounded to (-c, c) when logvar_bound c > 0.
-  4. Generator step:  L_G = w_rec * sum||G(z_hat2) - x||^2 / B + w_energy * mean E(x_fake)
-                            + w_lat * NLL(z | I(x_fake)),   using the just-updated E and I, fresh eps2.
+  4. Generator step:  L_G = w_rec,G * sum||G(z_hat2) - x||^2 / B + w_energy * mean E(x_fake)
+                            + w_lat,G * NLL(z | I(x_fake)),   using the just-updated E and I, fresh eps2;
+                      w_rec,G = w_rec and w_lat,G = w_lat as in D unless set apart (wake-sleep), and
+                      `generator_steps` K > 1 repeats the update K times (Algorithm 1, step 9).
+A term whose weight is 0 is not computed (no forward, no backward); its statistic is 0.
 
 Each step back-propagates into its own network's parameters only (`backward(inputs=...)`), so no
 gradient of one step can reach another network's update, and under DistributedDataParallel each
