@@ -231,8 +231,8 @@ def build_dataset(source: Source, out: Path, settings: ImageSettings, options: B
         return _build_locked(source, out, settings, options)
     except (lmdb.Error, OSError) as error:  # a full disk, a lost file system: committed transactions stay valid
         raise BuildError(
-            f"writing {out} failed ({error}); the images committed so far are kept: "
-            "make room, then rerun the same command with --resume"
+            f"building {out} failed ({error}); the images committed so far are kept: fix the cause (a full disk: "
+            "make room), then rerun the same command with --resume"
         ) from error
     finally:
         lock.release()

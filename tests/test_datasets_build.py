@@ -419,7 +419,7 @@ def test_a_build_on_a_full_disk_is_one_line_and_resumes(tmp_path):
     full = subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=small_files_only)
     assert full.returncode == 2, full.stderr
     (line,) = full.stderr.strip().splitlines()
-    assert line.startswith(f"error: writing {tmp_path / 'db'} failed (") and line.endswith("with --resume")
+    assert line.startswith(f"error: building {tmp_path / 'db'} failed (") and line.endswith("with --resume")
     assert 0 < sum(read_metadata(tmp_path / "db")["count"].values()) < 400  # committed windows are kept
     subprocess.run([*command, "--resume"], check=True, capture_output=True, timeout=120)
     subprocess.run([*command[:5], str(tmp_path / "straight"), *command[6:]], check=True, capture_output=True)
