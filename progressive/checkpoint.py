@@ -106,6 +106,20 @@ def newest_of_runs(root: Path) -> Path | None:
     return None
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint meant by `path`: a checkpoint file itself, a run directory's newest checkpoint, or the
+    newest checkpoint of the newest run under a root of runs. CheckpointError (one line) if there is none."""
+    path = Path(path)
+    if path.is_dir():
+        newest = newest_in_directory(path) or newest_of_runs(path)
+        if newest is None:
+            raise CheckpointError(f"no checkpoint in directory {path}")
+        return newest
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
 def resolve_resume(resume: str, out: Path) -> Path:
     """The checkpoint meant by --resume: `latest` (newest checkpoint of the newest run under `out` that has one),
     a run directory (its newest checkpoint) or a checkpoint file."""

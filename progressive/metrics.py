@@ -394,9 +394,16 @@ def generate_images(
 @torch.no_grad()
 def reconstruct(inference: nn.Module, generator: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """g(mu(x)): the deterministic reconstruction the paper's Table 2 measures."""
+    return encode_and_reconstruct(inference, generator, images)[2]
+
+
+def encode_and_reconstruct(
+    inference: nn.Module, generator: nn.Module, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mu(x), log-variance s(x), g(mu(x))) of a batch of images."""
     _check_images(images)
-    mu, _ = inference(images)
-    return generator(mu).float()
+    mu, logvar = inference(images)
+    return mu, logvar, generator(mu).float()
 
 
 def reconstruction_metrics(

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from progressive.checkpoint import load_checkpoint
+from progressive.checkpoint import find_checkpoint, load_checkpoint
 from progressive.config import TrainConfig, merge_config, preset_config
 from progressive.presets import TriangleModels, build_models
 from progressive.schedule import Stage, stage_at
@@ -33,11 +33,13 @@ class TrainedRun:
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> TrainedRun:
-    """Rebuild the three networks and the averaged generator of checkpoint `path` on `device`.
+    """Rebuild the three networks and the averaged generator of a checkpoint on `device`: `path` is a checkpoint
+    file, a run directory (its newest checkpoint) or a root of runs (the newest run's newest), as on the
+    command line: `load_trained("runs")`.
 
     Raises progressive.checkpoint.CheckpointError (a ValueError) for a missing or foreign file.
     """
-    path = Path(path)
+    path = find_checkpoint(path)
     state = load_checkpoint(path, map_location=device)
     values = json.loads(state["config"])
     # Checkpoints written before named recipes existed trained the reference objective.

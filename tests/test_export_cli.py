@@ -274,6 +274,17 @@ def test_a_root_of_runs_means_its_newest_run_and_outputs_go_into_that_run(traine
     }  # fmt: skip
 
 
+def test_load_trained_takes_a_file_a_run_or_a_root_of_runs(trained):
+    from progressive.checkpoint import CheckpointError
+    from progressive.pretrained import load_trained
+
+    for where in (trained["checkpoint"], trained["run"], trained["root"] / "runs"):
+        run = load_trained(where)
+        assert run.path == trained["checkpoint"] and run.images_shown == 240
+    with pytest.raises(CheckpointError, match="no checkpoint in directory"):
+        load_trained(trained["root"] / "images")
+
+
 def test_exports_read_images_as_the_builder_stores_them(tmp_path):
     """Transparency on white, EXIF orientation, centre crop: an export's input is what training saw."""
     from datasets_prep.__main__ import main as datasets_main
@@ -344,3 +355,23 @@ def test_evaluate_protocol_prints_the_papers_numbers_and_the_differences(trained
     printed = capsys.readouterr().out
     assert "paper (ours) 31.92; its baselines: VAE 99.09, DCGAN 38.39" in printed
     assert "paper (ours) 0.03; its baselines: WS 0.152" in printed and "note: resolution:" in printed
+
+
+def test_reconstruct_saves_each_images_latent(trained, tmp_path):
+    import numpy as np
+
+    from progressive.pretrained import load_trained
+
+    latents = tmp_path / "latents.npz"
+    args = ["reconstruct", str(trained["checkpoint"]), "--out", str(tmp_path / "r"), "--save-latents", str(latents)]
+    assert export.main(args) == 0
+    saved = np.load(latents)
+    run = load_trained(trained["checkpoint"])
+    assert saved["mu"].shape == saved["logvar"].shape == (8, run.models.latent_dim) and len(saved["names"]) == 8
+    with torch.no_grad():  # the first image's latent, encoded again
+        from progressive.cli.common import dataset_images
+
+        first = next(dataset_images(run, None, "holdout", 1).batches(1, torch.device("cpu")))
+        mu, _ = run.models.inference(first)
+    np.testing.assert_allclose(saved["mu"][0], mu[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert export.main([*args[:-1], str(tmp_path / "latents.txt")]) == 2

@@ -21,7 +21,7 @@ from PIL import Image
 
 from datasets_prep.images import SkipImage, load_image
 from datasets_prep.lmdb_format import DatasetFormatError
-from progressive.checkpoint import CheckpointError, newest_in_directory, newest_of_runs
+from progressive.checkpoint import CheckpointError, find_checkpoint
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
 from progressive.pretrained import TrainedRun, load_trained
 from progressive.schedule import blend_reals
@@ -58,15 +58,10 @@ def pick_device(name: str) -> torch.device:
 
 def resolve_checkpoint(text: str) -> Path:
     """A checkpoint file; a run directory (its newest checkpoint); or a root of runs (the newest run's newest)."""
-    path = Path(text)
-    if path.is_dir():
-        newest = newest_in_directory(path) or newest_of_runs(path)
-        if newest is None:
-            raise BadInput(f"no checkpoint in directory {path}")
-        return newest
-    if not path.is_file():
-        raise BadInput(f"checkpoint {path} does not exist")
-    return path
+    try:
+        return find_checkpoint(text)
+    except CheckpointError as error:
+        raise BadInput(str(error)) from error
 
 
 def load_run(text: str, device: torch.device) -> TrainedRun:

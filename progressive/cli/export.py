@@ -18,6 +18,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.utils import make_grid
 
@@ -35,12 +36,12 @@ from progressive.cli.common import (
     write_atomically,
 )
 from progressive.metrics import (
+    encode_and_reconstruct,
     energies,
     energy_separation,
     generate_images,
     noise_images,
     per_image_mse,
-    reconstruct,
     reconstruction_summary,
 )
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _image_source(recon, default_count=32)
     recon.add_argument("--out", required=True, help="folder for reconstructions-NNN.png")
     recon.add_argument("--pairs-per-grid", type=positive(int, "--pairs-per-grid"), default=16, help="default: 16")
+    recon.add_argument("--save-latents", help="also write each image's mu(x) and log-variance to this .npz file")
 
     energy = commands.add_parser("energy", help="energies of images, and real vs generated vs noise")
     _common(energy)
@@ -146,12 +148,15 @@ def export_reconstructions(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} is a file; give a folder")
     check_writable_folder(out, "--out", args.out)
+    latents_path = check_output_suffix(args.save_latents, (".npz",), "--save-latents") if args.save_latents else None
     device = pick_device(args.device)
     run = load_run(args.checkpoint, device)
     real = _real_images(args, run)
-    errors, pending, grid_index = [], [], 0
+    errors, pending, grid_index, mus, logvars = [], [], 0, [], []
     for images in real.batches(args.batch, device):
-        reconstructions = reconstruct(run.models.inference, run.models.generator, images)
+        mu, logvar, reconstructions = encode_and_reconstruct(run.models.inference, run.models.generator, images)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
         errors.append(per_image_mse(images, reconstructions).cpu())
         pending.extend(torch.stack([images.cpu(), reconstructions.cpu()], dim=1))
         while len(pending) >= args.pairs_per_grid:
@@ -162,6 +167,10 @@ def export_reconstructions(args: argparse.Namespace) -> int:
         grid_index += 1
     summary = reconstruction_summary(torch.cat(errors))
     print(f"wrote {grid_index} grid(s) to {out}: {len(real)} images of {real.description}")
+    if latents_path is not None:  # like stylegan2-ada's projected_w.npz: one row per image, in `names` order
+        arrays = {"names": np.array(real.names), "mu": torch.cat(mus).numpy(), "logvar": torch.cat(logvars).numpy()}
+        write_atomically(latents_path, lambda temporary: np.savez(temporary, **arrays))
+        print(f"wrote {latents_path}: mu and log-variance of {len(real)} images ({run.models.latent_dim} dims)")
     print(f"mse {summary['recon/mse']:.6f} ([-1, 1] scale), {summary['recon/mse_01']:.6f} ([0, 1]), ", end="")
     print(f"psnr {summary['recon/psnr']:.2f} dB")
     return 0
