@@ -258,7 +258,13 @@ def test_evaluate_refuses_fid_without_weights_and_unknown_metrics(trained, tmp_p
 
 
 def test_console_scripts_are_installed_and_answer_help():
-    for script in ("triangle-export-video", "triangle-export", "triangle-evaluate"):
+    for script in (
+        "triangle-export-video",
+        "triangle-export",
+        "triangle-evaluate",
+        "triangle-energy-landscape",
+        "triangle-train",
+    ):
         result = subprocess.run([Path(sys.executable).parent / script, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage:" in result.stdout, script
 
