@@ -7,18 +7,17 @@ the skip counters, the dataset fingerprint and the resolved configuration.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from progressive.atomic import TEMPORARY_MARK, write_atomically
+
 CHECKPOINT_KIND = "divergence-triangle-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d{9,})\.pt$")
-# A save writes .checkpoint-NNN.pt.tmp-PID first; a process killed during a save leaves it behind.
-TEMPORARY_SUFFIX = ".tmp-"
 
 
 class CheckpointError(ValueError):
@@ -30,27 +29,16 @@ def checkpoint_name(images_shown: int) -> str:
 
 
 def save_atomically(state: dict[str, Any], path: Path) -> None:
-    """Write `state` to `path` so that a crash at any moment leaves either the old file or the new one.
+    """Write `state` to `path` so that a crash at any moment leaves either the old file or the new one, on disk."""
 
-    The bytes go to a temporary file in the same directory, are flushed to disk, then renamed over `path`.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}{TEMPORARY_SUFFIX}{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:  # through a Python file, a failed write is an OSError, not a C++ one
             torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+
+    try:
+        write_atomically(path, save, durable=True)
     except OSError as error:  # torch.save's own message names no file
         raise OSError(error.errno, f"writing {path} failed: {error.strerror}") from error
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -140,10 +128,11 @@ def resolve_resume(resume: str, out: Path) -> Path:
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete the temporary files of saves that were interrupted; only for a directory no other process writes."""
+    """Delete the temporary files of saves that were interrupted (.checkpoint-NNN.tmp-PID.pt, progressive/atomic.py);
+    only for a directory no other process writes."""
     if not directory.is_dir():
         return []
-    stale = [p for p in directory.iterdir() if p.name.startswith(".checkpoint-") and TEMPORARY_SUFFIX in p.name]
+    stale = [p for p in directory.iterdir() if p.name.startswith(".checkpoint-") and TEMPORARY_MARK in p.name]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from progressive.atomic import write_atomically
 from progressive.metrics import FeatureStatistics, StatisticsAccumulator
 
 INCEPTION_SIDE = 299
@@ -175,11 +175,9 @@ class StatisticsCache:
 
     def save(self, path: Path, statistics: FeatureStatistics) -> None:
         """Store atomically (a temporary file renamed into place) so a crash never leaves half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        os.close(handle)
-        try:
-            np.savez(temporary, mean=statistics.mean, covariance=statistics.covariance, count=statistics.count)
-            os.replace(temporary, path)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        write_atomically(
+            path,
+            lambda temporary: np.savez(
+                temporary, mean=statistics.mean, covariance=statistics.covariance, count=statistics.count
+            ),
+        )

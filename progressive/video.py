@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from progressive.atomic import write_atomically
+
 INTERPOLATIONS = ("slerp", "lerp")
 EASINGS = ("cosine", "linear")
 VIDEO_EXTRA = "pip install 'divergence-triangle[video]'"
@@ -253,10 +255,10 @@ def write_video(
     The file appears only when complete: frames go to a temporary file beside it, renamed at the end, so an
     interrupted export leaves any earlier file of that name as it was.
     """
-    target.path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.path.with_name(f".{target.path.stem}.tmp-{os.getpid()}{target.path.suffix}")
     written = 0
-    try:
+
+    def encode(temporary: Path) -> None:
+        nonlocal written
         writer = _open_writer(temporary, target.format, fps, quality)
         try:
             for frame in frames:
@@ -267,9 +269,8 @@ def write_video(
                 written += 1
         finally:
             writer.close()
-        os.replace(temporary, target.path)
-    finally:
-        temporary.unlink(missing_ok=True)
+
+    write_atomically(target.path, encode)
     return written
 
 

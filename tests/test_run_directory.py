@@ -67,7 +67,7 @@ def test_second_run_in_a_busy_directory_is_refused_and_a_dead_runs_lock_is_recov
 
     # kill -9 left its lock file (and here a temporary file of a save); the next resume takes over.
     run_dir = out / "00000-tiny-8"
-    stale = run_dir / "checkpoints" / ".checkpoint-000000400.pt.tmp-12345"
+    stale = run_dir / "checkpoints" / ".checkpoint-000000400.tmp-12345.pt"
     stale.write_bytes(b"half a checkpoint")
     newest = list_checkpoints(run_dir / "checkpoints")[-1]
     kimg = int(newest.name[11:20]) / 1000 + 0.008

@@ -8,7 +8,6 @@ that was already there.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from PIL import Image
 
 from datasets_prep.images import SkipImage, load_image
 from datasets_prep.lmdb_format import DatasetFormatError
+from progressive.atomic import write_atomically
 from progressive.checkpoint import CheckpointError, find_checkpoint
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
 from progressive.pretrained import TrainedRun, load_trained
@@ -197,22 +197,6 @@ def dataset_images(run: TrainedRun, data: str | None, split: str, limit: int | N
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def temporary_beside(path: Path) -> Path:
-    """A hidden temporary name next to `path`, keeping its suffix (writers choose the format by it)."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary) then rename the temporary onto `path`; an earlier `path` survives any failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_beside(path)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def save_png(image: np.ndarray | torch.Tensor, path: Path) -> None:
