@@ -57,6 +57,11 @@ class InceptionNetwork:
         return accumulator.result()
 
     @torch.no_grad()
+    def all_features(self, image_batches: Iterable[torch.Tensor]) -> torch.Tensor:
+        """Features of all images (N, D) on the CPU (for KID, which needs them one by one)."""
+        return torch.cat([self.features(images).float().cpu() for images in image_batches])
+
+    @torch.no_grad()
     def all_logits(self, image_batches: Iterable[torch.Tensor]) -> torch.Tensor:
         """Logits of all images (N, C) on the CPU; InceptionUnavailable if the network has no classifier."""
         if self.logits is None:

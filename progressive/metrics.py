@@ -20,7 +20,7 @@ from torch import nn
 
 from progressive.triangle import bare, energy_from_output
 
-METRIC_NAMES = ("recon", "swd", "energy", "diversity", "fid", "is")
+METRIC_NAMES = ("recon", "swd", "energy", "diversity", "fid", "kid", "is")
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -124,6 +124,33 @@ def frechet_distance(a: FeatureStatistics, b: FeatureStatistics) -> float:
     difference = a.mean - b.mean
     value = difference @ difference + np.trace(a.covariance) + np.trace(b.covariance) - 2.0 * trace_root
     return float(max(value, 0.0))
+
+
+def kernel_inception_distance(
+    real: torch.Tensor,  # (N, D) Inception features of real images
+    fake: torch.Tensor,  # (M, D) Inception features of generated images
+    subsets: int = 100,  # random subsets averaged over
+    subset_size: int = 1000,  # features per subset (fewer when N or M is smaller)
+    seed: int = 0,  # draws the subsets
+) -> tuple[float, float]:
+    """KID (Binkowski et al., 2018), (mean, std over subsets): the unbiased MMD^2 between the two feature sets
+    with the cubic polynomial kernel k(a, b) = (a.b / D + 1)^3. Unlike FID it has an unbiased estimator, so
+    it is comparable across sample counts; like FID it depends on the Inception network used."""
+    assert real.ndim == fake.ndim == 2 and real.shape[1] == fake.shape[1], f"bad features {real.shape} {fake.shape}"
+    size = min(len(real), len(fake), subset_size)
+    if size < 2:
+        raise ValueError("KID needs at least two real and two generated images")
+    dimension = real.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        x = real[torch.randperm(len(real), generator=generator)[:size]].double()
+        y = fake[torch.randperm(len(fake), generator=generator)[:size]].double()
+        k_xx, k_yy, k_xy = ((a @ b.T / dimension + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (size * (size - 1))
+        values.append(within - 2 * k_xy.mean())
+    stacked = torch.stack(values)
+    return float(stacked.mean()), float(stacked.std()) if subsets > 1 else 0.0
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
@@ -494,6 +521,9 @@ def evaluate_metric(
         raise ValueError(f"metric {name!r} needs an Inception network (progressive.inception.load_inception)")
     if name == "fid":
         return {"fid": frechet_distance(inception.statistics(reals()), inception.statistics(generated()))}
+    if name == "kid":
+        mean, std = kernel_inception_distance(inception.all_features(reals()), inception.all_features(generated()))
+        return {"kid/mean": mean, "kid/std": std}
     logits = inception.all_logits(generated())
     mean, std = inception_score(logits, splits=min(inception_splits, logits.shape[0]))
     return {"is/mean": mean, "is/std": std}

@@ -596,7 +596,7 @@ class Trainer:
             return
         from progressive.metrics import evaluate_metric
 
-        if self.inception is None and {"fid", "is"} & set(self.config.metrics):
+        if self.inception is None and {"fid", "kid", "is"} & set(self.config.metrics):
             from progressive.inception import load_inception
 
             self.inception = load_inception(self.config.inception, self.device)

@@ -140,12 +140,13 @@ def test_evaluate_fid_and_is_with_a_stand_in_inception_caches_real_statistics(tr
     network = tmp_path / "stand-in.pt"
     torch.jit.script(StandInInception()).save(str(network))
     cache = tmp_path / "cache"
-    args = [str(trained["checkpoint"]), "--metrics", "fid,is", "--inception", str(network), "--stats-cache", str(cache),
-            "--fid-samples", "20", "--is-samples", "20", "--is-splits", "2"]  # fmt: skip
+    args = [str(trained["checkpoint"]), "--metrics", "fid,kid,is", "--inception", str(network), "--stats-cache",
+            str(cache), "--fid-samples", "20", "--is-samples", "20", "--is-splits", "2", "--kid-subsets", "3",
+            "--kid-subset-size", "8"]  # fmt: skip
     assert evaluate.main([*args, "--out", str(tmp_path / "a.json")]) == 0
     (cached,) = cache.iterdir()
     first = json.loads((tmp_path / "a.json").read_text())["metrics"]
-    assert first["fid"] > 0 and first["is/mean"] >= 1.0
+    assert first["fid"] > 0 and first["is/mean"] >= 1.0 and first["kid/std"] > 0 and "kid/mean" in first
     modified = cached.stat().st_mtime_ns
     assert evaluate.main([*args, "--out", str(tmp_path / "b.json")]) == 0
     assert cached.stat().st_mtime_ns == modified  # read from the cache, not recomputed

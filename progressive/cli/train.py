@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics",
         type=lambda s: [m for m in s.split(",") if m],
-        help="metrics during training, e.g. recon,swd,energy (fid,is need --inception)",
+        help="metrics during training, e.g. recon,swd,energy (fid,kid,is need --inception)",
     )
     run.add_argument("--metric-kimg", dest="metric_kimg", type=float, help="evaluate --metrics every N kimg")
     run.add_argument("--metric-images", dest="metric_images", type=int, help="images per evaluation")
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_batches(config, accelerator.num_processes)
-        if {"fid", "is"} & set(config.metrics):
+        if {"fid", "kid", "is"} & set(config.metrics):
             from progressive.inception import load_inception
 
             load_inception(config.inception, "cpu")  # fails now, with how to get the weights, not hours in
