@@ -10,7 +10,7 @@ Images are float tensors (B, 3, R, R) in [-1, 1], the scale the networks see.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -403,7 +403,6 @@ def seeded_latents(seeds: Iterable[int], latent_dim: int) -> torch.Tensor:
     return torch.stack([torch.randn(latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
-@torch.no_grad()
 def generate_images(
     generator: nn.Module,
     count: int,  # images to draw
@@ -413,9 +412,22 @@ def generate_images(
     device: torch.device | str,  # where the generator runs
 ) -> Iterator[torch.Tensor]:
     """Batches of generated images (float32, on `device`) from seeded latents, `count` in all."""
-    for start in range(0, count, batch_size):
-        z = seeded_latents(range(seed + start, seed + min(start + batch_size, count)), latent_dim).to(device)
-        yield generator(z).float()
+    return generate_from_seeds(generator, range(seed, seed + count), latent_dim, batch_size, device)
+
+
+@torch.no_grad()
+def generate_from_seeds(
+    generator: nn.Module,
+    seeds: Sequence[int],  # image i uses latent seed seeds[i]
+    latent_dim: int,  # dimension of z
+    batch_size: int,  # images per forward
+    device: torch.device | str,  # where the generator runs
+    temperature: float = 1.0,  # every z is scaled by this (below 1: truncation toward the mean image)
+) -> Iterator[torch.Tensor]:
+    """Batches of generated images (float32, on `device`), one per seed."""
+    for start in range(0, len(seeds), batch_size):
+        z = seeded_latents(seeds[start : start + batch_size], latent_dim).to(device)
+        yield generator(z * temperature).float()
 
 
 @torch.no_grad()

@@ -97,6 +97,17 @@ def test_sample_reconstruct_and_energy_exports(trained, tmp_path, capsys):
     assert (single / "sample-seed000008.png").read_bytes() == (
         tmp_path / "samples" / "sample-seed000008.png"
     ).read_bytes()
+    # Explicit seeds (stylegan2-ada's ranges) give the same images; a temperature below 1 shrinks every z.
+    chosen = tmp_path / "chosen"
+    assert export.main(["sample", checkpoint, "--out", str(chosen), "--seeds", "9,7-8"]) == 0
+    for seed in (7, 8, 9):
+        name = f"sample-seed{seed:06d}.png"
+        assert (chosen / name).read_bytes() == (tmp_path / "samples" / name).read_bytes()
+    cooler = tmp_path / "cooler"
+    assert export.main(["sample", checkpoint, "--out", str(cooler), "--seeds", "7", "--temperature", "0.5"]) == 0
+    assert (cooler / "sample-seed000007.png").read_bytes() != (chosen / "sample-seed000007.png").read_bytes()
+    with pytest.raises(SystemExit):  # argparse: one usage line and exit 2
+        export.main(["sample", checkpoint, "--out", str(cooler), "--seeds", "7-x"])
 
     assert export.main(["reconstruct", checkpoint, "--out", str(tmp_path / "recon"), "--pairs-per-grid", "5"]) == 0
     grids = sorted(p.name for p in (tmp_path / "recon").iterdir())

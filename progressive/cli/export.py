@@ -39,6 +39,7 @@ from progressive.metrics import (
     encode_and_reconstruct,
     energies,
     energy_separation,
+    generate_from_seeds,
     generate_images,
     noise_images,
     per_image_mse,
@@ -75,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="folder of PNGs, or a .png file with --grid")
     sample.add_argument("--count", type=positive(int, "--count"), default=16, help="images (default: 16)")
     sample.add_argument("--seed", type=int, default=0, help="image i uses latent seed SEED + i (default: 0)")
+    sample.add_argument(
+        "--seeds", type=seed_list, help="explicit seeds instead of --count/--seed, e.g. 0-63,100,200-205"
+    )
+    sample.add_argument(
+        "--temperature",
+        type=positive(float, "--temperature"),
+        default=1.0,
+        help="scale every latent by this (below 1: truncation toward the mean image; default 1)",
+    )
     sample.add_argument("--grid", action="store_true", help="one grid PNG instead of one file per image")
     sample.add_argument("--columns", type=positive(int, "--columns"), help="grid columns (default: about square)")
     sample.add_argument("--generator", choices=("ema", "trained"), default="ema", help="default: ema (averaged)")
@@ -125,22 +135,36 @@ def export_samples(args: argparse.Namespace) -> int:
         raise BadInput(f"--out {out} is a file; give a folder (or --grid with a .png file)")
     if not args.grid:
         check_writable_folder(out, "--out", args.out)
+    seeds = args.seeds or list(range(args.seed, args.seed + args.count))
     device = pick_device(args.device)
     run = load_run(args.checkpoint, device)
     generator = choose_generator(run, args.generator)
-    parts = generate_images(generator, args.count, run.models.latent_dim, args.batch, args.seed, device)
+    parts = generate_from_seeds(generator, seeds, run.models.latent_dim, args.batch, device, args.temperature)
+    described = f"seeds {seeds[0]}..{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else "seeds as given"
+    temperature = f", temperature {args.temperature:g}" if args.temperature != 1 else ""
     if args.grid:
         images = torch.cat([part.cpu() for part in parts])
-        save_png(_grid(images, args.columns or math.ceil(math.sqrt(args.count))), out)
-        print(f"wrote {out}: {args.count} samples, seeds {args.seed}..{args.seed + args.count - 1}")
+        save_png(_grid(images, args.columns or math.ceil(math.sqrt(len(seeds)))), out)
+        print(f"wrote {out}: {len(seeds)} samples, {described}{temperature}")
         return 0
-    index = 0
-    for part in parts:
-        for image in part:
-            save_png(image, out / f"sample-seed{args.seed + index:06d}.png")
-            index += 1
-    print(f"wrote {args.count} samples to {out} (seeds {args.seed}..{args.seed + args.count - 1})")
+    for seed, image in zip(seeds, (image for part in parts for image in part), strict=True):
+        save_png(image, out / f"sample-seed{seed:06d}.png")
+    print(f"wrote {len(seeds)} samples to {out} ({described}{temperature})")
     return 0
+
+
+def seed_list(text: str) -> list[int]:
+    """'0-3,10,20-21' -> [0, 1, 2, 3, 10, 20, 21] (argparse type; ranges inclusive, as in stylegan2-ada)."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            seeds += list(range(int(first), int(last or first) + 1))
+    except ValueError as error:
+        raise ValueError(f"--seeds {text!r} is not a list of N or N-M") from error
+    if not seeds:
+        raise ValueError(f"--seeds {text!r} names no seed")
+    return seeds
 
 
 def export_reconstructions(args: argparse.Namespace) -> int:
