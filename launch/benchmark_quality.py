@@ -1,4 +1,4 @@
-"""Quality of named objective configurations side by side: the triangle against its VAE and adversarial parts.
+"""Quality of named objective configurations side by side: the triangle against its special cases.
 
     python launch/benchmark_quality.py --data data/emoji32.lmdb --preset demo --res 32 --kimg 14
     python launch/benchmark_quality.py --data data/emoji32.lmdb --configs triangle vae wake-sleep acd adversarial
@@ -10,9 +10,10 @@ images. Prints one Markdown table and writes, under --out: one run directory per
 its training log (NAME.log), the final sample and reconstruction grids (NAME-samples.png,
 NAME-reconstructions.png) and every figure in results.json.
 
-A configuration is a recipe name (triangle, vae, adversarial, reference; docs/objective.md) or
-NAME=RECIPE,key=value,... with objective values on top of the recipe. The VAE and adversarial parts are always
-the default comparison.
+A configuration is a recipe name (triangle, vae, wake-sleep, acd, adversarial, reference; docs/objective.md) or
+NAME=RECIPE,key=value,... with objective values on top of the recipe. The default comparison is the paper's
+Table 2 (triangle, vae, wake-sleep) and E and G alone (adversarial). Run-to-run noise at short lengths is as
+large as the differences between configurations: compare over several --seed values (docs/benchmarks.md).
 
 Columns: training that stopped or skipped updates (non-finite), the largest |E| and the lowest sample diversity
 seen at any tick of the training, and on held-out images: reconstruction MSE of g(mu(x)) in [-1, 1] (the
