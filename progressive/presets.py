@@ -95,28 +95,33 @@ def _cifar10_tiny() -> TriangleModels:
     )
 
 
-def _celeba64() -> TriangleModels:
-    """Section 4.1's 64x64 networks for CelebA: the cifar10 networks with one more block at 64x64."""
+def _reference64(width: int, batch_norm: bool) -> TriangleModels:
+    """Section 4.1's 64x64 networks: the cifar10 networks with one more block at 64x64, `width` times the channels,
+    batch norm in the energy and inference models too when `batch_norm` (the generator always has it)."""
     latent_dim = 100
+
+    def wide(*channels: int) -> tuple[int, ...]:
+        return tuple(width * c for c in channels)
+
     return TriangleModels(
-        generator=ReferenceGenerator(latent_dim=latent_dim, channels=(512, 512, 256, 128, 64)),
-        energy=ReferenceEnergy(channels=(32, 64, 128, 256, 256)),
-        inference=ReferenceInference(latent_dim=latent_dim, channels=(32, 64, 128, 256, 512)),
+        generator=ReferenceGenerator(latent_dim=latent_dim, channels=wide(512, 512, 256, 128, 64)),
+        energy=ReferenceEnergy(channels=wide(32, 64, 128, 256, 256), batch_norm=batch_norm),
+        inference=ReferenceInference(
+            latent_dim=latent_dim, channels=wide(32, 64, 128, 256, 512), batch_norm=batch_norm
+        ),
         latent_dim=latent_dim,
         resolution=64,
     )
+
+
+def _celeba64() -> TriangleModels:
+    """CelebA 64x64: batch norm in the generator only, as the cifar10 networks."""
+    return _reference64(width=1, batch_norm=False)
 
 
 def _lsun64() -> TriangleModels:
-    """Section 4.1's 64x64 networks for LSUN: celeba64 with twice the channels and batch norm in all three models."""
-    latent_dim = 100
-    return TriangleModels(
-        generator=ReferenceGenerator(latent_dim=latent_dim, channels=(1024, 1024, 512, 256, 128)),
-        energy=ReferenceEnergy(channels=(64, 128, 256, 512, 512), batch_norm=True),
-        inference=ReferenceInference(latent_dim=latent_dim, channels=(64, 128, 256, 512, 1024), batch_norm=True),
-        latent_dim=latent_dim,
-        resolution=64,
-    )
+    """LSUN 64x64: "twice the number of channels and batch normalization is used in all three models"."""
+    return _reference64(width=2, batch_norm=True)
 
 
 def _progressive(

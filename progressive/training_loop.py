@@ -230,6 +230,8 @@ class Trainer:
             min_resolution=models.min_resolution,
         )
         self.batch_norms = global_batch_norms(*self.models.networks().values())  # synchronised in each step
+        # Frozen during snapshots and evaluations, which run on the main process only (see write_snapshot).
+        self.batch_norms_with_ema = self.batch_norms + global_batch_norms(self.ema)
         self.state = RunState()
         self.noise_generator = torch.Generator(device=self.device)
         self.inception = None  # loaded on first use by a fid/is evaluation
@@ -476,7 +478,7 @@ class Trainer:
             return
         now = self.state.images_shown
         images_per_second = max(now - tick.images, 1) / max(time.time() - tick.time, 1e-9)
-        every = max(int(round(self.config.tick_kimg * 1000)), 1)  # as `_crossed` counts ticks
+        every = _interval_images(self.config.tick_kimg)
         next_tick = (now // every + 1) * every
         log.info(
             "kimg %8.2f  res %4d  alpha %.3f  img/s %7.1f  next tick in %s  eta run %s",
@@ -565,7 +567,7 @@ class Trainer:
         self._set_stage(stage)
         # Networks stay in training mode as in the iteration (batch statistics for batch-norm presets), without
         # touching the running statistics: they are training state, and this runs on the main process only.
-        with running_statistics_frozen(self.batch_norms + global_batch_norms(self.ema)):
+        with running_statistics_frozen(self.batch_norms_with_ema):
             samples = self.ema(self.grid_latents).float()
             real = self._fixed_reals(stage, self.config.grid_images)
             mu, _ = bare(self.models.inference)(real)
@@ -603,7 +605,7 @@ class Trainer:
         self._set_stage(stage)
         real = self._fixed_reals(stage, self.config.metric_images)
         scores: dict[str, float] = {}
-        with running_statistics_frozen(self.batch_norms + global_batch_norms(self.ema)):  # as in write_snapshot
+        with running_statistics_frozen(self.batch_norms_with_ema):  # as in write_snapshot
             for name in self.config.metrics:
                 scores |= evaluate_metric(
                     name,
@@ -695,9 +697,14 @@ class _Tick:
     images: int
 
 
+def _interval_images(every_kimg: float) -> int:
+    """An interval in kimg as a whole number of images (at least 1): what ticks, snapshots and checkpoints count."""
+    return max(int(round(every_kimg * 1000)), 1)
+
+
 def _crossed(before: int, after: int, every_kimg: float) -> bool:
     """Whether a multiple of `every_kimg` thousand images lies in (before, after]."""
-    every = max(int(round(every_kimg * 1000)), 1)
+    every = _interval_images(every_kimg)
     return after // every > before // every
 
 

@@ -65,7 +65,7 @@ PROTOCOLS: dict[str, dict] = {
                 "CEGAN": 7.07,
                 "ALI": 5.93,
                 "ALICE": 6.02,
-            },  # fmt: skip
+            },
             "recon/mse": {"WS": 0.058, "VAE": 0.037, "ALI": 0.311, "ALICE": 0.034},
         },
         "data": "the CIFAR-10 LMDB built from cifar-10-python.tar.gz: its test batch is the holdout split",
@@ -78,7 +78,7 @@ PROTOCOLS: dict[str, dict] = {
             "fid_samples": 10_000,
             "fid_split": "train",
             "fid_real_images": 9_000,
-        },  # fmt: skip
+        },
         "resolution": 64,
         "paper": {"fid": 31.92, "recon/mse": 0.030},
         "baselines": {
@@ -90,7 +90,7 @@ PROTOCOLS: dict[str, dict] = {
                 "CEGAN": 41.89,
                 "ALI": 60.29,
                 "ALICE": 46.14,
-            },  # fmt: skip
+            },
             "recon/mse": {"WS": 0.152, "VAE": 0.039, "ALI": 0.519, "ALICE": 0.046},
         },
         "data": "a 64x64 CelebA LMDB of 9,000 training and 1,000 held-out images (build --holdout 1000 --limit 10000)",
