@@ -10,7 +10,8 @@ models, the objective and the optimisers, not the data pipeline (see `python -m 
 
 `--count-ops` adds the number of ATen operator calls in one iteration (forward, backward and the three
 updates). Each is a dispatch, and most a kernel launch, on a GPU; where the GPU waits on launches (the
-low resolutions) this count, measurable on any machine, tracks the time of an iteration.
+low resolutions) this count, measurable on any machine, tracks the time of an iteration. The `launching`
+column leaves out the views and aliases, which launch nothing.
 """
 
 from __future__ import annotations
@@ -34,14 +35,24 @@ from progressive.triangle import build_optimizers, triangle_step
 
 
 class OperatorCount(TorchDispatchMode):
-    """Counts the ATen operator calls made while it is active, by operator name."""
+    """Counts the ATen operator calls made while it is active, by operator name.
+
+    `launching` leaves out the calls that launch no kernel on a GPU: views and aliases (detach, view, t,
+    expand, slice: new metadata over the same memory) and the profiler's record-function markers.
+    """
+
+    NO_KERNEL = frozenset({"_record_function_enter_new", "_record_function_exit"})
 
     def __init__(self):
         super().__init__()
         self.calls: collections.Counter[str] = collections.Counter()
+        self.launching = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls[func.overloadpacket.__name__] += 1
+        name = func.overloadpacket.__name__
+        self.calls[name] += 1
+        if not func.is_view and name not in self.NO_KERNEL:
+            self.launching += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -81,7 +92,7 @@ def main() -> None:
             f"preset {args.preset}, {accelerator.num_processes} process(es), device {accelerator.device}, "
             f"mixed precision {accelerator.mixed_precision}"
         )
-        ops_column = f" {'ATen ops':>9}" if args.count_ops else ""
+        ops_column = f" {'ATen ops':>9} {'launching':>9}" if args.count_ops else ""
         print(f"{'res':>5} {'alpha':>5} {'batch':>6} {'img/s':>9} {'sec/kimg':>9} {'peak GiB':>9}{ops_column}")
     measured: dict[str, float] = {}
     for resolution in resolutions(bottom, top):
@@ -110,7 +121,7 @@ def main() -> None:
         if args.count_ops:  # after the timing: the counting mode slows every call down
             with OperatorCount() as count:
                 triangle_step(wrapped, optimizers, x, config=config.objective, update=update, check_range=False)
-            ops_column = f" {sum(count.calls.values()):9d}"
+            ops_column = f" {sum(count.calls.values()):9d} {count.launching:9d}"
         if accelerator.is_main_process:
             print(
                 f"{resolution:5d} {alpha:5.1f} {batch:6d} {images_per_second:9.1f} {1000 / images_per_second:9.2f} "
