@@ -43,11 +43,13 @@ from progressive.presets import TriangleModels, build_models
 from progressive.schedule import Stage, blend_reals, stage_at
 from progressive.triangle import (
     STAT_NAMES,
+    STATISTICS,
     TriangleConfig,
     apply_learning_rates,
     bare,
     build_optimizers,
     clip_gradients,
+    stats_to_dict,
     trainable_parameters,
     triangle_step,
 )
@@ -492,7 +494,7 @@ class Trainer:
 
     def _report(self, stage: Stage, tick: _Tick, stats_sum: torch.Tensor, count: int, total: int) -> None:
         stats = self.accelerator.reduce(stats_sum / max(count, 1), reduction="mean")  # one collective per tick
-        values = dict(zip(STAT_NAMES, stats.tolist(), strict=True))
+        values = stats_to_dict(stats)
         now = self.state.images_shown
         elapsed = max(time.time() - tick.time, 1e-9)
         images = max(now - tick.images, 1)
@@ -527,23 +529,8 @@ class Trainer:
         record_extremes(self.state.health, values)
         for warning in health_warnings(values, self.models.latent_dim, self.config.objective):
             log.warning("warning at kimg %.2f: %s", now / 1000, warning)
-        scalars = {
-            "loss/energy": values["loss_energy"],
-            "loss/inference": values["loss_inference"],
-            "loss/generator": values["loss_generator"],
-            "terms/recon_inference": values["recon"],
-            "terms/recon_generator": values["recon_generator"],
-            "terms/kl": values["kl"],
-            "terms/latent_nll_inference": values["latent_nll"],
-            "terms/latent_nll_generator": values["latent_nll_generator"],
-            "energy/real": values["energy_real"],
-            "energy/fake": values["energy_fake"],
-            "grad_norm/energy": values["grad_norm_energy"],
-            "grad_norm/inference": values["grad_norm_inference"],
-            "grad_norm/generator": values["grad_norm_generator"],
-            "health/energy_abs_max": values["energy_abs_max"],
-            "health/logvar_min": values["logvar_min"],
-            "health/logvar_max": values["logvar_max"],
+        scalars = {STATISTICS[name]: value for name, value in values.items()}
+        scalars |= {
             "health/latent_nll_per_dim": values["latent_nll"] / self.models.latent_dim,
             "health/diversity": diversity,
             "progress/kimg": now / 1000,

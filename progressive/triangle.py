@@ -333,26 +333,29 @@ def plain_update(
     return grad_norm
 
 
-STAT_NAMES = (
-    "loss_energy",
-    "loss_inference",
-    "loss_generator",
-    "recon",
-    "kl",
-    "latent_nll",
-    "energy_real",
-    "energy_fake",
-    "recon_generator",
-    "latent_nll_generator",
-    "grad_norm_energy",
-    "grad_norm_inference",
-    "grad_norm_generator",
-    "energy_abs_max",
-    "logvar_min",
-    "logvar_max",
-    "sample_spread",
-    "data_spread",
-)
+# The statistics of one iteration, by name, with the tracker tag each is logged under; `triangle_step` returns
+# them stacked in this order (one tensor, no host sync), `stats_to_dict` names them again.
+STATISTICS: dict[str, str] = {
+    "loss_energy": "loss/energy",  # L_E
+    "loss_inference": "loss/inference",  # L_I
+    "loss_generator": "loss/generator",  # L_G
+    "recon": "terms/recon_inference",  # reconstruction term of L_I (unweighted)
+    "kl": "terms/kl",  # KL(q(z|x) || N(0, I)) of L_I
+    "latent_nll": "terms/latent_nll_inference",  # latent NLL of generated images in L_I
+    "energy_real": "energy/real",  # mean E(x) over real images
+    "energy_fake": "energy/fake",  # mean E(G(z)) in the energy step
+    "recon_generator": "terms/recon_generator",  # reconstruction term of L_G
+    "latent_nll_generator": "terms/latent_nll_generator",  # latent NLL term of L_G
+    "grad_norm_energy": "grad_norm/energy",  # gradient norms before clipping
+    "grad_norm_inference": "grad_norm/inference",
+    "grad_norm_generator": "grad_norm/generator",
+    "energy_abs_max": "health/energy_abs_max",  # largest |E| of the energy step's images
+    "logvar_min": "health/logvar_min",  # posterior log-variance range in the inference step
+    "logvar_max": "health/logvar_max",
+    "sample_spread": "health/sample_spread",  # per-pixel std across generated images, averaged over pixels
+    "data_spread": "health/data_spread",  # the same for the real batch
+}
+STAT_NAMES = tuple(STATISTICS)
 
 
 def triangle_step(
@@ -366,7 +369,7 @@ def triangle_step(
     update: Update = plain_update,
     check_range: bool = True,
 ) -> torch.Tensor:
-    """One joint iteration (module docstring); returns the STAT_NAMES values as one float32 tensor.
+    """One joint iteration (module docstring); returns the STATISTICS values, in order, as one float32 tensor.
 
     Stays on the device: no host synchronisation unless `check_range` (one per call).
     `update` turns each network's loss into its parameter update (see `plain_update`).
@@ -462,29 +465,29 @@ def triangle_step(
         loss, _, _ = generator_loss(generator(z))
         update("generator", optimizers.generator, generator, loss, config)
 
-    values = (
-        loss_energy,
-        loss_inference,
-        loss_generator,
-        recon,
-        kl,
-        nll,
-        energy_real,
-        energy_fake,
-        recon_generator,
-        nll_generator,
-        grad_norm_energy,
-        grad_norm_inference,
-        grad_norm_generator,
-        energy_abs_max,
-        logvar_min,
-        logvar_max,
+    values = {
+        "loss_energy": loss_energy,
+        "loss_inference": loss_inference,
+        "loss_generator": loss_generator,
+        "recon": recon,
+        "kl": kl,
+        "latent_nll": nll,
+        "energy_real": energy_real,
+        "energy_fake": energy_fake,
+        "recon_generator": recon_generator,
+        "latent_nll_generator": nll_generator,
+        "grad_norm_energy": grad_norm_energy,
+        "grad_norm_inference": grad_norm_inference,
+        "grad_norm_generator": grad_norm_generator,
+        "energy_abs_max": energy_abs_max,
+        "logvar_min": logvar_min,
+        "logvar_max": logvar_max,
         # Diversity: per-pixel standard deviation across the batch, averaged over pixels (samples vs data).
-        x_fake_const.float().std(dim=0).mean() if batch > 1 else zero,
-        x.detach().float().std(dim=0).mean() if batch > 1 else zero,
-    )
+        "sample_spread": x_fake_const.float().std(dim=0).mean() if batch > 1 else zero,
+        "data_spread": x.detach().float().std(dim=0).mean() if batch > 1 else zero,
+    }
     with torch.no_grad():  # one stack, no graph, no per-value detach/cast/view calls (all are float32 scalars)
-        return torch.stack(values)
+        return torch.stack([values[name] for name in STAT_NAMES])
 
 
 def train_step(
@@ -513,6 +516,7 @@ __all__ = [
     "KL_REDUCTIONS",
     "DEFAULT_RECIPE",
     "RECIPES",
+    "STATISTICS",
     "STAT_NAMES",
     "TriangleConfig",
     "TriangleOptimizers",
