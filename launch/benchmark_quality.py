@@ -36,9 +36,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from progressive.checkpoint import load_checkpoint, newest_in_directory
 from progressive.cli import evaluate
-from progressive.triangle import RECIPES, TriangleConfig
+from progressive.objective import RECIPES, TriangleConfig
+from progressive.train.checkpoint import load_checkpoint, newest_in_directory
 
 EXIT_BAD_INPUT = 2
 TRAIN = Path(__file__).with_name("train.py")

@@ -27,11 +27,14 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from progressive.config import preset_config
-from progressive.layers import resolutions
-from progressive.presets import PRESETS, TriangleModels, build_models
-from progressive.training_loop import GuardedUpdate, peak_memory_gib
-from progressive.triangle import build_optimizers, triangle_step
+from progressive.models import TriangleModels
+from progressive.nets.layers import resolutions
+from progressive.objective import triangle_step
+from progressive.presets import PRESETS, build_models
+from progressive.train.config import preset_config
+from progressive.train.loop import peak_memory_gib
+from progressive.train.optim import build_optimizers
+from progressive.updates import GuardedUpdate
 
 
 class OperatorCount(TorchDispatchMode):

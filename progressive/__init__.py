@@ -1,10 +1,17 @@
-"""Divergence triangle: generator, energy-based model and inference model trained jointly.
+"""Divergence triangle: generator, energy-based model and inference model trained jointly, grown progressively.
 
-Modules:
-    triangle   -- the objective and one training iteration (`train_step`).
-    presets    -- named model configurations (`build_models`).
-    reference  -- the fixed-resolution reference networks of the paper's CIFAR-10 experiments.
-    synthetic  -- procedurally rendered images for demos and tests (no download).
+Layout (docs/architecture.md has the module graph):
+    objective   -- D's configuration, recipes and loss terms; one joint iteration (`triangle_step`).
+    updates     -- how a loss becomes one network's update (plain, or with loss scaling and non-finite checks).
+    models      -- the three networks as one object (stage changes in sync), unwrapping, the generator average.
+    presets     -- one table: each preset's networks, schedule and training defaults.
+    nets/       -- layers, progressive networks, the paper's reference networks.
+    data        -- synthetic images, the deterministic batch stream and its loader.
+    train/      -- configuration, schedule, optimisers, noise, checkpoints, health, the loop.
+    eval/       -- metrics, Inception features, interpolation videos, energy landscapes.
+    io          -- atomic file writes.
+    pretrained  -- `load_trained(path)`: a trained run for Python code.
+    cli/        -- the command-line programs (`main(argv)`).
 """
 
 __version__ = "0.1.0"

@@ -1,75 +1,19 @@
-"""Named model configurations: `build_models(name)` returns the three networks of a preset."""
+"""Named presets, one table: each preset's networks, growth schedule and training defaults (`PRESETS`).
+
+`build_models(name)` builds a preset's three networks; `train.schedule.ScheduleConfig.for_preset` and
+`train.config.preset_config` read its schedule and training defaults from the same entry.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-import torch
-from torch import nn
-
-from progressive.networks import ProgressiveEnergy, ProgressiveGenerator, ProgressiveInference
-from progressive.reference import ReferenceEnergy, ReferenceGenerator, ReferenceInference
-from progressive.triangle import bare
-
-
-@dataclass
-class TriangleModels:
-    """The three networks trained by the divergence triangle, plus what their callers must know."""
-
-    generator: nn.Module  # g(z): (B, latent_dim) -> (B, 3, R, R) in [-1, 1]
-    energy: nn.Module  # raw energy output s(x): (B, 3, R, R) -> (B,)
-    inference: nn.Module  # q(z|x): (B, 3, R, R) -> (mu, logvar), each (B, latent_dim)
-    latent_dim: int  # dimension of z
-    resolution: int  # largest image side the networks handle
-    min_resolution: int | None = None  # smallest stage resolution; None: `resolution` (fixed-resolution networks)
-
-    def __post_init__(self) -> None:
-        if self.min_resolution is None:
-            self.min_resolution = self.resolution
-
-    def networks(self) -> dict[str, nn.Module]:
-        """The three networks by name, in the order they are updated."""
-        return {"energy": self.energy, "inference": self.inference, "generator": self.generator}
-
-    def set_stage(self, resolution: int, alpha: float) -> None:
-        """Put all three networks at stage (resolution, alpha) together, or raise ValueError and change none.
-
-        Networks without `set_stage` (fixed resolution) accept only their own resolution with alpha 1.
-        """
-        nets = [bare(net) for net in self.networks().values()]
-        for net in nets:
-            if hasattr(net, "set_stage"):
-                net.validate_stage(resolution, alpha)
-            elif resolution != self.resolution or alpha != 1:
-                raise ValueError(
-                    f"{type(net).__name__} runs only at resolution {self.resolution} with alpha 1, "
-                    f"got resolution {resolution}, alpha {alpha}"
-                )
-        for net in nets:
-            if hasattr(net, "set_stage"):
-                net.set_stage(resolution, alpha)
-
-    @property
-    def stage(self) -> tuple[int, float]:
-        """(resolution, alpha) of the three networks; RuntimeError if they disagree."""
-        stages = {
-            name: (bare(net).resolution, float(getattr(bare(net), "alpha", 1.0)))
-            for name, net in self.networks().items()
-        }
-        if len(set(stages.values())) != 1:
-            raise RuntimeError(f"the three networks are at different stages: {stages}")
-        return next(iter(stages.values()))
-
-    def to(self, device: torch.device | str) -> TriangleModels:
-        for net in self.networks().values():
-            net.to(device)
-        return self
-
-    def train(self, mode: bool = True) -> TriangleModels:
-        for net in self.networks().values():
-            net.train(mode)
-        return self
+from progressive.models import TriangleModels
+from progressive.nets.layers import resolutions
+from progressive.nets.networks import ProgressiveEnergy, ProgressiveGenerator, ProgressiveInference
+from progressive.nets.reference import ReferenceEnergy, ReferenceGenerator, ReferenceInference
 
 
 def _cifar10() -> TriangleModels:
@@ -175,21 +119,90 @@ def _tiny1024() -> TriangleModels:
     return _progressive(latent_dim=8, max_resolution=1024, channel_base=64, channel_max=4)
 
 
-PRESETS: dict[str, Callable[[], TriangleModels]] = {
-    "cifar10": _cifar10,
-    "cifar10-tiny": _cifar10_tiny,
-    "celeba64": _celeba64,
-    "lsun64": _lsun64,
-    "celebahq": _celebahq,
-    "lsun": _lsun,
-    "demo": _demo,
-    "tiny": _tiny,
-    "tiny1024": _tiny1024,
+# A tenth of the objective's rates at every resolution of the 512-channel presets: Adam moves each plain weight by
+# about the learning rate, so a layer's output changes in proportion to rate x fan-in, and these networks are 8x
+# wider than the demo's, for which the reference rates were tuned. With the full rates even the VAE part alone
+# un-learns at 8x8 (docs/objective.md, "Where the default departs").
+PROGRESSIVE_512_LR_MULTIPLIER = 0.1
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a preset decides: its networks, its growth schedule and its training defaults."""
+
+    models: Callable[[], TriangleModels]  # builds the three networks (weights from the global torch seed)
+    schedule: dict[str, Any]  # ScheduleConfig values: resolutions, phase lengths, batch sizes, rate multipliers
+    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig values on top of its defaults
+
+    @property
+    def description(self) -> str:
+        return (self.models.__doc__ or "").strip().splitlines()[0] if self.models.__doc__ else ""
+
+
+def _growing_512(last: int) -> dict[str, Any]:
+    return {
+        "min_resolution": 4,
+        "max_resolution": last,
+        "lr_multipliers": {r: PROGRESSIVE_512_LR_MULTIPLIER for r in resolutions(4, last)},
+    }
+
+
+_HIGH_RESOLUTION = {"hflip": True, "tick_kimg": 4.0, "snapshot_kimg": 40.0, "checkpoint_kimg": 200.0}
+_FIXED_RESOLUTION = {"kimg": 25_000.0, "tick_kimg": 10.0, "snapshot_kimg": 100.0}
+
+PRESETS: dict[str, Preset] = {
+    "cifar10": Preset(
+        _cifar10,
+        schedule={"min_resolution": 32, "max_resolution": 32, "batch_size": 64},
+        training={"resolution": 32, **_FIXED_RESOLUTION},
+    ),
+    "cifar10-tiny": Preset(
+        _cifar10_tiny,
+        schedule={"min_resolution": 32, "max_resolution": 32, "batch_size": 64},
+    ),
+    "celeba64": Preset(
+        _celeba64,
+        schedule={"min_resolution": 64, "max_resolution": 64, "batch_size": 64},
+        training={"resolution": 64, **_FIXED_RESOLUTION},
+    ),
+    "lsun64": Preset(
+        _lsun64,
+        schedule={"min_resolution": 64, "max_resolution": 64, "batch_size": 64},
+        training={"resolution": 64, **_FIXED_RESOLUTION},
+    ),
+    "celebahq": Preset(_celebahq, schedule=_growing_512(1024), training={"resolution": 1024, **_HIGH_RESOLUTION}),
+    "lsun": Preset(_lsun, schedule=_growing_512(256), training={"resolution": 256, **_HIGH_RESOLUTION}),
+    "demo": Preset(
+        _demo,  # about five minutes on two CPU cores (docs/architecture.md)
+        schedule={"min_resolution": 4, "max_resolution": 32, "fade_images": 2_000, "stable_images": 2_000},
+        training={"resolution": 32, "tick_kimg": 0.5, "snapshot_kimg": 2.0, "checkpoint_kimg": 4.0, "grid_images": 32},
+    ),
+    "tiny": Preset(
+        _tiny,
+        schedule={"min_resolution": 4, "max_resolution": 32, "fade_images": 64, "stable_images": 64, "batch_size": 4},
+        training={"resolution": 32, "tick_kimg": 0.064, "snapshot_kimg": 0.128, "checkpoint_kimg": 0.128, "workers": 0},
+    ),
+    "tiny1024": Preset(
+        _tiny1024,
+        schedule={"min_resolution": 4, "max_resolution": 1024, "fade_images": 32, "stable_images": 32, "batch_size": 2},
+    ),
 }
+
+
+def preset(name: str) -> Preset:
+    """The preset called `name`; ValueError naming the known ones otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
 
 
 def build_models(name: str) -> TriangleModels:
     """Build the generator, energy model and inference model of preset `name`."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]()
+    return preset(name).models()
+
+
+def default_preset(resolution: int | None) -> str:
+    """The preset used when none is named: by the final resolution."""
+    if resolution is None or resolution <= 32:
+        return "demo"
+    return "lsun" if resolution <= 256 else "celebahq"

@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from progressive.checkpoint import find_checkpoint, load_checkpoint
-from progressive.config import TrainConfig, merge_config, preset_config
-from progressive.presets import TriangleModels, build_models
-from progressive.schedule import Stage, stage_at
+from progressive.models import TriangleModels
+from progressive.presets import build_models
+from progressive.train.checkpoint import find_checkpoint, load_checkpoint
+from progressive.train.config import TrainConfig, merge_config, preset_config
+from progressive.train.schedule import Stage, stage_at
 
 
 @dataclass
@@ -37,7 +38,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     file, a run directory (its newest checkpoint) or a root of runs (the newest run's newest), as on the
     command line: `load_trained("runs")`.
 
-    Raises progressive.checkpoint.CheckpointError (a ValueError) for a missing or foreign file.
+    Raises progressive.train.checkpoint.CheckpointError (a ValueError) for a missing or foreign file.
     """
     path = find_checkpoint(path)
     state = load_checkpoint(path, map_location=device)

@@ -123,7 +123,7 @@ def test_sample_reconstruct_and_energy_exports(trained, tmp_path, capsys):
 
 
 def test_evaluate_writes_json_and_a_line_per_metric(trained, tmp_path, capsys, monkeypatch):
-    from progressive import inception
+    from progressive.eval import inception
 
     monkeypatch.setattr(inception, "bundled_inception_file", lambda: None)  # as on a machine without weights
     out = tmp_path / "evaluation.json"
@@ -257,7 +257,7 @@ def test_bad_video_input_is_one_line_exit_2(trained, tmp_path, capsys, args, mes
 
 
 def test_evaluate_refuses_fid_without_weights_and_unknown_metrics(trained, tmp_path, capsys, monkeypatch):
-    from progressive import inception
+    from progressive.eval import inception
 
     monkeypatch.setattr(inception, "bundled_inception_file", lambda: None)
     out = tmp_path / "e.json"
@@ -293,8 +293,8 @@ def test_a_root_of_runs_means_its_newest_run_and_outputs_go_into_that_run(traine
 
 
 def test_load_trained_takes_a_file_a_run_or_a_root_of_runs(trained):
-    from progressive.checkpoint import CheckpointError
     from progressive.pretrained import load_trained
+    from progressive.train.checkpoint import CheckpointError
 
     for where in (trained["checkpoint"], trained["run"], trained["root"] / "runs"):
         run = load_trained(where)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from progressive.landscape import (
+from progressive.eval.landscape import (
     LandscapeSettings,
     barrier_matrix,
     descend,

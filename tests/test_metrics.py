@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from progressive import inception as inception_module
-from progressive.inception import InceptionNetwork, InceptionUnavailable, StatisticsCache, load_inception
-from progressive.metrics import (
+from progressive.eval import inception as inception_module
+from progressive.eval.inception import InceptionNetwork, InceptionUnavailable, StatisticsCache, load_inception
+from progressive.eval.metrics import (
     FeatureStatistics,
     _binomial_blur,
     auroc,
@@ -245,7 +245,7 @@ def test_diversity_is_zero_for_one_repeated_image_and_one_for_the_data_itself():
 
 
 def test_kernel_inception_distance_against_a_direct_computation():
-    from progressive.metrics import kernel_inception_distance
+    from progressive.eval.metrics import kernel_inception_distance
 
     generator = torch.Generator().manual_seed(0)
     real, fake = torch.randn(12, 5, generator=generator), torch.randn(9, 5, generator=generator) + 0.5

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from progressive.layers import NORMS, PixelNorm, channels_per_resolution
-from progressive.networks import (
+from progressive.nets.layers import NORMS, PixelNorm, channels_per_resolution
+from progressive.nets.networks import (
     ProgressiveEnergy,
     ProgressiveGenerator,
     ProgressiveInference,
@@ -302,8 +302,8 @@ def test_fixed_resolution_presets_accept_only_their_own_stage():
 )
 def test_the_papers_64x64_networks(preset, normalised):
     """Section 4.1: the cifar10 networks with one more block; LSUN's with twice the channels and batch norm in all."""
-    from progressive.layers import GlobalBatchNorm2d
-    from progressive.schedule import ScheduleConfig
+    from progressive.nets.layers import GlobalBatchNorm2d
+    from progressive.train.schedule import ScheduleConfig
 
     torch.manual_seed(0)
     models = build_models(preset)

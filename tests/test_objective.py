@@ -9,20 +9,19 @@ import pytest
 import torch
 
 from datasets_prep.synthetic import shapes_tensor
-from progressive.presets import build_models
-from progressive.triangle import (
+from progressive.objective import (
     TriangleConfig,
-    TriangleOptimizers,
     bound_logvar,
-    build_optimizers,
     energy_from_output,
     kl_to_prior,
     latent_nll,
-    learning_rates,
     recipe_config,
     reconstruction_loss,
     train_step,
 )
+from progressive.presets import build_models
+from progressive.train.optim import TriangleOptimizers, build_optimizers
+from progressive.train.schedule import learning_rates
 
 
 def test_energy_forms_match_their_formulas():
@@ -396,7 +395,7 @@ def test_a_generator_without_any_loss_is_refused():
 
 
 def test_old_checkpoint_configurations_resume_with_the_values_added_since():
-    from progressive.config import config_differences, preset_config
+    from progressive.train.config import config_differences, preset_config
 
     current = preset_config("tiny", "reference").to_dict()
     saved = copy.deepcopy(current)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from datasets_prep.synthetic import shapes_tensor
+from progressive.objective import train_step
 from progressive.presets import build_models
-from progressive.schedule import ScheduleConfig, blend_reals, stage_at
-from progressive.triangle import apply_learning_rates, build_optimizers, train_step
+from progressive.train.optim import apply_learning_rates, build_optimizers
+from progressive.train.schedule import ScheduleConfig, blend_reals, stage_at
 
 
 def snapshot(models) -> dict[str, dict[str, torch.Tensor]]:
@@ -84,8 +85,9 @@ def test_speed_paths_compute_what_the_plain_ones_do():
     """Fused Adam and the hand-written pixel-norm gradient: the same iteration as the plain code, within rounding."""
     import copy
 
-    from progressive.layers import PixelNorm
-    from progressive.triangle import TriangleOptimizers, recipe_config
+    from progressive.nets.layers import PixelNorm
+    from progressive.objective import recipe_config
+    from progressive.train.optim import TriangleOptimizers
 
     torch.manual_seed(0)
     fused = build_models("tiny")
@@ -129,7 +131,7 @@ def test_speed_paths_compute_what_the_plain_ones_do():
 def test_channels_last_trains_as_the_default_memory_format():
     import copy
 
-    from progressive.triangle import recipe_config
+    from progressive.objective import recipe_config
 
     torch.manual_seed(0)
     plain = build_models("tiny")

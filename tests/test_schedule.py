@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from progressive.objective import TriangleConfig
 from progressive.presets import PRESETS, build_models
-from progressive.schedule import ScheduleConfig, Stage, blend_reals, schedule_table, stage_at
-from progressive.triangle import TriangleConfig
+from progressive.train.schedule import ScheduleConfig, Stage, blend_reals, schedule_table, stage_at
 
 K = 1_000
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from progressive.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_atomically
-from progressive.triangle import recipe_config
+from progressive.objective import recipe_config
+from progressive.train.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4x4 stable, 8x8 fade + stable, 16x16 fade + stable: two resolution changes in 240 images.

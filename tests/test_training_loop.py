@@ -9,18 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from progressive.config import config_differences, merge_config, preset_config
-from progressive.loader import StreamBatchSampler
-from progressive.training_loop import (
-    GuardedUpdate,
-    draw_noise,
-    ema_beta,
-    health_warnings,
-    record_extremes,
-    sample_diversity,
-    update_ema,
-)
-from progressive.triangle import TriangleConfig
+from progressive.data import StreamBatchSampler
+from progressive.models import update_ema
+from progressive.objective import TriangleConfig
+from progressive.train.config import config_differences, merge_config, preset_config
+from progressive.train.health import health_warnings, record_extremes, sample_diversity
+from progressive.train.loop import ema_beta
+from progressive.train.noise import draw_noise
+from progressive.updates import GuardedUpdate
 
 
 def _take(sampler: StreamBatchSampler, batches: int) -> list[list[int]]:

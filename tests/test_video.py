@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from progressive import video
-from progressive.video import (
+from progressive.eval import video
+from progressive.eval.video import (
     LatentPath,
     VideoUnavailable,
     choose_target,

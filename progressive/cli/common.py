@@ -20,11 +20,11 @@ from PIL import Image
 
 from datasets_prep.images import SkipImage, load_image
 from datasets_prep.lmdb_format import DatasetFormatError
-from progressive.atomic import write_atomically
-from progressive.checkpoint import CheckpointError, find_checkpoint
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
+from progressive.io import write_atomically
 from progressive.pretrained import TrainedRun, load_trained
-from progressive.schedule import blend_reals
+from progressive.train.checkpoint import CheckpointError, find_checkpoint
+from progressive.train.schedule import blend_reals
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -171,7 +171,7 @@ def dataset_images(run: TrainedRun, data: str | None, split: str, limit: int | N
         raise BadInput(f"--split must be 'train' or 'holdout', got {split!r}")
     source = data or run.config.data
     if source is None:
-        from progressive.loader import SyntheticShapesDataset
+        from progressive.data import SyntheticShapesDataset
 
         seed = run.config.seed + (1 if split == "holdout" else 0)
         count = limit if split == "holdout" and limit else run.config.synthetic_images

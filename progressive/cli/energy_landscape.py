@@ -25,7 +25,7 @@ from torchvision.utils import make_grid
 
 from progressive.cli.checks import BadInput, check_writable_folder
 from progressive.cli.common import dataset_images, load_run, pick_device, positive, run_directory, run_main, save_png
-from progressive.landscape import (
+from progressive.eval.landscape import (
     LandscapeSettings,
     barrier_matrix,
     descend,
@@ -34,8 +34,8 @@ from progressive.landscape import (
     merge_tree,
     plot_disconnectivity,
 )
-from progressive.metrics import seeded_latents
-from progressive.triangle import energy_from_output
+from progressive.eval.metrics import seeded_latents
+from progressive.objective import energy_from_output
 
 PLOTS_EXTRA = "pip install 'divergence-triangle[plots]'"
 

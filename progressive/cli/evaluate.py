@@ -33,8 +33,8 @@ from progressive.cli.common import (
     run_main,
     write_atomically,
 )
-from progressive.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
-from progressive.metrics import (
+from progressive.eval.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
+from progressive.eval.metrics import (
     METRIC_NAMES,
     diversity_metrics,
     energy_metrics,

@@ -35,7 +35,7 @@ from progressive.cli.common import (
     save_png,
     write_atomically,
 )
-from progressive.metrics import (
+from progressive.eval.metrics import (
     encode_and_reconstruct,
     energies,
     energy_separation,

@@ -29,7 +29,7 @@ from progressive.cli.common import (
     run_main,
     save_png,
 )
-from progressive.video import (
+from progressive.eval.video import (
     EASINGS,
     INTERPOLATIONS,
     VideoUnavailable,

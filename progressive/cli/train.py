@@ -23,14 +23,14 @@ from typing import Any
 
 from datasets_prep.lmdb_format import DatasetFormatError
 from datasets_prep.locking import DirectoryBusy, DirectoryLock
-from progressive.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, resolve_resume
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, check_writable_folder
-from progressive.config import TrainConfig, load_config_file, merge_config, preset_config
-from progressive.layers import is_power_of_two
-from progressive.presets import PRESETS
-from progressive.run_directory import create_run_directory, lock_run_directory
-from progressive.schedule import ScheduleConfig, schedule_table
-from progressive.triangle import DEFAULT_RECIPE, RECIPES, TriangleConfig
+from progressive.nets.layers import is_power_of_two
+from progressive.objective import DEFAULT_RECIPE, RECIPES, TriangleConfig
+from progressive.presets import PRESETS, default_preset
+from progressive.train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, resolve_resume
+from progressive.train.config import TrainConfig, load_config_file, merge_config, preset_config
+from progressive.train.run_directory import create_run_directory, lock_run_directory
+from progressive.train.schedule import ScheduleConfig, schedule_table
 
 EXIT_NONFINITE = 3
 # Flags that are not TrainConfig values (they choose what to run, not what is trained).
@@ -131,13 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def default_preset(resolution: int | None) -> str:
-    """The preset used when --preset is not given: by the final resolution."""
-    if resolution is None or resolution <= 32:
-        return "demo"
-    return "lsun" if resolution <= 256 else "celebahq"
-
-
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Preset defaults, then --config, then the flags given on the command line."""
     preset = args.preset or default_preset(args.res)
@@ -184,7 +177,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
                 schedule["batch_sizes"] = {**base, **_table(",".join(per_resolution))}
         except ValueError as error:
             raise BadInput(f"--batch {args.batch!r} is not N or R:N,R:N ({error})") from error
-    from progressive.metrics import METRIC_NAMES
+    from progressive.eval.metrics import METRIC_NAMES
 
     unknown = [m for m in values.get("metrics", []) if m not in METRIC_NAMES]
     if unknown:
@@ -199,11 +192,11 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 def open_datasets(config: TrainConfig):
     """(training set, held-out set or None) for the configuration, checked against the schedule's resolutions."""
-    from progressive.layers import resolutions
+    from progressive.nets.layers import resolutions
 
     needed = resolutions(config.schedule.min_resolution, config.schedule.max_resolution)
     if config.data is None:
-        from progressive.loader import SyntheticShapesDataset
+        from progressive.data import SyntheticShapesDataset
 
         return SyntheticShapesDataset(config.synthetic_images, needed[0], seed=config.seed), None
     from datasets_prep.lmdb_format import read_metadata
@@ -238,7 +231,7 @@ def open_datasets(config: TrainConfig):
 
 
 def check_batches(config: TrainConfig, processes: int) -> None:
-    from progressive.layers import resolutions
+    from progressive.nets.layers import resolutions
 
     for resolution in resolutions(config.schedule.min_resolution, config.schedule.max_resolution):
         batch = config.schedule.batch_size_at(resolution)
@@ -311,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list
 
-    from progressive.training_loop import Trainer
+    from progressive.train.loop import Trainer
 
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,  # None: from `accelerate launch` / `accelerate config` / the environment
@@ -329,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_batches(config, accelerator.num_processes)
         if {"fid", "kid", "is"} & set(config.metrics):
-            from progressive.inception import load_inception
+            from progressive.eval.inception import load_inception
 
             load_inception(config.inception, "cpu")  # fails now, with how to get the weights, not hours in
         dataset, holdout = open_datasets(config)
@@ -384,7 +377,7 @@ def claim_run_directory(config: TrainConfig, checkpoint_path: Path | None) -> tu
 
 def train_in(run_dir: Path, trainer, config: TrainConfig, accelerator, checkpoint_path: Path | None) -> int:
     """Train in `run_dir` (chosen and locked by the main process) until done, stopped or failed; the exit code."""
-    from progressive.training_loop import NonFiniteError, Stopped
+    from progressive.train.loop import NonFiniteError, Stopped
 
     main_process = accelerator.is_main_process
     log = logging.getLogger("progressive.train")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from progressive.layers import GlobalBatchNorm2d
+from progressive.nets.layers import GlobalBatchNorm2d
 
 
 def init_reference_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from progressive.layers import (
+from progressive.nets.layers import (
     LEAKY_SLOPE,
     ScaledConv2d,
     ScaledLinear,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from progressive.atomic import write_atomically
+from progressive.io import write_atomically
 
 INTERPOLATIONS = ("slerp", "lerp")
 EASINGS = ("cosine", "linear")

@@ -1,7 +1,7 @@
 """The training loop: the divergence triangle grown progressively, on any number of processes.
 
 Everything that changes over a run is a function of `images_shown` and the configuration: the stage
-(resolution, fade alpha, batch size, learning rates), the data order (progressive/loader.py) and all
+(resolution, fade alpha, batch size, learning rates), the data order (progressive/data.py) and all
 noise (latents, reparameterisation noise, flips), which is drawn from a generator seeded by
 (seed, images_shown). A checkpoint therefore needs the counter plus the optimiser, scaler and
 moving-average states, and a resumed run retraces an uninterrupted one exactly.
@@ -22,13 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from torch import nn
 from torchvision.utils import make_grid, save_image
 
-from progressive.checkpoint import (
+from progressive.data import STOP_SIGNALS, StreamBatchSampler, make_loader
+from progressive.models import TriangleModels, bare, set_network_stage, update_ema
+from progressive.nets.layers import batch_statistics_over_processes, global_batch_norms, running_statistics_frozen
+from progressive.objective import STAT_NAMES, STATISTICS, stats_to_dict, triangle_step
+from progressive.presets import build_models
+from progressive.train.checkpoint import (
     CHECKPOINT_KIND,
     CHECKPOINT_VERSION,
     CheckpointError,
@@ -36,23 +39,12 @@ from progressive.checkpoint import (
     prune_checkpoints,
     save_atomically,
 )
-from progressive.config import TrainConfig, config_differences
-from progressive.layers import batch_statistics_over_processes, global_batch_norms, running_statistics_frozen
-from progressive.loader import STOP_SIGNALS, StreamBatchSampler, make_loader
-from progressive.presets import TriangleModels, build_models
-from progressive.schedule import Stage, blend_reals, stage_at
-from progressive.triangle import (
-    STAT_NAMES,
-    STATISTICS,
-    TriangleConfig,
-    apply_learning_rates,
-    bare,
-    build_optimizers,
-    clip_gradients,
-    stats_to_dict,
-    trainable_parameters,
-    triangle_step,
-)
+from progressive.train.config import TrainConfig, config_differences
+from progressive.train.health import health_warnings, record_extremes, sample_diversity
+from progressive.train.noise import IterationNoise, draw_noise
+from progressive.train.optim import apply_learning_rates, build_optimizers
+from progressive.train.schedule import Stage, blend_reals, stage_at
+from progressive.updates import GuardedUpdate
 
 log = logging.getLogger("progressive.train")
 
@@ -73,54 +65,6 @@ class Stopped(Exception):
         self.images_shown = images_shown
 
 
-# ----------------------------------------------------------------------------- updates with loss scaling
-
-
-@dataclass
-class GuardedUpdate:
-    """Per-network update with its own fp16 loss scaler and a non-finite check.
-
-    Each network has its own GradScaler, so an overflow in one network's backward lowers only that
-    network's scale and skips only its step. A step whose gradient norm (after DDP's all-reduce, so
-    the same on every rank) is not finite is skipped; the decision costs one host sync per update.
-    """
-
-    scalers: dict[str, torch.amp.GradScaler]  # one per network; disabled unless training in fp16
-    skipped: dict[str, int] = field(default_factory=lambda: {"energy": 0, "inference": 0, "generator": 0})
-    skipped_this_iteration: bool = False  # set by any skipped update, cleared by the loop
-
-    @classmethod
-    def for_accelerator(cls, accelerator: Accelerator, names) -> GuardedUpdate:
-        """Updates for the networks `names`, with loss scaling when `accelerator` trains in fp16.
-
-        Raises ValueError for fp16 without float16 autocast (the CPU), which Accelerate would
-        otherwise run in float32 while calling it fp16.
-        """
-        fp16 = accelerator.mixed_precision == "fp16"
-        if fp16 and not accelerator.native_amp:
-            raise ValueError(
-                f"fp16 mixed precision needs a GPU (Accelerate does not autocast to float16 on "
-                f"{accelerator.device}); use --mixed_precision bf16 or no"
-            )
-        return cls(scalers={name: torch.amp.GradScaler(accelerator.device.type, enabled=fp16) for name in names})
-
-    def __call__(self, name, optimizer, net, loss, config) -> torch.Tensor:
-        params = trainable_parameters(net)
-        scaler = self.scalers[name]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward(inputs=params)
-        scaler.unscale_(optimizer)
-        grad_norm = clip_gradients(params, config.grad_clip)
-        if math.isfinite(grad_norm.item()):  # the one host sync of the update (torch.isfinite would add 5 ops)
-            scaler.step(optimizer)
-        else:
-            self.skipped[name] += 1
-            self.skipped_this_iteration = True
-            optimizer.zero_grad(set_to_none=True)
-        scaler.update()
-        return grad_norm
-
-
 # ----------------------------------------------------------------------------- moving average of the generator
 
 
@@ -134,49 +78,6 @@ def ema_beta(config: TrainConfig, batch: int, images_shown: int) -> float:
     if config.ema_rampup is not None:
         half_life = min(half_life, images_shown * config.ema_rampup)
     return 0.5 ** (batch / max(half_life, 1e-8))
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, generator: nn.Module, beta: float) -> None:
-    """ema <- beta * ema + (1 - beta) * generator for parameters; buffers (batch-norm statistics) copied."""
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, [p.detach() for p in generator.parameters()], 1.0 - beta)
-    for ema_buffer, buffer in zip(ema.buffers(), generator.buffers(), strict=True):
-        ema_buffer.copy_(buffer)
-
-
-def set_network_stage(net: nn.Module, resolution: int, alpha: float) -> None:
-    if hasattr(net, "set_stage"):
-        net.set_stage(resolution, alpha)
-
-
-# ----------------------------------------------------------------------------- noise
-
-
-def iteration_seed(seed: int, images_shown: int) -> int:
-    return int(np.random.SeedSequence([seed, images_shown]).generate_state(1)[0])
-
-
-@dataclass
-class IterationNoise:
-    """Latents, reparameterisation noise and flips of one iteration, this rank's slice of the global batch."""
-
-    z: torch.Tensor
-    eps: tuple[torch.Tensor, torch.Tensor]
-    flip: torch.Tensor
-
-
-def draw_noise(
-    generator: torch.Generator, seed: int, images_shown: int, global_batch: int, latent_dim: int, rank: int, world: int
-) -> IterationNoise:
-    """Noise for the whole global batch from (seed, images_shown), sliced to this rank (as the data is)."""
-    generator.manual_seed(iteration_seed(seed, images_shown))
-    device = generator.device
-    full = torch.randn(3, global_batch, latent_dim, generator=generator, device=device)
-    flip = torch.rand(global_batch, generator=generator, device=device) < 0.5
-    local = global_batch // world
-    part = slice(rank * local, (rank + 1) * local)
-    return IterationNoise(z=full[0, part], eps=(full[1, part], full[2, part]), flip=flip[part])
 
 
 # ----------------------------------------------------------------------------- the run
@@ -583,10 +484,10 @@ class Trainer:
         """Run `config.metrics` on the main process and log them (`metrics/...` in TensorBoard)."""
         if not self.accelerator.is_main_process:
             return
-        from progressive.metrics import evaluate_metric
+        from progressive.eval.metrics import evaluate_metric
 
         if self.inception is None and {"fid", "kid", "is"} & set(self.config.metrics):
-            from progressive.inception import load_inception
+            from progressive.eval.inception import load_inception
 
             self.inception = load_inception(self.config.inception, self.device)
         self._set_stage(stage)
@@ -615,67 +516,6 @@ class Trainer:
             return self.accelerator.get_tracker("tensorboard", unwrap=True)
         except ValueError:  # no tensorboard tracker configured (e.g. a run without a run directory)
             return None
-
-
-# ----------------------------------------------------------------------------- run health
-
-
-# Bounds outside which a run is reported as diverging or collapsing (docs/training.md, "Warnings").
-SANE_ENERGY = 1e3  # largest |E(x)| of real or generated images in an iteration
-SANE_LOGVAR = 10.0  # posterior log-variance outside (-10, 10): variances below 5e-5 or above 2e4
-SANE_LATENT_NLL_PER_DIM = 10.0  # latent NLL of generated images per latent dimension (N(0, 1) gives ~1.4)
-MIN_DIVERSITY = 0.1  # sample diversity relative to the data's
-
-
-def sample_diversity(values: dict[str, float]) -> float:
-    """Per-pixel standard deviation across generated images over the data's (1: as varied as the data).
-
-    NaN when it was not measured: a spread needs two images per process, so one image per GPU has none.
-    """
-    if not values["data_spread"] > 0:
-        return math.nan
-    return values["sample_spread"] / values["data_spread"]
-
-
-def record_extremes(health: dict[str, float], values: dict[str, float]) -> None:
-    """Update the run's extremes with one tick's statistics (NaN compares false, so it is kept explicitly)."""
-    for key, value, pick in (
-        ("energy_abs_max", values["energy_abs_max"], max),
-        ("logvar_min", values["logvar_min"], min),
-        ("logvar_max", values["logvar_max"], max),
-        ("diversity_min", sample_diversity(values), min),
-    ):
-        if key == "diversity_min" and math.isnan(value):
-            continue  # not measured (one image per process), unlike a NaN energy, which is news
-        previous = health.get(key)
-        health[key] = value if previous is None or math.isnan(value) else pick(previous, value)
-
-
-def health_warnings(values: dict[str, float], latent_dim: int, objective: TriangleConfig) -> list[str]:
-    """One message per tick statistic (averaged over the tick) that left its sane range.
-
-    The latent NLL is judged only when the objective trains it (the VAE part alone leaves it untrained).
-    """
-    warnings = []
-    if not values["energy_abs_max"] <= SANE_ENERGY:
-        warnings.append(
-            f"energies reach |E| = {values['energy_abs_max']:.3g} (> {SANE_ENERGY:g}): the energy model diverges"
-        )
-    if not (-SANE_LOGVAR <= values["logvar_min"] and values["logvar_max"] <= SANE_LOGVAR):
-        warnings.append(
-            f"posterior log-variance spans [{values['logvar_min']:.3g}, {values['logvar_max']:.3g}] "
-            f"(outside ±{SANE_LOGVAR:g}); bound it with --logvar-bound"
-        )
-    if objective.weight_latent != 0 and not values["latent_nll"] / latent_dim <= SANE_LATENT_NLL_PER_DIM:
-        warnings.append(
-            f"latent NLL {values['latent_nll']:.3g} is {values['latent_nll'] / latent_dim:.3g} per latent dimension "
-            f"(> {SANE_LATENT_NLL_PER_DIM:g}): the inference model cannot recover generated latents"
-        )
-    if sample_diversity(values) < MIN_DIVERSITY:  # NaN (not measured) compares false
-        warnings.append(
-            f"sample diversity {sample_diversity(values):.3g} of the data's (< {MIN_DIVERSITY:g}): samples collapse"
-        )
-    return warnings
 
 
 @dataclass

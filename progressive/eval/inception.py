@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from progressive.atomic import write_atomically
-from progressive.metrics import FeatureStatistics, StatisticsAccumulator
+from progressive.eval.metrics import FeatureStatistics, StatisticsAccumulator
+from progressive.io import write_atomically
 
 INCEPTION_SIDE = 299
 HOW_TO_GET_WEIGHTS = (

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from progressive.layers import check_resolution_range, downsample2, is_power_of_two, resolutions, upsample2
-from progressive.triangle import TriangleConfig, learning_rates
+from progressive.nets.layers import check_resolution_range, downsample2, is_power_of_two, resolutions, upsample2
+from progressive.objective import TriangleConfig
+from progressive.presets import PRESETS
 
 PHASES = ("stable", "fade")
-PROGRESSIVE_512_LR_MULTIPLIER = 0.1  # learning-rate factor of the 512-channel presets (celebahq, lsun)
 
 
 def _default_batch_sizes() -> dict[int, int]:
@@ -92,30 +92,23 @@ class ScheduleConfig:
 
     @classmethod
     def for_preset(cls, name: str) -> ScheduleConfig:
-        """The default schedule of model preset `name` (progressive/presets.py)."""
-        if name in ("celebahq", "lsun"):
-            last = 1024 if name == "celebahq" else 256
-            # A tenth of the objective's rates at every resolution: Adam moves each plain weight by about the
-            # learning rate, so a layer's output changes in proportion to rate x fan-in, and these networks
-            # are 8x wider (512 channels) than the demo's, for which the reference rates were tuned. With the
-            # full rates even the VAE part alone un-learns at 8x8 (docs/objective.md, "Where the default departs").
-            return cls(
-                min_resolution=4,
-                max_resolution=last,
-                lr_multipliers={r: PROGRESSIVE_512_LR_MULTIPLIER for r in resolutions(4, last)},
-            )
-        if name == "demo":
-            # About five minutes on two CPU cores (docs/architecture.md).
-            return cls(min_resolution=4, max_resolution=32, fade_images=2_000, stable_images=2_000, batch_size=16)
-        if name == "tiny":
-            return cls(min_resolution=4, max_resolution=32, fade_images=64, stable_images=64, batch_size=4)
-        if name == "tiny1024":
-            return cls(min_resolution=4, max_resolution=1024, fade_images=32, stable_images=32, batch_size=2)
-        if name in ("cifar10", "cifar10-tiny"):
-            return cls(min_resolution=32, max_resolution=32, batch_size=64)
-        if name in ("celeba64", "lsun64"):
-            return cls(min_resolution=64, max_resolution=64, batch_size=64)
-        raise ValueError(f"no default schedule for preset {name!r}")
+        """The default schedule of preset `name` (its entry in progressive/presets.py)."""
+        if name not in PRESETS:
+            raise ValueError(f"no default schedule for preset {name!r}; expected one of: {', '.join(sorted(PRESETS))}")
+        return cls(**PRESETS[name].schedule)
+
+
+def learning_rates(config: TriangleConfig, images_shown: int) -> dict[str, float]:
+    """Per-network learning rates after `images_shown` real images.
+
+    base * lr_decay ** (images_shown // lr_decay_images): a pure function of the images shown.
+    """
+    factor = config.lr_decay ** (images_shown // config.lr_decay_images)
+    return {
+        "energy": config.lr_energy * factor,
+        "inference": config.lr_inference * factor,
+        "generator": config.lr_generator * factor,
+    }
 
 
 @dataclass(frozen=True)

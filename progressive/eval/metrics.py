@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from progressive.triangle import bare, energy_from_output
+from progressive.models import bare
+from progressive.objective import energy_from_output
 
 METRIC_NAMES = ("recon", "swd", "energy", "diversity", "fid", "kid", "is")
 
@@ -498,7 +499,7 @@ def evaluate_metric(
     samples: int | None = None,  # generated images for swd/energy/fid/is; default N
     batch_size: int = 64,  # images per forward
     seed: int = 0,  # latents, noise images, patch positions
-    inception=None,  # progressive.inception.InceptionNetwork; needed by "fid" and "is"
+    inception=None,  # progressive.eval.inception.InceptionNetwork; needed by "fid" and "is"
     inception_splits: int = 10,  # splits of the Inception Score
 ) -> dict[str, float]:
     """One metric of the current models as {"group/key": value}, ready for TensorBoard (e.g. accelerator.log).
@@ -530,7 +531,7 @@ def evaluate_metric(
     if name == "diversity":
         return diversity_metrics(reals(), generated())
     if inception is None:
-        raise ValueError(f"metric {name!r} needs an Inception network (progressive.inception.load_inception)")
+        raise ValueError(f"metric {name!r} needs an Inception network (progressive.eval.inception.load_inception)")
     if name == "fid":
         return {"fid": frechet_distance(inception.statistics(reals()), inception.statistics(generated()))}
     if name == "kid":

@@ -27,11 +27,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from progressive.models import bare
+from progressive.updates import TriangleOptimizers, Update, plain_update
 
 ENERGY_FORMS = ("identity", "softplus", "tanh", "sigmoid")
 KL_REDUCTIONS = ("mean", "sum")
@@ -222,63 +225,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
     return mu + torch.exp(0.5 * logvar) * eps
 
 
-# ----------------------------------------------------------------------------- optimisers and schedule
-
-
-@dataclass
-class TriangleOptimizers:
-    """One optimiser per network, with the same attribute names as the models."""
-
-    generator: torch.optim.Optimizer
-    energy: torch.optim.Optimizer
-    inference: torch.optim.Optimizer
-
-    def items(self) -> list[tuple[str, torch.optim.Optimizer]]:
-        return [("energy", self.energy), ("inference", self.inference), ("generator", self.generator)]
-
-
-def build_optimizers(models, config: TriangleConfig | None = None) -> TriangleOptimizers:
-    """Adam for each network with the configuration's learning rates, betas and weight decay."""
-    config = config or TriangleConfig()
-    betas = (config.adam_beta1, config.adam_beta2)
-
-    def adam(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        # Fused: one kernel per step for all parameters instead of about ten per parameter tensor (same maths).
-        return torch.optim.Adam(net.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
-
-    return TriangleOptimizers(
-        generator=adam(models.generator, config.lr_generator, config.weight_decay_generator),
-        energy=adam(models.energy, config.lr_energy, config.weight_decay_energy),
-        inference=adam(models.inference, config.lr_inference, config.weight_decay_inference),
-    )
-
-
-def learning_rates(config: TriangleConfig, images_shown: int) -> dict[str, float]:
-    """Per-network learning rates after `images_shown` real images.
-
-    base * lr_decay ** (images_shown // lr_decay_images): a pure function of the images shown.
-    """
-    factor = config.lr_decay ** (images_shown // config.lr_decay_images)
-    return {
-        "energy": config.lr_energy * factor,
-        "inference": config.lr_inference * factor,
-        "generator": config.lr_generator * factor,
-    }
-
-
-def apply_learning_rates(optimizers: TriangleOptimizers, rates: dict[str, float]) -> None:
-    """Set every parameter group's learning rate from `rates` (keyed by network name)."""
-    for name, optimizer in optimizers.items():
-        for group in optimizer.param_groups:
-            group["lr"] = rates[name]
-
-
 # ----------------------------------------------------------------------------- one iteration
-
-
-def bare(net: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel (or similar) wrapper; the module itself otherwise."""
-    return getattr(net, "module", net)
 
 
 def validate_batch(x: torch.Tensor, check_range: bool = True) -> None:
@@ -293,44 +240,6 @@ def validate_batch(x: torch.Tensor, check_range: bool = True) -> None:
         low, high = torch.aminmax(x.detach())
         if float(low) < -1.0 - 1e-3 or float(high) > 1.0 + 1e-3:
             raise ValueError(f"expected pixel values in [-1, 1], got range [{float(low):.3g}, {float(high):.3g}]")
-
-
-class Update(Protocol):
-    """How one network's loss becomes a parameter update; returns the gradient norm before clipping."""
-
-    def __call__(
-        self, name: str, optimizer: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, config: TriangleConfig
-    ) -> torch.Tensor: ...
-
-
-def trainable_parameters(net: nn.Module) -> list[torch.Tensor]:
-    """Parameters that receive gradients (the `inputs` of each network's backward)."""
-    return [p for p in net.parameters() if p.requires_grad]
-
-
-def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Total gradient norm before clipping (stays on the device); clips to `max_norm` when it is positive.
-
-    Parameters without a gradient (inactive blocks of a progressive network) are ignored.
-    """
-    if max_norm > 0:
-        return nn.utils.clip_grad_norm_(params, max_norm).detach().float()
-    return nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).detach().float()
-
-
-def plain_update(
-    name: str, optimizer: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, config: TriangleConfig
-) -> torch.Tensor:
-    """Back-propagate `loss` into `net` only, clip its gradient norm, step.
-
-    Trainers substitute their own (mixed-precision loss scaling, non-finite checks) via `triangle_step(update=...)`.
-    """
-    params = trainable_parameters(net)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward(inputs=params)
-    grad_norm = clip_gradients(params, config.grad_clip)
-    optimizer.step()
-    return grad_norm
 
 
 # The statistics of one iteration, by name, with the tracker tag each is logged under; `triangle_step` returns
@@ -519,17 +428,11 @@ __all__ = [
     "STATISTICS",
     "STAT_NAMES",
     "TriangleConfig",
-    "TriangleOptimizers",
-    "apply_learning_rates",
     "bound_logvar",
-    "build_optimizers",
-    "clip_gradients",
-    "plain_update",
     "posterior",
     "energy_from_output",
     "kl_to_prior",
     "latent_nll",
-    "learning_rates",
     "recipe_config",
     "reconstruction_loss",
     "reparameterize",

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from progressive.schedule import ScheduleConfig
-from progressive.triangle import DEFAULT_RECIPE, TriangleConfig, recipe_config
+from progressive import presets
+from progressive.objective import DEFAULT_RECIPE, TriangleConfig, recipe_config
+from progressive.train.schedule import ScheduleConfig
 
 # Values that may change between a checkpoint and its resumption without changing the training itself.
 RESUMABLE_CHANGES = frozenset(
@@ -98,21 +99,9 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-# Per-preset training defaults on top of TrainConfig's (the model shapes live in presets.py).
-PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "celebahq": {"resolution": 1024, "hflip": True, "tick_kimg": 4.0, "snapshot_kimg": 40.0, "checkpoint_kimg": 200.0},
-    "lsun": {"resolution": 256, "hflip": True, "tick_kimg": 4.0, "snapshot_kimg": 40.0, "checkpoint_kimg": 200.0},
-    "cifar10": {"resolution": 32, "kimg": 25_000.0, "tick_kimg": 10.0, "snapshot_kimg": 100.0},
-    "celeba64": {"resolution": 64, "kimg": 25_000.0, "tick_kimg": 10.0, "snapshot_kimg": 100.0},
-    "lsun64": {"resolution": 64, "kimg": 25_000.0, "tick_kimg": 10.0, "snapshot_kimg": 100.0},
-    "demo": {"resolution": 32, "tick_kimg": 0.5, "snapshot_kimg": 2.0, "checkpoint_kimg": 4.0, "grid_images": 32},
-    "tiny": {"resolution": 32, "tick_kimg": 0.064, "snapshot_kimg": 0.128, "checkpoint_kimg": 0.128, "workers": 0},
-}
-
-
 def preset_config(preset: str, recipe: str = DEFAULT_RECIPE) -> TrainConfig:
-    """TrainConfig with preset `preset`'s defaults (schedule from ScheduleConfig.for_preset) and objective `recipe`."""
-    values = dict(PRESET_DEFAULTS.get(preset, {}))
+    """TrainConfig with preset `preset`'s defaults (its entry in progressive/presets.py) and objective `recipe`."""
+    values = dict(presets.preset(preset).training)
     return TrainConfig(
         preset=preset,
         schedule=ScheduleConfig.for_preset(preset),

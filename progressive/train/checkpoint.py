@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from progressive.atomic import TEMPORARY_MARK, write_atomically
+from progressive.io import TEMPORARY_MARK, write_atomically
 
 CHECKPOINT_KIND = "divergence-triangle-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -128,7 +128,7 @@ def resolve_resume(resume: str, out: Path) -> Path:
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete the temporary files of saves that were interrupted (.checkpoint-NNN.tmp-PID.pt, progressive/atomic.py);
+    """Delete the temporary files of saves that were interrupted (.checkpoint-NNN.tmp-PID.pt, progressive/io.py);
     only for a directory no other process writes."""
     if not directory.is_dir():
         return []

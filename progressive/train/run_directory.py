@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets_prep.locking import DirectoryBusy, DirectoryLock
-from progressive.checkpoint import run_directories
+from progressive.train.checkpoint import run_directories
 
 # Simultaneous starts under one --out each take the next free number; this bounds the retries.
 NUMBERING_ATTEMPTS = 1000

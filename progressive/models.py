@@ -1,0 +1,86 @@
+"""The three models trained together, as one object: stage changes in sync, unwrapping, the generator's average."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def bare(net: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or similar) wrapper; the module itself otherwise."""
+    return getattr(net, "module", net)
+
+
+@dataclass
+class TriangleModels:
+    """The three networks trained by the divergence triangle, plus what their callers must know."""
+
+    generator: nn.Module  # g(z): (B, latent_dim) -> (B, 3, R, R) in [-1, 1]
+    energy: nn.Module  # raw energy output s(x): (B, 3, R, R) -> (B,)
+    inference: nn.Module  # q(z|x): (B, 3, R, R) -> (mu, logvar), each (B, latent_dim)
+    latent_dim: int  # dimension of z
+    resolution: int  # largest image side the networks handle
+    min_resolution: int | None = None  # smallest stage resolution; None: `resolution` (fixed-resolution networks)
+
+    def __post_init__(self) -> None:
+        if self.min_resolution is None:
+            self.min_resolution = self.resolution
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The three networks by name, in the order they are updated."""
+        return {"energy": self.energy, "inference": self.inference, "generator": self.generator}
+
+    def set_stage(self, resolution: int, alpha: float) -> None:
+        """Put all three networks at stage (resolution, alpha) together, or raise ValueError and change none.
+
+        Networks without `set_stage` (fixed resolution) accept only their own resolution with alpha 1.
+        """
+        nets = [bare(net) for net in self.networks().values()]
+        for net in nets:
+            if hasattr(net, "set_stage"):
+                net.validate_stage(resolution, alpha)
+            elif resolution != self.resolution or alpha != 1:
+                raise ValueError(
+                    f"{type(net).__name__} runs only at resolution {self.resolution} with alpha 1, "
+                    f"got resolution {resolution}, alpha {alpha}"
+                )
+        for net in nets:
+            if hasattr(net, "set_stage"):
+                net.set_stage(resolution, alpha)
+
+    @property
+    def stage(self) -> tuple[int, float]:
+        """(resolution, alpha) of the three networks; RuntimeError if they disagree."""
+        stages = {
+            name: (bare(net).resolution, float(getattr(bare(net), "alpha", 1.0)))
+            for name, net in self.networks().items()
+        }
+        if len(set(stages.values())) != 1:
+            raise RuntimeError(f"the three networks are at different stages: {stages}")
+        return next(iter(stages.values()))
+
+    def to(self, device: torch.device | str) -> TriangleModels:
+        for net in self.networks().values():
+            net.to(device)
+        return self
+
+    def train(self, mode: bool = True) -> TriangleModels:
+        for net in self.networks().values():
+            net.train(mode)
+        return self
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, generator: nn.Module, beta: float) -> None:
+    """ema <- beta * ema + (1 - beta) * generator for parameters; buffers (batch-norm statistics) copied."""
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, [p.detach() for p in generator.parameters()], 1.0 - beta)
+    for ema_buffer, buffer in zip(ema.buffers(), generator.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
+
+
+def set_network_stage(net: nn.Module, resolution: int, alpha: float) -> None:
+    if hasattr(net, "set_stage"):
+        net.set_stage(resolution, alpha)
