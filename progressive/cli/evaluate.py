@@ -34,20 +34,9 @@ from progressive.cli.common import (
     write_atomically,
 )
 from progressive.eval.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
-from progressive.eval.metrics import (
-    METRIC_NAMES,
-    diversity_metrics,
-    energy_metrics,
-    frechet_distance,
-    generate_images,
-    inception_score,
-    kernel_inception_distance,
-    multiscale_swd,
-    reconstruction_metrics,
-)
+from progressive.eval.metrics import METRIC_NAMES, NEEDS_INCEPTION, MetricInputs, compute_metric, generate_images
 
 ALWAYS = ("recon", "swd", "energy", "diversity")
-NEEDS_INCEPTION = ("fid", "kid", "is")
 AUTO_INCEPTION = ("fid", "is")  # KID only when asked for: 100 subsets of 1000 features take minutes on a CPU
 
 # The paper's evaluation protocols (section 4.1.1 and 4.2): the settings they fix, and Tables 1 and 2.
@@ -189,40 +178,30 @@ def evaluate(args: argparse.Namespace) -> int:
 
     samples = args.samples or len(held_out)
     ema, latent_dim = run.generator_ema, run.models.latent_dim
-
-    def generated(count: int):
-        return generate_images(ema, count, latent_dim, args.batch, args.seed, device)
-
-    def reals():
-        return held_out.batches(args.batch, device)
-
+    inputs = MetricInputs(
+        models=run.models,
+        reals=lambda: held_out.batches(args.batch, device),
+        generated=lambda count: generate_images(ema, count, latent_dim, args.batch, args.seed, device),
+        resolution=run.resolution,
+        samples=samples,
+        energy_form=run.config.objective.energy_form,
+        seed=args.seed,
+        swd_patches=args.swd_patches,
+        inception=inception,
+        fid_reals=(lambda: fid_real.batches(args.batch, device)) if fid_real else None,
+        fid_real_statistics=(lambda: _real_statistics(args, run, fid_real, inception, device)) if fid_real else None,
+        fid_samples=args.fid_samples,
+        kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size,
+        is_samples=args.is_samples,
+        is_splits=args.is_splits,
+    )
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
     for number, name in enumerate(names, 1):
         print(f"[{number}/{len(names)}] {name} ...", flush=True)  # FID on 50k samples takes a while
         start = time.perf_counter()
-        if name == "recon":
-            metrics |= reconstruction_metrics(run.models.inference, run.models.generator, reals())
-        elif name == "swd":
-            swd = multiscale_swd(reals(), generated(samples), run.resolution, args.swd_patches, seed=args.seed)
-            metrics |= swd
-        elif name == "energy":
-            form = run.config.objective.energy_form
-            metrics |= energy_metrics(run.models.energy, form, reals(), generated(samples), seed=args.seed)
-        elif name == "diversity":
-            metrics |= diversity_metrics(reals(), generated(samples))
-        elif name == "fid":
-            real_statistics = _real_statistics(args, run, fid_real, inception, device)
-            metrics["fid"] = frechet_distance(real_statistics, inception.statistics(generated(args.fid_samples)))
-        elif name == "kid":
-            real_features = inception.all_features(fid_real.batches(args.batch, device))
-            fake_features = inception.all_features(generated(args.fid_samples))
-            metrics["kid/mean"], metrics["kid/std"] = kernel_inception_distance(
-                real_features, fake_features, args.kid_subsets, args.kid_subset_size, seed=args.seed
-            )
-        else:
-            logits = inception.all_logits(generated(args.is_samples))
-            metrics["is/mean"], metrics["is/std"] = inception_score(logits, splits=min(args.is_splits, len(logits)))
+        metrics |= compute_metric(name, inputs)
         timings[name] = time.perf_counter() - start
 
     report = {

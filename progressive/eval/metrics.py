@@ -2,7 +2,8 @@
 
 The first half is plain arithmetic on tensors (features, logits, scores, images) so that every metric can be
 tested on stand-ins; the second half runs the networks in batches and is what `launch/evaluate.py` and the
-trainer call (`evaluate_metric`). docs/evaluation.md explains each number and how it maps to the paper.
+trainer call through one registry (`METRICS`, `compute_metric`). docs/evaluation.md explains each number
+and how it maps to the paper.
 
 Images are float tensors (B, 3, R, R) in [-1, 1], the scale the networks see.
 """
@@ -10,8 +11,9 @@ Images are float tensors (B, 3, R, R) in [-1, 1], the scale the networks see.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +22,6 @@ from torch import nn
 
 from progressive.models import bare
 from progressive.objective import energy_from_output
-
-METRIC_NAMES = ("recon", "swd", "energy", "diversity", "fid", "kid", "is")
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -489,6 +489,102 @@ def energy_metrics(
     )
 
 
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclass
+class MetricInputs:
+    """What the metrics read: the models at the stage evaluated, the images they compare, and the counts.
+
+    The trainer (`evaluate_metric`) and `triangle-evaluate` both fill one and call `compute_metric`.
+    """
+
+    models: Any  # TriangleModels at the stage evaluated (set_stage done), on one device
+    reals: Callable[[], Iterable[torch.Tensor]]  # batches of held-out images on the device, as the networks see them
+    generated: Callable[[int], Iterable[torch.Tensor]]  # count -> batches of samples from seeded latents
+    resolution: int  # image side R
+    samples: int  # generated images for swd, energy and diversity
+    energy_form: str = "identity"  # run.config.objective.energy_form
+    seed: int = 0  # noise images, pixel permutations, patch positions, KID subsets
+    swd_patches: int = 128  # SWD descriptors per image and level
+    inception: Any = None  # progressive.eval.inception.InceptionNetwork; needed by fid, kid and is
+    fid_reals: Callable[[], Iterable[torch.Tensor]] | None = None  # reals for fid and kid; None: `reals`
+    fid_real_statistics: Callable[[], FeatureStatistics] | None = None  # e.g. from a cache; None: computed
+    fid_samples: int | None = None  # generated images for fid and kid; None: `samples`
+    kid_subsets: int = 100  # KID's random subsets
+    kid_subset_size: int = 1000  # features per KID subset
+    is_samples: int | None = None  # generated images for is; None: `samples`
+    is_splits: int = 10  # Inception Score splits
+
+    def real_features_source(self) -> Iterable[torch.Tensor]:
+        return (self.fid_reals or self.reals)()
+
+
+def _recon(m: MetricInputs) -> dict[str, float]:
+    return reconstruction_metrics(bare(m.models.inference), bare(m.models.generator), m.reals())
+
+
+def _swd(m: MetricInputs) -> dict[str, float]:
+    return multiscale_swd(m.reals(), m.generated(m.samples), m.resolution, m.swd_patches, seed=m.seed)
+
+
+def _energy(m: MetricInputs) -> dict[str, float]:
+    return energy_metrics(bare(m.models.energy), m.energy_form, m.reals(), m.generated(m.samples), seed=m.seed)
+
+
+def _diversity(m: MetricInputs) -> dict[str, float]:
+    return diversity_metrics(m.reals(), m.generated(m.samples))
+
+
+def _fid(m: MetricInputs) -> dict[str, float]:
+    real = m.fid_real_statistics() if m.fid_real_statistics else m.inception.statistics(m.real_features_source())
+    fake = m.inception.statistics(m.generated(m.fid_samples or m.samples))
+    return {"fid": frechet_distance(real, fake)}
+
+
+def _kid(m: MetricInputs) -> dict[str, float]:
+    real = m.inception.all_features(m.real_features_source())
+    fake = m.inception.all_features(m.generated(m.fid_samples or m.samples))
+    mean, std = kernel_inception_distance(real, fake, m.kid_subsets, m.kid_subset_size, seed=m.seed)
+    return {"kid/mean": mean, "kid/std": std}
+
+
+def _inception_score(m: MetricInputs) -> dict[str, float]:
+    logits = m.inception.all_logits(m.generated(m.is_samples or m.samples))
+    mean, std = inception_score(logits, splits=min(m.is_splits, logits.shape[0]))
+    return {"is/mean": mean, "is/std": std}
+
+
+@dataclass(frozen=True)
+class Metric:
+    compute: Callable[[MetricInputs], dict[str, float]]  # {"group/key": value}
+    needs_inception: bool = False
+
+
+# Every metric, by the name --metrics takes (docs/evaluation.md explains each).
+METRICS: dict[str, Metric] = {
+    "recon": Metric(_recon),
+    "swd": Metric(_swd),
+    "energy": Metric(_energy),
+    "diversity": Metric(_diversity),
+    "fid": Metric(_fid, needs_inception=True),
+    "kid": Metric(_kid, needs_inception=True),
+    "is": Metric(_inception_score, needs_inception=True),
+}
+METRIC_NAMES = tuple(METRICS)
+NEEDS_INCEPTION = tuple(name for name, metric in METRICS.items() if metric.needs_inception)
+
+
+@torch.no_grad()
+def compute_metric(name: str, inputs: MetricInputs) -> dict[str, float]:
+    """One metric as {"group/key": value}; ValueError for an unknown name or a missing Inception network."""
+    if name not in METRICS:
+        raise ValueError(f"metric must be one of {METRIC_NAMES}, got {name!r}")
+    if METRICS[name].needs_inception and inputs.inception is None:
+        raise ValueError(f"metric {name!r} needs an Inception network (progressive.eval.inception.load_inception)")
+    return METRICS[name].compute(inputs)
+
+
 def evaluate_metric(
     name: str,  # one of METRIC_NAMES
     models,  # TriangleModels at the stage to evaluate (set_stage done), on one device
@@ -499,44 +595,25 @@ def evaluate_metric(
     samples: int | None = None,  # generated images for swd/energy/fid/is; default N
     batch_size: int = 64,  # images per forward
     seed: int = 0,  # latents, noise images, patch positions
-    inception=None,  # progressive.eval.inception.InceptionNetwork; needed by "fid" and "is"
+    inception=None,  # progressive.eval.inception.InceptionNetwork; needed by "fid", "kid" and "is"
     inception_splits: int = 10,  # splits of the Inception Score
 ) -> dict[str, float]:
-    """One metric of the current models as {"group/key": value}, ready for TensorBoard (e.g. accelerator.log).
-
-    Runs under no_grad and leaves the networks' modes and stages as they are.
+    """One metric of the current models on a tensor of real images (what the trainer evaluates), through
+    `compute_metric`. Runs under no_grad and leaves the networks' modes and stages as they are.
     """
-    if name not in METRIC_NAMES:
-        raise ValueError(f"metric must be one of {METRIC_NAMES}, got {name!r}")
     _check_images(real_images, "real_images")
     # Unwrapped (DistributedDataParallel) networks: an evaluation forward must not arm a gradient reduction.
-    generator, inference, energy = bare(generator), bare(models.inference), bare(models.energy)
-    trained_generator = bare(models.generator)
+    generator = bare(generator)
     device = next(generator.parameters()).device
-    count = samples or real_images.shape[0]
-    resolution = real_images.shape[-1]
-
-    def reals():
-        return (images.to(device) for images in batches(real_images, batch_size))
-
-    def generated():
-        return generate_images(generator, count, models.latent_dim, batch_size, seed, device)
-
-    if name == "recon":
-        return reconstruction_metrics(inference, trained_generator, reals())
-    if name == "swd":
-        return multiscale_swd(reals(), generated(), resolution, seed=seed)
-    if name == "energy":
-        return energy_metrics(energy, energy_form, reals(), generated(), seed=seed)
-    if name == "diversity":
-        return diversity_metrics(reals(), generated())
-    if inception is None:
-        raise ValueError(f"metric {name!r} needs an Inception network (progressive.eval.inception.load_inception)")
-    if name == "fid":
-        return {"fid": frechet_distance(inception.statistics(reals()), inception.statistics(generated()))}
-    if name == "kid":
-        mean, std = kernel_inception_distance(inception.all_features(reals()), inception.all_features(generated()))
-        return {"kid/mean": mean, "kid/std": std}
-    logits = inception.all_logits(generated())
-    mean, std = inception_score(logits, splits=min(inception_splits, logits.shape[0]))
-    return {"is/mean": mean, "is/std": std}
+    inputs = MetricInputs(
+        models=models,
+        reals=lambda: (images.to(device) for images in batches(real_images, batch_size)),
+        generated=lambda count: generate_images(generator, count, models.latent_dim, batch_size, seed, device),
+        resolution=real_images.shape[-1],
+        samples=samples or real_images.shape[0],
+        energy_form=energy_form,
+        seed=seed,
+        inception=inception,
+        is_splits=inception_splits,
+    )
+    return compute_metric(name, inputs)
