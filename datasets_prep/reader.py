@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 
 import lmdb
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from datasets_prep.lmdb_format import READERS, DatasetFormatError, decode_image, key_for, read_metadata
+from datasets_prep.pixels import image_array_to_signed
 
 
 class LMDBImageDataset(Dataset):
@@ -88,6 +88,4 @@ class LMDBImageDataset(Dataset):
             ) from None
         if self.hflip and torch.rand(()) < 0.5:
             pixels = pixels[:, ::-1]
-        # One copy does it all: HWC uint8 to a contiguous, writable CHW float32 array.
-        image = torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32))
-        return image.div_(127.5).sub_(1.0)
+        return image_array_to_signed(pixels)

@@ -63,5 +63,7 @@ def shapes_tensor(count: int, resolution: int, seed: int = 0):
     """The same images as a float tensor (count, 3, R, R) in [-1, 1], ready for training."""
     import torch
 
+    from datasets_prep.pixels import pixels_to_signed
+
     images = torch.from_numpy(render_shapes(count, resolution, seed))
-    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return pixels_to_signed(images.permute(0, 3, 1, 2))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datasets_prep.pixels import pixels_to_signed
 from datasets_prep.synthetic import render_shape_image
 
 # Ctrl-C, pre-emption (SLURM sends SIGTERM, or SIGUSR1 with --signal=USR1@SECONDS): checkpoint, then stop.
@@ -133,4 +134,4 @@ class SyntheticShapesDataset(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         image = torch.from_numpy(render_shape_image(index, self.resolution, self.seed))
-        return image.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        return pixels_to_signed(image.permute(2, 0, 1))

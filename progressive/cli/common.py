@@ -20,6 +20,7 @@ from PIL import Image
 
 from datasets_prep.images import SkipImage, load_image
 from datasets_prep.lmdb_format import DatasetFormatError
+from datasets_prep.pixels import image_array_to_signed, signed_to_pixels
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
 from progressive.io import write_atomically
 from progressive.pretrained import TrainedRun, load_trained
@@ -109,7 +110,7 @@ def read_image(path: Path, resolution: int) -> torch.Tensor:
         pixels = load_image(path, resolution)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, SkipImage) as error:
         raise BadInput(f"{path} is not a readable image: {error}") from error
-    return torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32)) / 127.5 - 1.0
+    return image_array_to_signed(pixels)
 
 
 def image_files(folder: str) -> list[Path]:
@@ -203,7 +204,7 @@ def save_png(image: np.ndarray | torch.Tensor, path: Path) -> None:
     """An image (H, W, 3) uint8, or (3, H, W) float in [-1, 1], written atomically as PNG."""
     if torch.is_tensor(image):
         assert image.ndim == 3 and image.shape[0] == 3, f"expected an image (3, H, W), got {tuple(image.shape)}"
-        image = ((image.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        image = signed_to_pixels(image.cpu()).permute(1, 2, 0).numpy()
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, f"bad image {image.shape}"
     write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets_prep.pixels import signed_to_pixels
 from progressive.eval.metrics import FeatureStatistics, StatisticsAccumulator
 from progressive.io import write_atomically
 
@@ -71,7 +72,7 @@ class InceptionNetwork:
 
 def _to_pixels(images: torch.Tensor) -> torch.Tensor:
     # Quantised like a saved image: the NVIDIA network expects the 0..255 values of real image files.
-    return ((images.float() + 1.0) * 127.5).round().clamp(0.0, 255.0).to(torch.uint8)
+    return signed_to_pixels(images)
 
 
 def _nvidia_network(module: torch.jit.ScriptModule, device: torch.device, source: str, digest: str):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets_prep.pixels import signed_to_pixels
 from progressive.io import write_atomically
 
 INTERPOLATIONS = ("slerp", "lerp")
@@ -169,7 +170,7 @@ def tile_frames(images: torch.Tensor, columns: int, rows: int, size: int) -> np.
     pad_rows, pad_columns = grid.shape[1] % 2, grid.shape[2] % 2
     if pad_rows or pad_columns:
         grid = F.pad(grid.permute(0, 3, 1, 2), (0, pad_columns, 0, pad_rows), mode="replicate").permute(0, 2, 3, 1)
-    pixels = ((grid.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+    pixels = signed_to_pixels(grid).cpu()
     # A copy owned by numpy: each frame lives only as long as the writer keeps it.
     return np.array(pixels.numpy(), copy=True)
 
