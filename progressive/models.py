@@ -84,3 +84,29 @@ def update_ema(ema: nn.Module, generator: nn.Module, beta: float) -> None:
 def set_network_stage(net: nn.Module, resolution: int, alpha: float) -> None:
     if hasattr(net, "set_stage"):
         net.set_stage(resolution, alpha)
+
+
+def parameter_summary(models: TriangleModels) -> dict[str, dict[str, int]]:
+    """Per network, its parameter count ("total") and, for progressive networks, the count of each resolution's
+    block with its RGB layer (keys "4", "8", ...)."""
+    summary = {}
+    for name, net in models.networks().items():
+        net = bare(net)
+        counts = {"total": sum(p.numel() for p in net.parameters())}
+        blocks = getattr(net, "blocks", None)
+        rgb = getattr(net, "to_rgb", None) or getattr(net, "from_rgb", None)
+        if isinstance(blocks, nn.ModuleDict):
+            for key, block in blocks.items():
+                counts[key] = sum(p.numel() for p in block.parameters())
+                if isinstance(rgb, nn.ModuleDict) and key in rgb:
+                    counts[key] += sum(p.numel() for p in rgb[key].parameters())
+        summary[name] = counts
+    return summary
+
+
+def format_count(count: int) -> str:
+    """1234 -> '1.2k', 23_100_000 -> '23.1M'."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)

@@ -31,6 +31,7 @@ from progressive.train.checkpoint import CheckpointError, load_checkpoint, remov
 from progressive.train.config import TrainConfig, load_config_file, merge_config, preset_config
 from progressive.train.run_directory import create_run_directory, lock_run_directory
 from progressive.train.schedule import ScheduleConfig, schedule_table
+from progressive.train.trackers import create_trackers, hyperparameters, parse_report_to
 
 EXIT_NONFINITE = 3
 # Flags that are not TrainConfig values (they choose what to run, not what is trained).
@@ -71,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixed-precision",
         choices=("no", "fp16", "bf16"),
         help="autocast precision (default: Accelerate's configuration, e.g. accelerate launch --mixed_precision)",
+    )
+    parser.add_argument(
+        "--report-to",
+        dest="report_to",
+        help="trackers: tensorboard (default), wandb, aim, mlflow, comet_ml, ..., a comma list, all, or none",
+    )
+    parser.add_argument(
+        "--tracker-project", dest="tracker_project", help="the trackers' project (default: divergence-triangle)"
     )
     parser.add_argument("--out", help="root of the auto-numbered run directories (default: runs)")
     parser.add_argument("--resume", help="`latest`, a run directory or a checkpoint file")
@@ -182,6 +191,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     unknown = [m for m in values.get("metrics", []) if m not in METRIC_NAMES]
     if unknown:
         raise BadInput(f"unknown metrics {unknown}; expected some of {', '.join(METRIC_NAMES)}")
+    try:
+        parse_report_to(values.get("report_to", config.report_to))
+    except ValueError as error:
+        raise BadInput(str(error)) from error
     values["objective"] = objective
     values["schedule"] = schedule
     try:
@@ -308,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,  # None: from `accelerate launch` / `accelerate config` / the environment
-        log_with="tensorboard",
+        log_with=None,  # trackers are created with the run directory (train_in)
         project_dir=config.out,  # replaced by the run directory once every input has been checked
         kwargs_handlers=[
             # Inactive higher-resolution blocks get no gradient at low resolution.
@@ -399,7 +412,10 @@ def train_in(run_dir: Path, trainer, config: TrainConfig, accelerator, checkpoin
         )
     accelerator.project_configuration.set_directories(trainer.run_dir)
     accelerator.project_configuration.logging_dir = str(trainer.run_dir)
-    accelerator.init_trackers("tensorboard")
+    start_trackers(accelerator, config, trainer.run_dir)
+    if main_process:
+        for line in trainer.describe():
+            log.info("%s", line)
     try:
         with trainer.stop_on_signals():
             trainer.run()
@@ -416,6 +432,12 @@ def train_in(run_dir: Path, trainer, config: TrainConfig, accelerator, checkpoin
         return 128 + stop.signal_number  # what a shell reports for a process ended by that signal
     accelerator.end_training()
     return 0
+
+
+def start_trackers(accelerator, config: TrainConfig, run_dir: Path) -> None:
+    """The --report-to trackers, named after the run directory, with the resolved configuration as hyperparameters."""
+    accelerator.log_with = create_trackers(parse_report_to(config.report_to), config.tracker_project, run_dir)
+    accelerator.init_trackers(config.tracker_project, config=hyperparameters(config.to_dict()))
 
 
 def report(main_process: bool, message: str, code: int) -> int:

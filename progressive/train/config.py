@@ -35,6 +35,8 @@ RESUMABLE_CHANGES = frozenset(
         "metric_kimg",
         "metric_images",
         "inception",
+        "report_to",
+        "tracker_project",
     }
 )
 
@@ -55,7 +57,11 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory format for the networks and images: same maths, faster convs on GPUs
     ema_kimg: float = 10.0  # half-life of the generator's exponential moving average, in kimg
     ema_rampup: float | None = 0.05  # early on, the half-life is at most this fraction of the images shown
-    tick_kimg: float = 4.0  # status line and TensorBoard scalars every this many kimg
+    report_to: str = (
+        "tensorboard"  # trackers (Accelerate): tensorboard, wandb, aim, mlflow, ..., a comma list, all, none
+    )
+    tracker_project: str = "divergence-triangle"  # the trackers' project; each run is named after its run directory
+    tick_kimg: float = 4.0  # status line and tracker scalars every this many kimg
     progress_seconds: float = 60.0  # between ticks, a short progress line at most this often; 0 turns it off
     snapshot_kimg: float = 40.0  # sample and reconstruction grids every this many kimg
     checkpoint_kimg: float = 200.0  # checkpoint every this many kimg (and always at the end)

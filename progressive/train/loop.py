@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from torchvision.utils import make_grid, save_image
 
 from progressive.data import STOP_SIGNALS, StreamBatchSampler, make_loader
-from progressive.models import TriangleModels, bare, set_network_stage, update_ema
+from progressive.models import TriangleModels, bare, format_count, parameter_summary, set_network_stage, update_ema
 from progressive.nets.layers import batch_statistics_over_processes, global_batch_norms, running_statistics_frozen
 from progressive.objective import STAT_NAMES, STATISTICS, stats_to_dict, triangle_step
 from progressive.presets import build_models
@@ -44,6 +44,7 @@ from progressive.train.health import health_warnings, record_extremes, sample_di
 from progressive.train.noise import IterationNoise, draw_noise
 from progressive.train.optim import apply_learning_rates, build_optimizers
 from progressive.train.schedule import Stage, blend_reals, stage_at
+from progressive.train.trackers import log_images
 from progressive.updates import GuardedUpdate
 
 log = logging.getLogger("progressive.train")
@@ -375,6 +376,23 @@ class Trainer:
 
     # ---------------------------------------------------------------- what the user sees
 
+    def describe(self) -> list[str]:
+        """Lines for the start of a run: parameters per network and resolution, and the generator average's decay."""
+        lines = [
+            f"{name}: {format_count(counts['total'])} parameters"
+            + (" (" + ", ".join(f"{r}: {format_count(n)}" for r, n in counts.items() if r != "total") + ")")
+            for name, counts in parameter_summary(self.models).items()
+        ]
+        config = self.config
+        batch = stage_at(config.schedule, self.state.images_shown, config.objective).batch_size
+        rampup = f" (at most {config.ema_rampup:g} x the images shown)" if config.ema_rampup is not None else ""
+        decay, now = 0.5 ** (batch / (config.ema_kimg * 1000)), ema_beta(config, batch, self.state.images_shown)
+        lines.append(
+            f"generator average: half-life {config.ema_kimg:g} kimg{rampup}; "
+            f"decay per iteration of {batch} images {decay:.6f}, now {now:.6f}"
+        )
+        return lines
+
     def _progress(self, stage: Stage, tick: _Tick, total: int) -> None:
         """A line between ticks that are minutes apart: where the run is, its speed, and when the next tick comes."""
         if not self.accelerator.is_main_process:
@@ -467,11 +485,9 @@ class Trainer:
         grids = {"samples": _grid(samples, resolution), "reconstructions": _grid(pairs, resolution)}
         if reals:
             grids["reals"] = _grid(real, resolution)
-        tracker = self._tensorboard()
         for kind, grid in grids.items():
             save_image(grid, directory / (f"{kind}.png" if kind == "reals" else f"{kind}-{name}.png"))
-            if tracker is not None:
-                tracker.add_image(kind, grid, global_step=self.state.images_shown)
+        log_images(self.accelerator.trackers, grids, step=self.state.images_shown)
 
     def _fixed_reals(self, stage: Stage, count: int) -> torch.Tensor:
         """The first `count` held-out images (training images without a held-out split) as the networks see them."""
@@ -510,12 +526,6 @@ class Trainer:
             "  ".join(f"{k} {v:.4g}" for k, v in scores.items()),
         )
         self.accelerator.log({f"metrics/{k}": v for k, v in scores.items()}, step=self.state.images_shown)
-
-    def _tensorboard(self):
-        try:
-            return self.accelerator.get_tracker("tensorboard", unwrap=True)
-        except ValueError:  # no tensorboard tracker configured (e.g. a run without a run directory)
-            return None
 
 
 @dataclass
