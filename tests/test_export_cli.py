@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from progressive.cli import evaluate, export, export_video
+from progressive.eval.metrics import energies
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -393,3 +394,34 @@ def test_reconstruct_saves_each_images_latent(trained, tmp_path):
         mu, _ = run.models.inference(first)
     np.testing.assert_allclose(saved["mu"][0], mu[0].numpy(), rtol=1e-5, atol=1e-6)
     assert export.main([*args[:-1], str(tmp_path / "latents.txt")]) == 2
+
+
+def test_pretrained_export_loads_without_the_checkpoint_format(trained, tmp_path, capsys):
+    """config.json + model.safetensors: from_pretrained rebuilds networks that compute what the checkpoint's do."""
+    from safetensors.torch import load_file, save_file
+
+    from progressive.hub import PretrainedTriangle
+    from progressive.pretrained import load_trained
+
+    out = tmp_path / "exported"
+    assert export.main(["pretrained", str(trained["run"]), "--out", str(out)]) == 0
+    assert {"config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "config.json").read_text())
+    assert config == {"preset": "tiny", "resolution": 16, "alpha": 1.0, "energy_form": "identity", "images_shown": 240}
+    assert not list(tmp_path.glob(".*partial"))
+
+    model = PretrainedTriangle.from_pretrained(out)
+    run = load_trained(trained["checkpoint"])
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model.energy_of(x), energies(run.models.energy, x, "identity"))
+        assert torch.equal(model.reconstruct(x), run.models.generator(run.models.inference(x)[0]))
+        z = torch.stack([torch.randn(8, generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
+        assert torch.equal(model.sample([3, 4]), run.generator_ema(z))
+    assert model.training and PretrainedTriangle.from_run(trained["root"] / "runs").images_shown == 240
+
+    # A weights file that lacks a tensor is refused rather than leaving a network at its initialisation.
+    weights = load_file(out / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("energy.")}, out / "model.safetensors")
+    with pytest.raises(RuntimeError, match="energy"):
+        PretrainedTriangle.from_pretrained(out)

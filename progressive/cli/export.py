@@ -1,9 +1,11 @@
-"""Export what a checkpoint's three models do: `triangle-export {sample,reconstruct,energy} CHECKPOINT ...`.
+"""Export what a checkpoint's three models do: `triangle-export {sample,reconstruct,energy,pretrained} CHECKPOINT ...`.
 
   sample       N images (one PNG each, or one grid with --grid) from fixed seeds: image i uses seed S + i.
   reconstruct  encode images with mu(x), decode with the generator, write side-by-side grids (image | reconstruction).
   energy       score images with the energy model (low = likely); per-image lines or CSV, and a summary of
                real vs generated vs noise images with the AUROC of each separation.
+  pretrained   the trained networks as config.json + model.safetensors (Hugging Face layout), which
+               `progressive.hub.PretrainedTriangle.from_pretrained(DIR)` loads without the checkpoint format.
 
 Images come from a folder (--images DIR) or a split of the dataset LMDB (--data, default the run's own; --split).
 Exit codes: 0 done, 2 bad input (nothing written, earlier files kept).
@@ -102,12 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     energy.add_argument("--csv", help="write name,energy per image to this CSV instead of printing them")
     energy.add_argument("--samples", type=int, help="generated and noise images for the summary (default: as real)")
     energy.add_argument("--seed", type=int, default=0, help="latents and noise of the summary (default: 0)")
+
+    pretrained = commands.add_parser("pretrained", help="config.json + model.safetensors for from_pretrained")
+    pretrained.add_argument("checkpoint", help="checkpoint file, run directory, or root of runs (the newest)")
+    pretrained.add_argument("--out", required=True, help="folder to write (created; its two files are replaced)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"sample": export_samples, "reconstruct": export_reconstructions, "energy": export_energies}
+    commands = {
+        "sample": export_samples,
+        "reconstruct": export_reconstructions,
+        "energy": export_energies,
+        "pretrained": export_pretrained,
+    }
     return run_main(lambda: commands[args.command](args))
 
 
@@ -255,3 +266,21 @@ def export_energies(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def export_pretrained(args: argparse.Namespace) -> int:
+    from progressive.hub import PretrainedTriangle
+
+    out = Path(args.out)
+    check_writable_folder(out, "--out", args.out)
+    model = PretrainedTriangle.from_trained(load_run(args.checkpoint, torch.device("cpu")))
+    staging = out.with_name(f".{out.name}.partial")  # written whole, then moved in: an earlier export survives
+    model.save_pretrained(staging)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in staging.iterdir():
+        path.replace(out / path.name)
+    staging.rmdir()
+    stage = f"{model.resolution}x{model.resolution} (alpha {model.alpha:g})"
+    print(f"wrote {out}: {model.preset} at {stage}, {model.images_shown / 1000:.1f} kimg; "
+          f"load with PretrainedTriangle.from_pretrained({str(out)!r})")  # fmt: skip
+    return 0

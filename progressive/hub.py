@@ -1,0 +1,121 @@
+"""Trained models in the Hugging Face layout, loadable without the training checkpoint format.
+
+    from progressive.hub import PretrainedTriangle
+    model = PretrainedTriangle.from_run("runs")          # a checkpoint file, a run directory or a root of runs
+    model.save_pretrained("exported")                    # config.json + model.safetensors (+ push_to_hub=True)
+    model = PretrainedTriangle.from_pretrained("exported")   # or a Hub repository id
+    images = model.sample(seeds=range(16))               # the averaged generator, as `triangle-export sample`
+
+`config.json` holds what rebuilds the networks (the preset, the stage reached, the energy form) and
+`model.safetensors` the four networks' weights (generator, its moving average, energy, inference): the
+preset code plus these two files are all a user needs. Through huggingface_hub's PyTorchModelHubMixin.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from progressive.eval.metrics import energies, generate_from_seeds
+from progressive.models import TriangleModels, set_network_stage
+from progressive.presets import build_models
+from progressive.pretrained import TrainedRun, load_trained
+
+
+class PretrainedTriangle(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="divergence-triangle",
+    tags=["divergence-triangle", "energy-based-model", "vae", "progressive-growing", "image-generation"],
+):
+    """The generator, its moving average, the energy model and the inference model of a trained run, at its stage.
+
+    In training mode, as trained and as `load_trained` returns them (batch-norm presets normalise with
+    batch statistics); call `.eval()` for running statistics.
+    """
+
+    def __init__(
+        self,
+        preset: str,  # model preset (progressive/presets.py) the networks were built from
+        resolution: int,  # stage resolution reached in training
+        alpha: float = 1.0,  # fade-in weight of that resolution's new layers
+        energy_form: str = "identity",  # E(x) from the energy network's output (TriangleConfig.energy_form)
+        images_shown: int = 0,  # real images shown when the weights were taken (provenance)
+    ):
+        super().__init__()
+        models = build_models(preset)
+        models.set_stage(resolution, alpha)
+        self.generator, self.energy, self.inference = models.generator, models.energy, models.inference
+        self.generator_ema = copy.deepcopy(models.generator).requires_grad_(False)
+        self.latent_dim = models.latent_dim
+        self.preset, self.resolution, self.alpha = preset, resolution, alpha
+        self.energy_form, self.images_shown = energy_form, images_shown
+
+    @classmethod
+    def from_run(cls, path: str | Path) -> PretrainedTriangle:
+        """The networks of a checkpoint (file, run directory or root of runs), on the CPU."""
+        return cls.from_trained(load_trained(path))
+
+    @classmethod
+    def from_trained(cls, run: TrainedRun) -> PretrainedTriangle:
+        """The networks of a loaded run (`progressive.pretrained.load_trained`), copied, on the CPU."""
+        model = cls(
+            preset=run.config.preset,
+            resolution=run.stage.resolution,
+            alpha=run.stage.alpha,
+            energy_form=run.config.objective.energy_form,
+            images_shown=run.images_shown,
+        )
+        for name, net in run.models.networks().items():
+            getattr(model, name).load_state_dict(net.state_dict())
+        model.generator_ema.load_state_dict(run.generator_ema.state_dict())
+        return model
+
+    @classmethod
+    def _from_pretrained(cls, **kwargs) -> PretrainedTriangle:
+        # Strict: a file missing a tensor is an error, not a network left at its random initialisation.
+        model = super()._from_pretrained(**{**kwargs, "strict": True})
+        return model.train()  # the mixin switches to eval mode; keep the mode the networks were trained in
+
+    def models(self) -> TriangleModels:
+        """The three trained networks as TriangleModels (what the metrics and exports take)."""
+        return TriangleModels(
+            generator=self.generator,
+            energy=self.energy,
+            inference=self.inference,
+            latent_dim=self.latent_dim,
+            resolution=self.resolution,
+            min_resolution=self.resolution,
+        )
+
+    def set_stage(self, resolution: int, alpha: float) -> None:
+        self.models().set_stage(resolution, alpha)
+        set_network_stage(self.generator_ema, resolution, alpha)
+
+    @torch.no_grad()
+    def sample(self, seeds: Iterable[int], temperature: float = 1.0, ema: bool = True) -> torch.Tensor:
+        """One image per seed, (N, 3, R, R) in [-1, 1]: the same seeds give the images `triangle-export sample` does."""
+        generator = self.generator_ema if ema else self.generator
+        device = next(self.parameters()).device
+        parts = generate_from_seeds(generator, list(seeds), self.latent_dim, 64, device, temperature)
+        return torch.cat(list(parts))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu(x), log-variance) of q(z|x) for images (N, 3, R, R) in [-1, 1]."""
+        return self.inference(images)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """g(mu(x)) with the trained generator (as the paper's reconstruction error)."""
+        return self.generator(self.encode(images)[0]).float()
+
+    @torch.no_grad()
+    def energy_of(self, images: torch.Tensor) -> torch.Tensor:
+        """E(x) per image (N,), low for likely images, in the run's energy form."""
+        return energies(self.energy, images, self.energy_form)
