@@ -65,8 +65,8 @@ def skipped_key(source_index: int) -> bytes:
 
 
 def is_power_of_two(value: int) -> bool:
-    """True for 1, 2, 4, 8, ..."""
-    return value > 0 and value & (value - 1) == 0
+    """True for the ints 1, 2, 4, 8, ... (False for anything else, floats included)."""
+    return isinstance(value, int) and value > 0 and value & (value - 1) == 0
 
 
 def resolution_ladder(min_res: int, max_res: int) -> list[int]:

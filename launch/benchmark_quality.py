@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from progressive.cli import evaluate
+from progressive.cli.checks import EXIT_BAD_INPUT
 from progressive.objective import RECIPES, TriangleConfig
 from progressive.train.checkpoint import load_checkpoint, newest_in_directory
 
-EXIT_BAD_INPUT = 2
 TRAIN = Path(__file__).with_name("train.py")
 DEFAULT_CONFIGS = ["triangle", "vae", "wake-sleep", "adversarial"]  # the paper's Table 2 rows, and E+G alone
 

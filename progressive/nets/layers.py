@@ -15,6 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The resolution ladder is the dataset format's: an LMDB stores every power of two from its min to its max.
+from datasets_prep.lmdb_format import is_power_of_two
+from datasets_prep.lmdb_format import resolution_ladder as resolutions
+
 NORMS = ("pixel", "batch", "none")
 LEAKY_SLOPE = 0.2
 HIDDEN_GAIN = math.sqrt(2.0)  # He gain for layers followed by a LeakyReLU
@@ -39,10 +43,6 @@ def channels_per_resolution(
     }
 
 
-def is_power_of_two(n: int) -> bool:
-    return isinstance(n, int) and n > 0 and n & (n - 1) == 0
-
-
 def check_resolution_range(min_resolution: int, max_resolution: int) -> None:
     """Raise ValueError unless both are powers of two with 4 <= min_resolution <= max_resolution."""
     for name, value in (("min_resolution", min_resolution), ("max_resolution", max_resolution)):
@@ -50,12 +50,6 @@ def check_resolution_range(min_resolution: int, max_resolution: int) -> None:
             raise ValueError(f"{name} must be a power of two >= 4, got {value!r}")
     if min_resolution > max_resolution:
         raise ValueError(f"min_resolution {min_resolution} exceeds max_resolution {max_resolution}")
-
-
-def resolutions(min_resolution: int, max_resolution: int) -> list[int]:
-    """min_resolution, 2 * min_resolution, ..., max_resolution."""
-    count = int(math.log2(max_resolution // min_resolution)) + 1
-    return [min_resolution * 2**i for i in range(count)]
 
 
 class ScaledConv2d(nn.Module):
