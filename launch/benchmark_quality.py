@@ -50,7 +50,7 @@ class Configuration:
     """One row of the comparison: a recipe and objective values on top of it."""
 
     name: str  # row label and run directory name
-    recipe: str  # triangle.RECIPES key
+    recipe: str  # objective.RECIPES key
     changes: dict[str, str] = field(default_factory=dict)  # objective key -> value, as given
 
     def flags(self) -> list[str]:

@@ -27,14 +27,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from progressive.models import TriangleModels
 from progressive.nets.layers import resolutions
 from progressive.objective import triangle_step
-from progressive.presets import PRESETS, build_models
+from progressive.presets import PRESETS
 from progressive.train.config import preset_config
 from progressive.train.loop import peak_memory_gib
-from progressive.train.optim import build_optimizers
-from progressive.updates import GuardedUpdate
+from progressive.train.prepare import prepare_training
 
 
 class OperatorCount(TorchDispatchMode):
@@ -74,20 +72,16 @@ def main() -> None:
 
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     config = preset_config(args.preset)
-    torch.manual_seed(0)
-    models = build_models(args.preset).to(accelerator.device)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    for net in models.networks().values():
-        net.to(memory_format=memory_format)
     try:
-        update = GuardedUpdate.for_accelerator(accelerator, models.networks())
+        prepared = prepare_training(
+            args.preset, config.objective, accelerator, seed=0, channels_last=args.channels_last
+        )
     except ValueError as error:
         parser.error(str(error))
-    optimizers = build_optimizers(models, config.objective)
-    generator, energy, inference = accelerator.prepare(models.generator, models.energy, models.inference)
-    wrapped = TriangleModels(generator, energy, inference, models.latent_dim, models.resolution, models.min_resolution)
+    wrapped, optimizers, update = prepared.models, prepared.optimizers, prepared.update
+    memory_format = prepared.memory_format
     top = args.res or config.resolution
-    bottom = args.min_res or models.min_resolution
+    bottom = args.min_res or wrapped.min_resolution
     cuda = accelerator.device.type == "cuda"
 
     if accelerator.is_main_process:
@@ -99,7 +93,7 @@ def main() -> None:
         print(f"{'res':>5} {'alpha':>5} {'batch':>6} {'img/s':>9} {'sec/kimg':>9} {'peak GiB':>9}{ops_column}")
     measured: dict[str, float] = {}
     for resolution in resolutions(bottom, top):
-        alpha = 1.0 if resolution == models.min_resolution else 0.5
+        alpha = 1.0 if resolution == wrapped.min_resolution else 0.5
         wrapped.set_stage(resolution, alpha)
         batch = args.batch or config.schedule.batch_size_at(resolution)
         local = batch // accelerator.num_processes

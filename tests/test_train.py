@@ -522,7 +522,7 @@ def test_trackers_get_scalars_images_and_the_configuration(tmp_path, lmdb16, cap
     (hparams,) = run_dir.glob("tensorboard/*/hparams.yml")
     assert "objective.weight_recon: 50.0" in hparams.read_text()
     log = (run_dir / "log.txt").read_text()
-    assert "generator: " in log and " parameters (4: " in log and "generator average: half-life 10 kimg" in log
+    assert "generator: " in log and " parameters (4: " in log and "generator average: half-life 10,000 images" in log
 
     assert train([*args, "--report-to", "none", "--out", str(tmp_path / "quiet")]) == 0
     (quiet,) = (tmp_path / "quiet").iterdir()

@@ -74,7 +74,7 @@ class TrainConfig:
     metric_images: int = 256  # held-out (or training) images, and as many samples, per evaluation
     inception: str | None = None  # TorchScript Inception weights for fid/is (docs/evaluation.md)
     debug_nan_iterations: list[int] = field(default_factory=list)  # testing aid: replace these batches by NaN
-    recipe: str = DEFAULT_RECIPE  # named objective configuration the `objective` values started from (triangle.RECIPES)
+    recipe: str = DEFAULT_RECIPE  # named configuration the `objective` values started from (objective.RECIPES)
     objective: TriangleConfig = field(
         default_factory=lambda: recipe_config(DEFAULT_RECIPE)
     )  # weights, forms, optimiser

@@ -9,7 +9,6 @@ moving-average states, and a resumed run retraces an uninterrupted one exactly.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -27,10 +26,9 @@ from accelerate import Accelerator
 from torchvision.utils import make_grid, save_image
 
 from progressive.data import STOP_SIGNALS, StreamBatchSampler, make_loader
-from progressive.models import TriangleModels, bare, format_count, parameter_summary, set_network_stage, update_ema
+from progressive.models import bare, format_count, parameter_summary, set_network_stage, update_ema
 from progressive.nets.layers import batch_statistics_over_processes, global_batch_norms, running_statistics_frozen
 from progressive.objective import STAT_NAMES, STATISTICS, stats_to_dict, triangle_step
-from progressive.presets import build_models
 from progressive.train.checkpoint import (
     CHECKPOINT_KIND,
     CHECKPOINT_VERSION,
@@ -42,10 +40,10 @@ from progressive.train.checkpoint import (
 from progressive.train.config import TrainConfig, config_differences
 from progressive.train.health import health_warnings, record_extremes, sample_diversity
 from progressive.train.noise import IterationNoise, draw_noise
-from progressive.train.optim import apply_learning_rates, build_optimizers
+from progressive.train.optim import apply_learning_rates
+from progressive.train.prepare import prepare_training
 from progressive.train.schedule import Stage, blend_reals, stage_at
 from progressive.train.trackers import log_images
-from progressive.updates import GuardedUpdate
 
 log = logging.getLogger("progressive.train")
 
@@ -115,24 +113,9 @@ class Trainer:
         self.rank = accelerator.process_index
         self.world = accelerator.num_processes
 
-        torch.manual_seed(config.seed)  # identical initial weights on every rank
-        models = build_models(config.preset)
-        models.to(self.device)
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        for net in models.networks().values():
-            net.to(memory_format=self.memory_format)
-        self.optimizers = build_optimizers(models, config.objective)
-        self.ema = copy.deepcopy(models.generator).requires_grad_(False)
-        self.update = GuardedUpdate.for_accelerator(accelerator, models.networks())
-        generator, energy, inference = accelerator.prepare(models.generator, models.energy, models.inference)
-        self.models = TriangleModels(
-            generator=generator,
-            energy=energy,
-            inference=inference,
-            latent_dim=models.latent_dim,
-            resolution=models.resolution,
-            min_resolution=models.min_resolution,
-        )
+        prepared = prepare_training(config.preset, config.objective, accelerator, config.seed, config.channels_last)
+        self.models, self.optimizers, self.ema = prepared.models, prepared.optimizers, prepared.ema
+        self.update, self.memory_format = prepared.update, prepared.memory_format
         self.batch_norms = global_batch_norms(*self.models.networks().values())  # synchronised in each step
         # Frozen during snapshots and evaluations, which run on the main process only (see write_snapshot).
         self.batch_norms_with_ema = self.batch_norms + global_batch_norms(self.ema)
@@ -141,7 +124,9 @@ class Trainer:
         self.inception = None  # loaded on first use by a fid/is evaluation
         self.stop_signal: int | None = None  # set by `stop_on_signals`
         grid_generator = torch.Generator().manual_seed(config.seed + 1)
-        self.grid_latents = torch.randn(config.grid_images, models.latent_dim, generator=grid_generator).to(self.device)
+        self.grid_latents = torch.randn(config.grid_images, self.models.latent_dim, generator=grid_generator).to(
+            self.device
+        )
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -388,7 +373,7 @@ class Trainer:
         rampup = f" (at most {config.ema_rampup:g} x the images shown)" if config.ema_rampup is not None else ""
         decay, now = 0.5 ** (batch / (config.ema_kimg * 1000)), ema_beta(config, batch, self.state.images_shown)
         lines.append(
-            f"generator average: half-life {config.ema_kimg:g} kimg{rampup}; "
+            f"generator average: half-life {config.ema_kimg * 1000:,.0f} images{rampup}; "
             f"decay per iteration of {batch} images {decay:.6f}, now {now:.6f}"
         )
         return lines

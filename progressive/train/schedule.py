@@ -163,7 +163,7 @@ def _stage(
 def stage_at(schedule: ScheduleConfig, images_shown: int, objective: TriangleConfig | None = None) -> Stage:
     """The stage after `images_shown` real images: resolution, alpha, batch size, phase, learning rates.
 
-    Learning rates are triangle.learning_rates(objective, images_shown) times the resolution's multiplier.
+    Learning rates are learning_rates(objective, images_shown) times the resolution's multiplier.
     """
     if isinstance(images_shown, bool) or not isinstance(images_shown, int) or images_shown < 0:
         raise ValueError(f"images_shown must be a non-negative int, got {images_shown!r}")

@@ -1,0 +1,57 @@
+"""Everything a training iteration needs, on this process's device: the three networks (wrapped by Accelerate,
+DistributedDataParallel across processes), their optimisers, the generator's moving average and the updates.
+
+Shared by the training loop and launch/benchmark_train.py, so the benchmark measures what training runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from progressive.models import TriangleModels
+from progressive.objective import TriangleConfig
+from progressive.presets import build_models
+from progressive.train.optim import build_optimizers
+from progressive.updates import GuardedUpdate, TriangleOptimizers
+
+
+@dataclass
+class PreparedTraining:
+    models: TriangleModels  # the three networks as Accelerate prepared them
+    optimizers: TriangleOptimizers  # one Adam per network
+    ema: nn.Module  # moving average of the generator (not wrapped: it is never back-propagated)
+    update: GuardedUpdate  # per-network loss scaling and non-finite checks
+    memory_format: torch.memory_format  # of the networks, and of the images they should be given
+
+
+def prepare_training(
+    preset: str,  # model preset (progressive/presets.py)
+    objective: TriangleConfig,  # learning rates, betas and weight decays of the optimisers
+    accelerator: Accelerator,  # device, processes, mixed precision
+    seed: int,  # initial weights: the same on every process
+    channels_last: bool = False,  # NHWC networks (same maths; faster convolutions on GPUs)
+) -> PreparedTraining:
+    """Build, place and wrap the networks of `preset`; ValueError for fp16 where it cannot run (see GuardedUpdate)."""
+    torch.manual_seed(seed)  # identical initial weights on every rank
+    models = build_models(preset).to(accelerator.device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for net in models.networks().values():
+        net.to(memory_format=memory_format)
+    optimizers = build_optimizers(models, objective)
+    ema = copy.deepcopy(models.generator).requires_grad_(False)
+    update = GuardedUpdate.for_accelerator(accelerator, models.networks())
+    generator, energy, inference = accelerator.prepare(models.generator, models.energy, models.inference)
+    prepared = TriangleModels(
+        generator=generator,
+        energy=energy,
+        inference=inference,
+        latent_dim=models.latent_dim,
+        resolution=models.resolution,
+        min_resolution=models.min_resolution,
+    )
+    return PreparedTraining(prepared, optimizers, ema, update, memory_format)
