@@ -325,3 +325,20 @@ def test_the_papers_64x64_networks(preset, normalised):
                         else {"generator": 1024, "energy": 512, "inference": 1024})  # fmt: skip
     schedule = ScheduleConfig.for_preset(preset)
     assert schedule.min_resolution == schedule.max_resolution == 64
+
+
+def test_plain_weights_are_used_as_stored_and_equalised_ones_scaled():
+    """Layers with plain weights (scale 1) compute F.conv2d/F.linear of the stored weight bit for bit, without a
+    multiplication in the graph; equalised ones multiply by their He constant."""
+    import torch.nn.functional as F
+
+    from progressive.nets.layers import ScaledConv2d, ScaledLinear
+
+    torch.manual_seed(0)
+    x, v = torch.randn(2, 4, 6, 6), torch.randn(2, 4)
+    plain_conv, plain_linear = ScaledConv2d(4, 5, 3, equalized=False), ScaledLinear(4, 3, equalized=False)
+    assert torch.equal(plain_conv(x), F.conv2d(x, plain_conv.weight, plain_conv.bias, padding=1))
+    assert torch.equal(plain_linear(v), F.linear(v, plain_linear.weight, plain_linear.bias))
+    assert plain_conv(x).grad_fn.next_functions[1][0].variable is plain_conv.weight  # the parameter itself
+    conv = ScaledConv2d(4, 5, 3, equalized=True)
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight * conv.scale, conv.bias, padding=1)) and conv.scale != 1
