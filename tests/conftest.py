@@ -41,3 +41,16 @@ def _accelerate_command(args: list[str], processes: int = 2) -> tuple[list[str],
 def accelerate_command():
     """accelerate_command(args, processes=2): (`accelerate launch` of launch/train.py on CPU processes, its env)."""
     return _accelerate_command
+
+
+def run_train_main(args: list[str]) -> int:
+    """The training program (`triangle-train`, `launch/train.py`) in this process, with Accelerate's process-wide
+    state reset first so that several runs can share one test process."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    from progressive.cli.train import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    return main(args)

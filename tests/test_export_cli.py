@@ -12,6 +12,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
+from conftest import run_train_main
 from PIL import Image
 
 from progressive.cli import evaluate, export, export_video
@@ -24,25 +25,12 @@ TINY = [
 ]  # fmt: skip
 
 
-def _train(args: list[str]) -> int:
-    """launch/train.py main() in this process, with Accelerate's process-wide state reset first."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-    spec = importlib.util.spec_from_file_location("launch_train_for_exports", ROOT / "launch" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(args)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, build_shapes_lmdb) -> dict[str, Path]:
     """A 16x16 tiny run trained for 240 images on a shapes LMDB with 8 held-out images."""
     root = tmp_path_factory.mktemp("exports")
     data = build_shapes_lmdb(root / "shapes16.lmdb", 48, max_res=16, holdout=8)
-    assert _train([*TINY, "--data", str(data), "--out", str(root / "runs")]) == 0
+    assert run_train_main([*TINY, "--data", str(data), "--out", str(root / "runs")]) == 0
     run_dir = root / "runs" / "00000-tiny-16"
     images = root / "images"
     images.mkdir()
@@ -326,7 +314,6 @@ def test_exports_read_images_as_the_builder_stores_them(tmp_path):
 
 
 def test_energy_landscape_of_a_trained_run(trained, tmp_path, capsys):
-    import importlib.util
 
     from progressive.cli import energy_landscape
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_train_main as train
 
 from progressive.objective import recipe_config
 from progressive.train.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_atomically
@@ -25,23 +25,6 @@ TINY = [
     "--preset", "tiny", "--res", "16", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
     "--workers", "0", "--tick-kimg", "0.048", "--snapshot-kimg", "0.096", "--checkpoint-kimg", "0.096",
 ]  # fmt: skip
-
-
-def _load_train_module():
-    spec = importlib.util.spec_from_file_location("launch_train", ROOT / "launch" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def train(args: list[str]) -> int:
-    """launch/train.py main() in this process, with Accelerate's process-wide state reset first."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-    return _load_train_module().main(args)
 
 
 @pytest.fixture(scope="module")
