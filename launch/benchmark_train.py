@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from progressive.nets.layers import resolutions
 from progressive.objective import triangle_step
 from progressive.presets import PRESETS
+from progressive.train.compile import COMPILE_MODES
 from progressive.train.config import preset_config
 from progressive.train.loop import peak_memory_gib
 from progressive.train.prepare import prepare_training
@@ -67,21 +68,35 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per resolution")
     parser.add_argument("--count-ops", action="store_true", help="also count ATen operator calls per iteration")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for networks and images")
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="no",
+        help="torch.compile the networks (the first iterations of each resolution compile: raise --warmup)",
+    )
     parser.add_argument("--json", help="also write the images/s per resolution here (for train.py --throughput)")
     args = parser.parse_args()
+    if args.count_ops and args.compile != "no":
+        parser.error("--count-ops counts the calls of eager execution; compiled kernels are not ATen calls")
 
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     config = preset_config(args.preset)
+    top = args.res or config.resolution
+    bottom = args.min_res or config.schedule.min_resolution
     try:
         prepared = prepare_training(
-            args.preset, config.objective, accelerator, seed=0, channels_last=args.channels_last
+            args.preset,
+            config.objective,
+            accelerator,
+            seed=0,
+            channels_last=args.channels_last,
+            compile_mode=args.compile,
+            phases=len(resolutions(bottom, top)),
         )
     except ValueError as error:
         parser.error(str(error))
     wrapped, optimizers, update = prepared.models, prepared.optimizers, prepared.update
     memory_format = prepared.memory_format
-    top = args.res or config.resolution
-    bottom = args.min_res or wrapped.min_resolution
     cuda = accelerator.device.type == "cuda"
 
     if accelerator.is_main_process:
@@ -135,6 +150,7 @@ def main() -> None:
                     "processes": accelerator.num_processes,
                     "mixed_precision": accelerator.mixed_precision,
                     "channels_last": args.channels_last,
+                    "compile": args.compile,
                     "images_per_second": measured,
                 },
                 indent=2,

@@ -533,3 +533,27 @@ def test_wandb_receives_the_image_grids(tmp_path, lmdb16, monkeypatch):
     (run_dir,) = out.iterdir()
     images = {p.name.split("_")[0] for p in run_dir.glob("wandb/offline-run-*/files/media/images/*.png")}
     assert images == {"samples", "reconstructions", "reals"} and not (run_dir / "tensorboard").exists()
+
+
+def test_compiled_networks_train_as_eager_ones_through_every_stage(tmp_path, lmdb16):
+    """--compile: three phases (4 stable, 8 fade, 8 stable) with snapshots and metrics stay compiled (an exhausted
+    recompilation budget would end the run: it is an error, not a silent fall-back) and end where eager
+    training ends. A separate process: dynamo's caches and limits are process-wide."""
+    args = ["--preset", "tiny", "--res", "8", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
+            "--workers", "0", "--tick-kimg", "0.048", "--snapshot-kimg", "0.096", "--checkpoint-kimg", "1",
+            "--kimg", "0.144", "--metrics", "recon", "--metric-kimg", "0.096", "--metric-images", "8",
+            "--data", str(lmdb16)]  # fmt: skip
+    command = [sys.executable, str(ROOT / "launch" / "train.py"), *args, "--compile", "default"]
+    compiled = subprocess.run([*command, "--out", str(tmp_path / "compiled")], capture_output=True, text=True,
+                              cwd=ROOT, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    assert train([*args, "--out", str(tmp_path / "eager")]) == 0
+    _assert_same_training_state(_final_checkpoint(tmp_path / "compiled"), _final_checkpoint(tmp_path / "eager"), 1e-5)
+
+
+def test_accelerates_own_dynamo_backend_is_refused_with_the_alternative(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+    assert train([*TINY, "--out", str(tmp_path / "runs")]) == 2
+    error = capsys.readouterr().err
+    assert "dynamo backend (inductor)" in error and "--compile" in error and error.count("\n") == 1
+    assert not (tmp_path / "runs").exists()

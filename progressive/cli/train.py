@@ -28,6 +28,7 @@ from progressive.nets.layers import is_power_of_two
 from progressive.objective import DEFAULT_RECIPE, RECIPES, TriangleConfig
 from progressive.presets import PRESETS, default_preset
 from progressive.train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, resolve_resume
+from progressive.train.compile import COMPILE_MODES
 from progressive.train.config import TrainConfig, load_config_file, merge_config, preset_config
 from progressive.train.run_directory import create_run_directory, lock_run_directory
 from progressive.train.schedule import ScheduleConfig, schedule_table
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="channels_last",
         action=argparse.BooleanOptionalAction,
         help="NHWC memory format (GPUs: faster convolutions at high resolution; same results)",
+    )
+    run.add_argument(
+        "--compile",
+        dest="compile",
+        choices=COMPILE_MODES,
+        help="torch.compile the networks (GPUs: fewer kernel launches; a compilation at each stage change)",
     )
     run.add_argument(
         "--metrics",

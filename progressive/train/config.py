@@ -15,6 +15,7 @@ from typing import Any
 
 from progressive import presets
 from progressive.objective import DEFAULT_RECIPE, TriangleConfig, recipe_config
+from progressive.train.compile import COMPILE_MODES
 from progressive.train.schedule import ScheduleConfig
 
 # Values that may change between a checkpoint and its resumption without changing the training itself.
@@ -37,6 +38,7 @@ RESUMABLE_CHANGES = frozenset(
         "inception",
         "report_to",
         "tracker_project",
+        "compile",  # the same computation, compiled or not
     }
 )
 
@@ -55,6 +57,7 @@ class TrainConfig:
     workers: int = 2  # DataLoader worker processes per training process
     hflip: bool = False  # mirror augmentation (left-right flips of real images, decided per image from the seed)
     channels_last: bool = False  # NHWC memory format for the networks and images: same maths, faster convs on GPUs
+    compile: str = "no"  # torch.compile the networks: no, default, reduce-overhead (CUDA graphs), max-autotune
     ema_kimg: float = 10.0  # half-life of the generator's exponential moving average, in kimg
     ema_rampup: float | None = 0.05  # early on, the half-life is at most this fraction of the images shown
     report_to: str = (
@@ -82,6 +85,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """ValueError naming the option for a value no run can use (a NaN or zero length, negative counts)."""
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         positive = ["tick_kimg", "snapshot_kimg", "checkpoint_kimg", "ema_kimg", "keep_checkpoints", "max_nonfinite"]
         positive += ["grid_images", "metric_images", "collective_timeout_min"] + ([] if self.kimg is None else ["kimg"])
         for name in [*positive, "workers", "metric_kimg", "synthetic_images", "progress_seconds"]:
@@ -163,7 +168,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # Values added after checkpoints were first written, with the value that reproduces the older behaviour:
 # a checkpoint without them resumes as if it had them.
 ADDED_LATER: dict[str, dict[str, Any]] = {
-    "": {"recipe": "reference", "channels_last": False},
+    "": {"recipe": "reference", "channels_last": False, "compile": "no"},
     "objective": {
         "energy_penalty": 0.0,
         "logvar_bound": 0.0,

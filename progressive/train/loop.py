@@ -42,7 +42,7 @@ from progressive.train.health import health_warnings, record_extremes, sample_di
 from progressive.train.noise import IterationNoise, draw_noise
 from progressive.train.optim import apply_learning_rates
 from progressive.train.prepare import prepare_training
-from progressive.train.schedule import Stage, blend_reals, stage_at
+from progressive.train.schedule import Stage, blend_reals, schedule_table, stage_at
 from progressive.train.trackers import log_images
 
 log = logging.getLogger("progressive.train")
@@ -113,7 +113,15 @@ class Trainer:
         self.rank = accelerator.process_index
         self.world = accelerator.num_processes
 
-        prepared = prepare_training(config.preset, config.objective, accelerator, config.seed, config.channels_last)
+        prepared = prepare_training(
+            config.preset,
+            config.objective,
+            accelerator,
+            config.seed,
+            channels_last=config.channels_last,
+            compile_mode=config.compile,
+            phases=len(schedule_table(config.schedule)),
+        )
         self.models, self.optimizers, self.ema = prepared.models, prepared.optimizers, prepared.ema
         self.update, self.memory_format = prepared.update, prepared.memory_format
         self.batch_norms = global_batch_norms(*self.models.networks().values())  # synchronised in each step

@@ -16,6 +16,7 @@ from torch import nn
 from progressive.models import TriangleModels
 from progressive.objective import TriangleConfig
 from progressive.presets import build_models
+from progressive.train.compile import check_accelerate, compile_networks
 from progressive.train.optim import build_optimizers
 from progressive.updates import GuardedUpdate, TriangleOptimizers
 
@@ -35,8 +36,12 @@ def prepare_training(
     accelerator: Accelerator,  # device, processes, mixed precision
     seed: int,  # initial weights: the same on every process
     channels_last: bool = False,  # NHWC networks (same maths; faster convolutions on GPUs)
+    compile_mode: str = "no",  # torch.compile mode for the networks (train/compile.py), or "no"
+    phases: int = 1,  # phases of the schedule: the recompilation budget of compile_mode
 ) -> PreparedTraining:
-    """Build, place and wrap the networks of `preset`; ValueError for fp16 where it cannot run (see GuardedUpdate)."""
+    """Build, place and wrap the networks of `preset`; ValueError for fp16 where it cannot run (see GuardedUpdate)
+    and for Accelerate's own dynamo backend (see train/compile.py)."""
+    check_accelerate(accelerator)
     torch.manual_seed(seed)  # identical initial weights on every rank
     models = build_models(preset).to(accelerator.device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -45,6 +50,8 @@ def prepare_training(
     optimizers = build_optimizers(models, objective)
     ema = copy.deepcopy(models.generator).requires_grad_(False)
     update = GuardedUpdate.for_accelerator(accelerator, models.networks())
+    if compile_mode != "no":
+        compile_networks(models.networks().values(), phases, compile_mode)
     generator, energy, inference = accelerator.prepare(models.generator, models.energy, models.inference)
     prepared = TriangleModels(
         generator=generator,
