@@ -20,6 +20,7 @@ from progressive.eval.metrics import (
     feature_statistics,
     frechet_distance,
     inception_score,
+    kernel_inception_distance,
     laplacian_pyramid,
     multiscale_swd,
     reconstruction_metrics,
@@ -269,3 +270,29 @@ def test_kernel_inception_distance_against_a_direct_computation():
     near, _ = kernel_inception_distance(same, other, subsets=10, subset_size=500)
     far, _ = kernel_inception_distance(same, other + 1.0, subsets=10, subset_size=500)
     assert abs(near) < 0.01 < far  # unbiased: about 0 for one distribution, clearly above for a shifted one
+
+
+def test_fid_kid_and_is_agree_with_torch_fidelity_on_the_same_features():
+    """A development cross-check (pip install '.[crosscheck]'): torch-fidelity's formulas on the same features and
+    logits give the same FID, KID (one subset of every feature: the estimator then uses no random draw) and IS."""
+    pytest.importorskip("torch_fidelity")
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 16, generator=generator, dtype=torch.float64)
+    fake = torch.randn(300, 16, generator=generator, dtype=torch.float64) * 1.3 + 0.2
+    theirs = fid_statistics_to_metric(fid_features_to_statistics(real), fid_features_to_statistics(fake), False)
+    ours = frechet_distance(feature_statistics(real), feature_statistics(fake))
+    assert ours == pytest.approx(theirs["frechet_inception_distance"], rel=1e-9)
+
+    kid = kid_features_to_metric(real, fake, kid_subsets=1, kid_subset_size=300, verbose=False)
+    mean, _ = kernel_inception_distance(real, fake, subsets=1, subset_size=300)
+    assert mean == pytest.approx(kid["kernel_inception_distance_mean"], rel=1e-9)
+
+    logits = torch.randn(200, 10, generator=generator, dtype=torch.float64) * 3
+    isc = isc_features_to_metric(logits, splits=10, shuffle=False)
+    assert inception_score(logits, splits=10) == pytest.approx(
+        (isc["inception_score_mean"], isc["inception_score_std"]), rel=1e-9
+    )
