@@ -39,7 +39,7 @@ from pathlib import Path
 from progressive.cli import evaluate
 from progressive.cli.checks import EXIT_BAD_INPUT
 from progressive.objective import RECIPES, TriangleConfig
-from progressive.train.checkpoint import load_checkpoint, newest_in_directory
+from progressive.train.checkpoint import CheckpointContents, load_checkpoint, newest_in_directory
 
 TRAIN = Path(__file__).with_name("train.py")
 DEFAULT_CONFIGS = ["triangle", "vae", "wake-sleep", "adversarial"]  # the paper's Table 2 rows, and E+G alone
@@ -129,12 +129,12 @@ def measure(configuration: Configuration, run_dir: Path, code: int, args: argpar
     checkpoint = newest_in_directory(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
     if checkpoint is None:
         return row
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    row["kimg"] = state["images_shown"] / 1000
-    row["nonfinite"] = sum(state["skipped"].values())
-    row["health"] = state.get("health", {})
+    saved = CheckpointContents.from_dict(load_checkpoint(checkpoint, map_location="cpu"))
+    row["kimg"] = saved.images_shown / 1000
+    row["nonfinite"] = sum(saved.skipped.values())
+    row["health"] = saved.health
     # A network the configuration does not train is left out of the figures: its scores would be its initial weights'.
-    objective = TriangleConfig(**json.loads(state["config"])["objective"])
+    objective = TriangleConfig(**json.loads(saved.config)["objective"])
     metrics = ["swd", "diversity"]
     metrics += ["recon"] if objective.trains_inference else []
     metrics += ["energy"] if objective.trains_energy else []

@@ -11,7 +11,7 @@ from torch import nn
 
 from progressive.models import TriangleModels
 from progressive.presets import build_models
-from progressive.train.checkpoint import find_checkpoint, load_checkpoint
+from progressive.train.checkpoint import CheckpointContents, find_checkpoint, load_checkpoint
 from progressive.train.config import TrainConfig, merge_config, preset_config
 from progressive.train.schedule import Stage, stage_at
 
@@ -41,17 +41,17 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     Raises progressive.train.checkpoint.CheckpointError (a ValueError) for a missing or foreign file.
     """
     path = find_checkpoint(path)
-    state = load_checkpoint(path, map_location=device)
-    values = json.loads(state["config"])
+    saved = CheckpointContents.from_dict(load_checkpoint(path, map_location=device))
+    values = json.loads(saved.config)
     # Checkpoints written before named recipes existed trained the reference objective.
     config = merge_config(preset_config(values["preset"], values.get("recipe", "reference")), values)
     models = build_models(config.preset).to(device)
     for name, net in models.networks().items():
-        net.load_state_dict(state["networks"][name])
+        net.load_state_dict(saved.networks[name])
     generator_ema = build_models(config.preset).generator.to(device)
-    generator_ema.load_state_dict(state["generator_ema"])
+    generator_ema.load_state_dict(saved.generator_ema)
     generator_ema.requires_grad_(False)
-    stage = stage_at(config.schedule, state["images_shown"], config.objective)
+    stage = stage_at(config.schedule, saved.images_shown, config.objective)
     models.set_stage(stage.resolution, stage.alpha)
     if hasattr(generator_ema, "set_stage"):
         generator_ema.set_stage(stage.resolution, stage.alpha)
@@ -60,7 +60,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
         generator_ema=generator_ema,
         config=config,
         stage=stage,
-        images_shown=state["images_shown"],
-        dataset_fingerprint=state["dataset_fingerprint"],
+        images_shown=saved.images_shown,
+        dataset_fingerprint=saved.dataset_fingerprint,
         path=path,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,3 +55,20 @@ def run_train_main(args: list[str]) -> int:
     GradientState._reset_state()
     PartialState._reset_state()
     return main(args)
+
+
+class StandInInception(nn.Module):
+    """Random small convolutional network with NVIDIA's TorchScript interface (0..255 pixels in)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 24, 3, stride=2)
+        self.head = nn.Linear(24, 7)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False, no_output_bias: bool = False):
+        x = img.to(torch.float32) / 127.5 - 1.0
+        features = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        if return_features:
+            return features
+        return torch.softmax(self.head(features), dim=1)

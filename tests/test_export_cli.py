@@ -135,7 +135,7 @@ def test_evaluate_writes_json_and_a_line_per_metric(trained, tmp_path, capsys, m
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_evaluate_fid_and_is_with_a_stand_in_inception_caches_real_statistics(trained, tmp_path):
-    from tests.test_metrics import StandInInception
+    from conftest import StandInInception
 
     network = tmp_path / "stand-in.pt"
     torch.jit.script(StandInInception()).save(str(network))
@@ -345,7 +345,7 @@ def test_energy_landscape_of_a_trained_run(trained, tmp_path, capsys):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_evaluate_protocol_prints_the_papers_numbers_and_the_differences(trained, tmp_path, capsys, monkeypatch):
-    from tests.test_metrics import StandInInception
+    from conftest import StandInInception
 
     network = tmp_path / "stand-in.pt"
     torch.jit.script(StandInInception()).save(str(network))

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import StandInInception
 from torch import nn
 
 from progressive.eval import inception as inception_module
@@ -143,23 +144,6 @@ def test_shuffle_pixels_keeps_each_images_colours():
             torch.sort(before.flatten(1).T, dim=0).values.sum(), torch.sort(after.flatten(1).T, dim=0).values.sum()
         )
         assert sorted(map(tuple, before.flatten(1).T.tolist())) == sorted(map(tuple, after.flatten(1).T.tolist()))
-
-
-class StandInInception(nn.Module):
-    """Random small convolutional network with NVIDIA's TorchScript interface (0..255 pixels in)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 24, 3, stride=2)
-        self.head = nn.Linear(24, 7)
-
-    def forward(self, img: torch.Tensor, return_features: bool = False, no_output_bias: bool = False):
-        x = img.to(torch.float32) / 127.5 - 1.0
-        features = torch.relu(self.conv(x)).mean(dim=(2, 3))
-        if return_features:
-            return features
-        return torch.softmax(self.head(features), dim=1)
 
 
 def stand_in_network() -> InceptionNetwork:

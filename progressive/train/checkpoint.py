@@ -8,6 +8,7 @@ the skip counters, the dataset fingerprint and the resolved configuration.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,41 @@ _NAME = re.compile(r"^checkpoint-(\d{9,})\.pt$")
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, of another kind, or incompatible with the run."""
+
+
+@dataclass
+class CheckpointContents:
+    """What a checkpoint holds: the one description of its layout, written by the trainer and read by resumption
+    and `load_trained`. Stored as a plain dict (`to_dict`) of tensors and built-in values, which
+    `torch.load(weights_only=True)` reads back without importing any class of this project."""
+
+    config: str  # the resolved TrainConfig as JSON (compared on resume, rebuilt by load_trained)
+    dataset_fingerprint: str  # content fingerprint of the training data
+    images_shown: int  # real images shown: the schedule, data order and noise derive from it
+    iteration: int  # iterations run
+    networks: dict[str, dict[str, torch.Tensor]]  # state dicts by name: energy, inference, generator
+    generator_ema: dict[str, torch.Tensor]  # state dict of the generator's moving average
+    optimizers: dict[str, dict[str, Any]]  # Adam state dicts by network name
+    scalers: dict[str, dict[str, Any]]  # fp16 GradScaler state dicts by network name (empty when disabled)
+    skipped: dict[str, int]  # updates skipped for a non-finite gradient, by network name
+    consecutive_nonfinite: int = 0  # iterations in a row with a skipped update
+    health: dict[str, float] = field(default_factory=dict)  # the run's extremes (absent before it was recorded)
+    rank_digests: list[list[float]] | None = None  # per process, sums of every network's values (sync check)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: the tensors are not copied
+        if values["rank_digests"] is None:
+            del values["rank_digests"]
+        return {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, **values}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> CheckpointContents:
+        """The contents of a loaded checkpoint; KeyError naming the first missing entry of a damaged one."""
+        names = {f.name for f in fields(cls)}
+        required = [f.name for f in fields(cls) if f.name not in ("consecutive_nonfinite", "health", "rank_digests")]
+        for name in required:
+            state[name]  # noqa: B018 -- KeyError with the entry's name
+        return cls(**{key: value for key, value in state.items() if key in names})
 
 
 def checkpoint_name(images_shown: int) -> str:

@@ -30,8 +30,7 @@ from progressive.models import bare, format_count, parameter_summary, set_networ
 from progressive.nets.layers import batch_statistics_over_processes, global_batch_norms, running_statistics_frozen
 from progressive.objective import STAT_NAMES, STATISTICS, stats_to_dict, triangle_step
 from progressive.train.checkpoint import (
-    CHECKPOINT_KIND,
-    CHECKPOINT_VERSION,
+    CheckpointContents,
     CheckpointError,
     checkpoint_name,
     prune_checkpoints,
@@ -139,45 +138,48 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": CHECKPOINT_KIND,
-            "version": CHECKPOINT_VERSION,
-            "config": self.config.to_json(),
-            "dataset_fingerprint": self.dataset.fingerprint,
-            "images_shown": self.state.images_shown,
-            "iteration": self.state.iteration,
-            "consecutive_nonfinite": self.state.consecutive_nonfinite,
-            "health": dict(self.state.health),
-            "skipped": dict(self.update.skipped),
-            "networks": {name: bare(net).state_dict() for name, net in self.models.networks().items()},
-            "generator_ema": self.ema.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "scalers": {name: scaler.state_dict() for name, scaler in self.update.scalers.items()},
-        }
+        return self._contents().to_dict()
+
+    def _contents(self, rank_digests: list[list[float]] | None = None) -> CheckpointContents:
+        return CheckpointContents(
+            config=self.config.to_json(),
+            dataset_fingerprint=self.dataset.fingerprint,
+            images_shown=self.state.images_shown,
+            iteration=self.state.iteration,
+            networks={name: bare(net).state_dict() for name, net in self.models.networks().items()},
+            generator_ema=self.ema.state_dict(),
+            optimizers={name: opt.state_dict() for name, opt in self.optimizers.items()},
+            scalers={name: scaler.state_dict() for name, scaler in self.update.scalers.items()},
+            skipped=dict(self.update.skipped),
+            consecutive_nonfinite=self.state.consecutive_nonfinite,
+            health=dict(self.state.health),
+            rank_digests=rank_digests,
+        )
 
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
         """Restore a checkpoint after checking it belongs to this configuration and dataset."""
-        differences = config_differences(json.loads(state["config"]), self.config.to_dict())
+        saved = CheckpointContents.from_dict(state)
+        differences = config_differences(json.loads(saved.config), self.config.to_dict())
         if differences:
             raise CheckpointError(f"{source} was trained with a different configuration: " + "; ".join(differences))
-        if state["dataset_fingerprint"] != self.dataset.fingerprint:
+        if saved.dataset_fingerprint != self.dataset.fingerprint:
             raise CheckpointError(
-                f"{source} was trained on dataset {state['dataset_fingerprint']}, not {self.dataset.fingerprint}"
+                f"{source} was trained on dataset {saved.dataset_fingerprint}, not {self.dataset.fingerprint}"
             )
         for name, net in self.models.networks().items():
-            bare(net).load_state_dict(state["networks"][name])
-        self.ema.load_state_dict(state["generator_ema"])
+            bare(net).load_state_dict(saved.networks[name])
+        self.ema.load_state_dict(saved.generator_ema)
         for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+            optimizer.load_state_dict(saved.optimizers[name])
         for name, scaler in self.update.scalers.items():
-            if state["scalers"][name]:
-                scaler.load_state_dict(state["scalers"][name])
-        self.update.skipped = dict(state["skipped"])
+            if saved.scalers[name]:
+                scaler.load_state_dict(saved.scalers[name])
+        self.update.skipped = dict(saved.skipped)
         self.state = RunState(
-            images_shown=state["images_shown"],
-            iteration=state["iteration"],
-            consecutive_nonfinite=state["consecutive_nonfinite"],
-            health=dict(state.get("health", {})),  # absent from checkpoints written before it was recorded
+            images_shown=saved.images_shown,
+            iteration=saved.iteration,
+            consecutive_nonfinite=saved.consecutive_nonfinite,
+            health=dict(saved.health),
         )
 
     @torch.no_grad()
@@ -196,7 +198,7 @@ class Trainer:
         if self.accelerator.is_main_process and self.run_dir is not None:
             directory = self.run_dir / "checkpoints"
             path = directory / checkpoint_name(self.state.images_shown)
-            save_atomically({**self.state_dict(), "rank_digests": digests}, path)
+            save_atomically(self._contents(rank_digests=digests).to_dict(), path)
             prune_checkpoints(directory, self.config.keep_checkpoints)
             log.info("checkpoint %s", path)
         self.accelerator.wait_for_everyone()
