@@ -32,8 +32,8 @@ from progressive.objective import triangle_step
 from progressive.presets import PRESETS
 from progressive.train.compile import COMPILE_MODES
 from progressive.train.config import preset_config
-from progressive.train.loop import peak_memory_gib
 from progressive.train.prepare import prepare_training
+from progressive.train.report import peak_memory_gib
 
 
 class OperatorCount(TorchDispatchMode):

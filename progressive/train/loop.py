@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import resource
 import signal
 import time
 from collections.abc import Iterator
@@ -26,9 +25,9 @@ from accelerate import Accelerator
 from torchvision.utils import make_grid, save_image
 
 from progressive.data import STOP_SIGNALS, StreamBatchSampler, make_loader
-from progressive.models import bare, format_count, parameter_summary, set_network_stage, update_ema
+from progressive.models import bare, set_network_stage, update_ema
 from progressive.nets.layers import batch_statistics_over_processes, global_batch_norms, running_statistics_frozen
-from progressive.objective import STAT_NAMES, STATISTICS, stats_to_dict, triangle_step
+from progressive.objective import STAT_NAMES, triangle_step
 from progressive.train.checkpoint import (
     CheckpointContents,
     CheckpointError,
@@ -37,10 +36,10 @@ from progressive.train.checkpoint import (
     save_atomically,
 )
 from progressive.train.config import TrainConfig, config_differences
-from progressive.train.health import health_warnings, record_extremes, sample_diversity
 from progressive.train.noise import IterationNoise, draw_noise
 from progressive.train.optim import apply_learning_rates
 from progressive.train.prepare import prepare_training
+from progressive.train.report import Tick, crossed, progress_line, run_description, tick_report
 from progressive.train.schedule import Stage, blend_reals, schedule_table, stage_at
 from progressive.train.trackers import log_images
 
@@ -236,7 +235,7 @@ class Trainer:
         stats_sum = torch.zeros(len(STAT_NAMES), device=self.device)
         stats_count = 0
         loader_key, batches = None, None
-        tick = _Tick(time.time(), self.state.images_shown)
+        tick = Tick(time.time(), self.state.images_shown)
         last_progress = tick.time
         saved_at = None  # images shown at the last checkpoint this call wrote
         # A first status line a few iterations in (speed and ETAs within seconds), not only at the first tick.
@@ -308,24 +307,37 @@ class Trainer:
             self.state.images_shown += stage.batch_size
             self.state.iteration += 1
             now = self.state.images_shown
-            if _crossed(images_shown, now, config.tick_kimg) or now >= total or self.state.iteration == first_report:
-                self._report(stage, tick, stats_sum, stats_count, total)
+            if crossed(images_shown, now, config.tick_kimg) or now >= total or self.state.iteration == first_report:
+                tick_report(
+                    self.accelerator,
+                    stage,
+                    tick,
+                    stats_sum,
+                    stats_count,
+                    now,
+                    total,
+                    self.update.skipped,
+                    self.state.health,
+                    self.models.latent_dim,
+                    config.objective,
+                )
                 stats_sum.zero_()
                 stats_count = 0
-                tick = _Tick(time.time(), now)
+                tick = Tick(time.time(), now)
                 last_progress = tick.time
             elif config.progress_seconds and time.time() - last_progress >= config.progress_seconds:
-                self._progress(stage, tick, total)  # main process only, no collective: ranks need not agree
+                if self.accelerator.is_main_process:  # no collective: ranks need not agree on when
+                    progress_line(stage, tick, now, total, config.tick_kimg)
                 last_progress = time.time()
-            if _crossed(images_shown, now, config.snapshot_kimg) or now >= total:
+            if crossed(images_shown, now, config.snapshot_kimg) or now >= total:
                 self.write_snapshot(stage_at(config.schedule, now, config.objective))
             if (
                 config.metrics
                 and config.metric_kimg > 0
-                and (_crossed(images_shown, now, config.metric_kimg) or now >= total)
+                and (crossed(images_shown, now, config.metric_kimg) or now >= total)
             ):
                 self.evaluate(stage_at(config.schedule, now, config.objective))
-            if _crossed(images_shown, now, config.checkpoint_kimg) and now < total:
+            if crossed(images_shown, now, config.checkpoint_kimg) and now < total:
                 self.save_checkpoint()
                 saved_at = now
         self.save_checkpoint()
@@ -373,91 +385,10 @@ class Trainer:
 
     def describe(self) -> list[str]:
         """Lines for the start of a run: parameters per network and resolution, and the generator average's decay."""
-        lines = [
-            f"{name}: {format_count(counts['total'])} parameters"
-            + (" (" + ", ".join(f"{r}: {format_count(n)}" for r, n in counts.items() if r != "total") + ")")
-            for name, counts in parameter_summary(self.models).items()
-        ]
-        config = self.config
-        batch = stage_at(config.schedule, self.state.images_shown, config.objective).batch_size
-        rampup = f" (at most {config.ema_rampup:g} x the images shown)" if config.ema_rampup is not None else ""
-        decay, now = 0.5 ** (batch / (config.ema_kimg * 1000)), ema_beta(config, batch, self.state.images_shown)
-        lines.append(
-            f"generator average: half-life {config.ema_kimg * 1000:,.0f} images{rampup}; "
-            f"decay per iteration of {batch} images {decay:.6f}, now {now:.6f}"
-        )
-        return lines
-
-    def _progress(self, stage: Stage, tick: _Tick, total: int) -> None:
-        """A line between ticks that are minutes apart: where the run is, its speed, and when the next tick comes."""
-        if not self.accelerator.is_main_process:
-            return
-        now = self.state.images_shown
-        images_per_second = max(now - tick.images, 1) / max(time.time() - tick.time, 1e-9)
-        every = _interval_images(self.config.tick_kimg)
-        next_tick = (now // every + 1) * every
-        log.info(
-            "kimg %8.2f  res %4d  alpha %.3f  img/s %7.1f  next tick in %s  eta run %s",
-            now / 1000,
-            stage.resolution,
-            stage.alpha,
-            images_per_second,
-            _duration(max(min(next_tick, total) - now, 0) / images_per_second),
-            _duration(max(total - now, 0) / images_per_second),
-        )
-
-    def _report(self, stage: Stage, tick: _Tick, stats_sum: torch.Tensor, count: int, total: int) -> None:
-        stats = self.accelerator.reduce(stats_sum / max(count, 1), reduction="mean")  # one collective per tick
-        values = stats_to_dict(stats)
-        now = self.state.images_shown
-        elapsed = max(time.time() - tick.time, 1e-9)
-        images = max(now - tick.images, 1)
-        images_per_second = images / elapsed
-        memory = peak_memory_gib(self.device)
-        phase_left = (stage.phase_end_images - now) if stage.phase_end_images is not None else total - now
-        if not self.accelerator.is_main_process:
-            return
-        diversity = sample_diversity(values)
-        log.info(
-            "kimg %8.2f  res %4d  alpha %.3f  batch %3d  sec/kimg %7.2f  img/s %7.1f  "
-            "L_E %+.3f  L_I %.2f  L_G %.2f  recon %.2f  E(real) %+.3f  E(fake) %+.3f  diversity %.2f  "
-            "eta phase %s run %s  mem %.2f GiB  skipped %s",
-            now / 1000,
-            stage.resolution,
-            stage.alpha,
-            stage.batch_size,
-            1000 / images_per_second,
-            images_per_second,
-            values["loss_energy"],
-            values["loss_inference"],
-            values["loss_generator"],
-            values["recon"],
-            values["energy_real"],
-            values["energy_fake"],
-            diversity,
-            _duration(max(phase_left, 0) / images_per_second),
-            _duration(max(total - now, 0) / images_per_second),
-            memory,
-            sum(self.update.skipped.values()),
-        )
-        record_extremes(self.state.health, values)
-        for warning in health_warnings(values, self.models.latent_dim, self.config.objective):
-            log.warning("warning at kimg %.2f: %s", now / 1000, warning)
-        scalars = {STATISTICS[name]: value for name, value in values.items()}
-        scalars |= {
-            "health/latent_nll_per_dim": values["latent_nll"] / self.models.latent_dim,
-            "health/diversity": diversity,
-            "progress/kimg": now / 1000,
-            "progress/resolution": stage.resolution,
-            "progress/alpha": stage.alpha,
-            "progress/batch": stage.batch_size,
-            "timing/sec_per_kimg": 1000 / images_per_second,
-            "timing/images_per_second": images_per_second,
-            "memory/peak_gib": memory,
-        }
-        scalars |= {f"lr/{name}": rate for name, rate in stage.learning_rates.items()}
-        scalars |= {f"skipped/{name}": n for name, n in self.update.skipped.items()}
-        self.accelerator.log(scalars, step=now)
+        config, now = self.config, self.state.images_shown
+        batch = stage_at(config.schedule, now, config.objective).batch_size
+        decay_now = ema_beta(config, batch, now)
+        return run_description(self.models, config.ema_kimg, config.ema_rampup, batch, decay_now)
 
     @torch.no_grad()
     def write_snapshot(self, stage: Stage, reals: bool = False) -> None:
@@ -521,39 +452,6 @@ class Trainer:
             "  ".join(f"{k} {v:.4g}" for k, v in scores.items()),
         )
         self.accelerator.log({f"metrics/{k}": v for k, v in scores.items()}, step=self.state.images_shown)
-
-
-@dataclass
-class _Tick:
-    time: float
-    images: int
-
-
-def _interval_images(every_kimg: float) -> int:
-    """An interval in kimg as a whole number of images (at least 1): what ticks, snapshots and checkpoints count."""
-    return max(int(round(every_kimg * 1000)), 1)
-
-
-def _crossed(before: int, after: int, every_kimg: float) -> bool:
-    """Whether a multiple of `every_kimg` thousand images lies in (before, after]."""
-    every = _interval_images(every_kimg)
-    return after // every > before // every
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-    )
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    """Peak memory: CUDA allocations on a GPU, the process's peak resident set on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _grid(images: torch.Tensor, resolution: int) -> torch.Tensor:
