@@ -13,6 +13,8 @@ import torch
 
 def pixels_to_signed(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels 0..255 as float32 in [-1, 1] (a new tensor)."""
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 pixels, got {pixels.dtype}")
     return pixels.to(torch.float32).div_(127.5).sub_(1.0)
 
 
@@ -22,5 +24,10 @@ def signed_to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 
 def image_array_to_signed(pixels: np.ndarray) -> torch.Tensor:
-    """An (H, W, 3) uint8 array (decoded, possibly read-only or flipped) as a (3, H, W) float32 tensor in [-1, 1]."""
-    return pixels_to_signed(torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
+    """An (H, W, 3) uint8 array (decoded, possibly read-only or flipped) as a (3, H, W) float32 tensor in [-1, 1].
+
+    One copy does it all (the data loader's hot path): HWC uint8 to a contiguous, writable CHW float32 array.
+    """
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"expected uint8 pixels, got {pixels.dtype}")
+    return torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32)).div_(127.5).sub_(1.0)

@@ -20,6 +20,7 @@ import argparse
 import collections
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from progressive.nets.layers import resolutions
 from progressive.objective import triangle_step
 from progressive.presets import PRESETS
-from progressive.train.compile import COMPILE_MODES
+from progressive.train.compile import COMPILE_MODES, recompilation_budget
 from progressive.train.config import preset_config
 from progressive.train.prepare import prepare_training
 from progressive.train.report import peak_memory_gib
@@ -83,6 +84,8 @@ def main() -> None:
     config = preset_config(args.preset)
     top = args.res or config.resolution
     bottom = args.min_res or config.schedule.min_resolution
+    if bottom > top:
+        parser.error(f"--min-res {bottom} is above the largest resolution {top}")
     try:
         prepared = prepare_training(
             args.preset,
@@ -91,7 +94,6 @@ def main() -> None:
             seed=0,
             channels_last=args.channels_last,
             compile_mode=args.compile,
-            phases=len(resolutions(bottom, top)),
         )
     except ValueError as error:
         parser.error(str(error))
@@ -107,39 +109,41 @@ def main() -> None:
         ops_column = f" {'ATen ops':>9} {'launching':>9}" if args.count_ops else ""
         print(f"{'res':>5} {'alpha':>5} {'batch':>6} {'img/s':>9} {'sec/kimg':>9} {'peak GiB':>9}{ops_column}")
     measured: dict[str, float] = {}
-    for resolution in resolutions(bottom, top):
-        alpha = 1.0 if resolution == wrapped.min_resolution else 0.5
-        wrapped.set_stage(resolution, alpha)
-        batch = args.batch or config.schedule.batch_size_at(resolution)
-        local = batch // accelerator.num_processes
-        x = (torch.rand(local, 3, resolution, resolution, device=accelerator.device) * 2 - 1).contiguous(
-            memory_format=memory_format
-        )
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(accelerator.device)
-        for iteration in range(args.warmup + args.iterations):
-            if iteration == args.warmup:
-                if cuda:
-                    torch.cuda.synchronize(accelerator.device)
-                accelerator.wait_for_everyone()
-                start = time.perf_counter()
-            triangle_step(wrapped, optimizers, x, config=config.objective, update=update, check_range=False)
-        if cuda:
-            torch.cuda.synchronize(accelerator.device)
-        accelerator.wait_for_everyone()
-        images_per_second = batch * args.iterations / (time.perf_counter() - start)
-        measured[str(resolution)] = images_per_second
-        ops_column = ""
-        if args.count_ops:  # after the timing: the counting mode slows every call down
-            with OperatorCount() as count:
-                triangle_step(wrapped, optimizers, x, config=config.objective, update=update, check_range=False)
-            ops_column = f" {sum(count.calls.values()):9d} {count.launching:9d}"
-        if accelerator.is_main_process:
-            print(
-                f"{resolution:5d} {alpha:5.1f} {batch:6d} {images_per_second:9.1f} {1000 / images_per_second:9.2f} "
-                f"{peak_memory_gib(accelerator.device):9.2f}{ops_column}",
-                flush=True,
+    budget = recompilation_budget(len(resolutions(bottom, top))) if args.compile != "no" else nullcontext()
+    with budget:  # each resolution measured is a phase of compilation
+        for resolution in resolutions(bottom, top):
+            alpha = 1.0 if resolution == wrapped.min_resolution else 0.5
+            wrapped.set_stage(resolution, alpha)
+            batch = args.batch or config.schedule.batch_size_at(resolution)
+            local = batch // accelerator.num_processes
+            x = (torch.rand(local, 3, resolution, resolution, device=accelerator.device) * 2 - 1).contiguous(
+                memory_format=memory_format
             )
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(accelerator.device)
+            for iteration in range(args.warmup + args.iterations):
+                if iteration == args.warmup:
+                    if cuda:
+                        torch.cuda.synchronize(accelerator.device)
+                    accelerator.wait_for_everyone()
+                    start = time.perf_counter()
+                triangle_step(wrapped, optimizers, x, config=config.objective, update=update, check_range=False)
+            if cuda:
+                torch.cuda.synchronize(accelerator.device)
+            accelerator.wait_for_everyone()
+            images_per_second = batch * args.iterations / (time.perf_counter() - start)
+            measured[str(resolution)] = images_per_second
+            ops_column = ""
+            if args.count_ops:  # after the timing: the counting mode slows every call down
+                with OperatorCount() as count:
+                    triangle_step(wrapped, optimizers, x, config=config.objective, update=update, check_range=False)
+                ops_column = f" {sum(count.calls.values()):9d} {count.launching:9d}"
+            if accelerator.is_main_process:
+                print(
+                    f"{resolution:5d} {alpha:5.1f} {batch:6d} {images_per_second:9.1f} {1000 / images_per_second:9.2f} "
+                    f"{peak_memory_gib(accelerator.device):9.2f}{ops_column}",
+                    flush=True,
+                )
 
     if args.json and accelerator.is_main_process:
         Path(args.json).write_text(

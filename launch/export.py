@@ -1,4 +1,5 @@
-"""Export samples, reconstructions and energies: `python launch/export.py {sample,reconstruct,energy} CHECKPOINT ...`.
+"""Export samples, reconstructions, energies and the trained networks:
+`python launch/export.py {sample,reconstruct,energy,pretrained} CHECKPOINT ...`.
 
 The program lives in progressive/cli/export.py (also installed as `triangle-export`); see --help.
 """

@@ -21,7 +21,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from progressive.eval.metrics import energies, generate_from_seeds
+from progressive.eval.metrics import EXPORT_BATCH, energies, generate_from_seeds, reconstruct
 from progressive.models import TriangleModels, set_network_stage
 from progressive.presets import build_models
 from progressive.pretrained import TrainedRun, load_trained
@@ -98,11 +98,14 @@ class PretrainedTriangle(
         set_network_stage(self.generator_ema, resolution, alpha)
 
     @torch.no_grad()
-    def sample(self, seeds: Iterable[int], temperature: float = 1.0, ema: bool = True) -> torch.Tensor:
-        """One image per seed, (N, 3, R, R) in [-1, 1]: the same seeds give the images `triangle-export sample` does."""
+    def sample(
+        self, seeds: Iterable[int], temperature: float = 1.0, ema: bool = True, batch_size: int = EXPORT_BATCH
+    ) -> torch.Tensor:
+        """One image per seed, (N, 3, R, R) in [-1, 1]: what `triangle-export sample --seeds` writes with the same
+        --batch (batch-norm generators, in training mode, normalise over each batch)."""
         generator = self.generator_ema if ema else self.generator
         device = next(self.parameters()).device
-        parts = generate_from_seeds(generator, list(seeds), self.latent_dim, 64, device, temperature)
+        parts = generate_from_seeds(generator, list(seeds), self.latent_dim, batch_size, device, temperature)
         return torch.cat(list(parts))
 
     @torch.no_grad()
@@ -110,12 +113,10 @@ class PretrainedTriangle(
         """(mu(x), log-variance) of q(z|x) for images (N, 3, R, R) in [-1, 1]."""
         return self.inference(images)
 
-    @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """g(mu(x)) with the trained generator (as the paper's reconstruction error)."""
-        return self.generator(self.encode(images)[0]).float()
+        return reconstruct(self.inference, self.generator, images)
 
-    @torch.no_grad()
     def energy_of(self, images: torch.Tensor) -> torch.Tensor:
         """E(x) per image (N,), low for likely images, in the run's energy form."""
         return energies(self.energy, images, self.energy_form)

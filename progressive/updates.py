@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
-from accelerate import Accelerator
 from torch import nn
+
+if TYPE_CHECKING:  # the iteration needs no Accelerate; only the trainer's updates are built from one
+    from accelerate import Accelerator
 
 
 class GradientClipping(Protocol):

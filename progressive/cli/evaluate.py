@@ -188,8 +188,10 @@ def evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         swd_patches=args.swd_patches,
         inception=inception,
-        fid_reals=(lambda: fid_real.batches(args.batch, device)) if fid_real else None,
-        fid_real_statistics=(lambda: _real_statistics(args, run, fid_real, inception, device)) if fid_real else None,
+        fid_reals=(lambda: fid_real.batches(args.batch, device)) if fid_real is not None else None,
+        fid_real_statistics=(
+            (lambda: _real_statistics(args, run, fid_real, inception, device)) if fid_real is not None else None
+        ),
         fid_samples=args.fid_samples,
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
@@ -212,7 +214,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "alpha": run.stage.alpha,
         "dataset_fingerprint": run.dataset_fingerprint,
         "held_out": {"images": len(held_out), "source": held_out.description},
-        "fid_real": {"images": len(fid_real), "source": fid_real.description} if fid_real else None,
+        "fid_real": {"images": len(fid_real), "source": fid_real.description} if fid_real is not None else None,
         "inception": inception.source if inception else None,
         "metrics": metrics,
         "skipped": skipped,

@@ -17,7 +17,9 @@ import argparse
 import csv
 import io
 import math
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from progressive.cli.common import (
     write_atomically,
 )
 from progressive.eval.metrics import (
+    EXPORT_BATCH,
     encode_and_reconstruct,
     energies,
     energy_separation,
@@ -51,7 +54,9 @@ from progressive.eval.metrics import (
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint file, run directory, or root of runs (the newest checkpoint)")
-    parser.add_argument("--batch", type=positive(int, "--batch"), default=32, help="images per forward (default: 32)")
+    parser.add_argument(
+        "--batch", type=positive(int, "--batch"), default=EXPORT_BATCH, help=f"images per forward ({EXPORT_BATCH})"
+    )
     parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
 
 
@@ -107,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrained = commands.add_parser("pretrained", help="config.json + model.safetensors for from_pretrained")
     pretrained.add_argument("checkpoint", help="checkpoint file, run directory, or root of runs (the newest)")
-    pretrained.add_argument("--out", required=True, help="folder to write (created; its two files are replaced)")
+    pretrained.add_argument(
+        "--out", required=True, help="folder (created): config.json and model.safetensors, a README.md if none"
+    )
     return parser
 
 
@@ -264,23 +271,32 @@ def export_energies(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# The files save_pretrained writes that the export replaces, weights first: a crash between the two renames leaves
+# new weights beside the old configuration of the same preset, never a configuration without its weights.
+PRETRAINED_FILES = ("model.safetensors", "config.json")
 
 
 def export_pretrained(args: argparse.Namespace) -> int:
     from progressive.hub import PretrainedTriangle
 
-    out = Path(args.out)
+    out = Path(args.out).absolute()
     check_writable_folder(out, "--out", args.out)
     model = PretrainedTriangle.from_trained(load_run(args.checkpoint, torch.device("cpu")))
-    staging = out.with_name(f".{out.name}.partial")  # written whole, then moved in: an earlier export survives
-    model.save_pretrained(staging)
     out.mkdir(parents=True, exist_ok=True)
-    for path in staging.iterdir():
-        path.replace(out / path.name)
-    staging.rmdir()
+    staging = Path(tempfile.mkdtemp(prefix=".pretrained-", dir=out))  # same file system: renames are atomic
+    try:
+        model.save_pretrained(staging)
+        for name in PRETRAINED_FILES:
+            (staging / name).replace(out / name)
+        if not (out / "README.md").exists():  # a model card already there (a Hub repository's) is the user's
+            (staging / "README.md").replace(out / "README.md")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     stage = f"{model.resolution}x{model.resolution} (alpha {model.alpha:g})"
     print(f"wrote {out}: {model.preset} at {stage}, {model.images_shown / 1000:.1f} kimg; "
           f"load with PretrainedTriangle.from_pretrained({str(out)!r})")  # fmt: skip
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

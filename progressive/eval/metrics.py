@@ -399,6 +399,9 @@ def batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield images[start : start + batch_size]
 
 
+EXPORT_BATCH = 32  # images per forward of the exports (triangle-export --batch, PretrainedTriangle.sample)
+
+
 def seeded_latents(seeds: Iterable[int], latent_dim: int) -> torch.Tensor:
     """One latent per seed, z ~ N(0, I) from torch.Generator().manual_seed(seed): the same seed, the same z."""
     return torch.stack([torch.randn(latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])

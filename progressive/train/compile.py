@@ -15,7 +15,8 @@ the DistributedDataParallel wrapper instead, which those forwards bypass; it is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from accelerate import Accelerator
@@ -38,13 +39,23 @@ def check_accelerate(accelerator: Accelerator) -> None:
         )
 
 
-def compile_networks(networks: Iterable[nn.Module], phases: int, mode: str) -> None:
-    """Compile `networks` in place for a schedule of `phases` phases (mode one of COMPILE_MODES, not "no")."""
+def compile_networks(networks: Iterable[nn.Module], mode: str) -> None:
+    """Compile `networks` in place (mode one of COMPILE_MODES but "no"); run them inside `recompilation_budget`."""
     if mode not in COMPILE_MODES[1:]:
         raise ValueError(f"compile mode must be one of {COMPILE_MODES[1:]}, got {mode!r}")
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, GRAPHS_PER_PHASE * phases)
-    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * GRAPHS_PER_PHASE * phases)
-    config.fail_on_recompile_limit_hit = True  # never a silent fall-back to eager execution
     for net in networks:
         net.compile(mode=None if mode == "default" else mode)
+
+
+@contextmanager
+def recompilation_budget(phases: int) -> Iterator[None]:
+    """While inside, dynamo may compile each function GRAPHS_PER_PHASE times per phase of the schedule, and an
+    exhausted budget raises instead of silently running eagerly. Dynamo's settings are restored on exit."""
+    with torch._dynamo.config.patch(
+        recompile_limit=max(torch._dynamo.config.recompile_limit, GRAPHS_PER_PHASE * phases),
+        accumulated_recompile_limit=max(
+            torch._dynamo.config.accumulated_recompile_limit, 4 * GRAPHS_PER_PHASE * phases
+        ),
+        fail_on_recompile_limit_hit=True,
+    ):
+        yield

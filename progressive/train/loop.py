@@ -15,7 +15,7 @@ import math
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from progressive.train.checkpoint import (
     prune_checkpoints,
     save_atomically,
 )
+from progressive.train.compile import recompilation_budget
 from progressive.train.config import TrainConfig, config_differences
 from progressive.train.noise import IterationNoise, draw_noise
 from progressive.train.optim import apply_learning_rates
@@ -118,7 +119,6 @@ class Trainer:
             config.seed,
             channels_last=config.channels_last,
             compile_mode=config.compile,
-            phases=len(schedule_table(config.schedule)),
         )
         self.models, self.optimizers, self.ema = prepared.models, prepared.optimizers, prepared.ema
         self.update, self.memory_format = prepared.update, prepared.memory_format
@@ -230,6 +230,11 @@ class Trainer:
 
     def run(self) -> None:
         """Train until `config.total_images` real images have been shown, then write a final checkpoint."""
+        phases = len(schedule_table(self.config.schedule))
+        with recompilation_budget(phases) if self.config.compile != "no" else nullcontext():
+            self._run()
+
+    def _run(self) -> None:
         config = self.config
         total = config.total_images
         stats_sum = torch.zeros(len(STAT_NAMES), device=self.device)
@@ -423,7 +428,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, stage: Stage) -> None:
-        """Run `config.metrics` on the main process and log them (`metrics/...` in TensorBoard)."""
+        """Run `config.metrics` on the main process and log them (`metrics/...` in the trackers)."""
         if not self.accelerator.is_main_process:
             return
         from progressive.eval.metrics import evaluate_metric

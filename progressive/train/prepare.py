@@ -37,7 +37,6 @@ def prepare_training(
     seed: int,  # initial weights: the same on every process
     channels_last: bool = False,  # NHWC networks (same maths; faster convolutions on GPUs)
     compile_mode: str = "no",  # torch.compile mode for the networks (train/compile.py), or "no"
-    phases: int = 1,  # phases of the schedule: the recompilation budget of compile_mode
 ) -> PreparedTraining:
     """Build, place and wrap the networks of `preset`; ValueError for fp16 where it cannot run (see GuardedUpdate)
     and for Accelerate's own dynamo backend (see train/compile.py)."""
@@ -51,7 +50,7 @@ def prepare_training(
     ema = copy.deepcopy(models.generator).requires_grad_(False)
     update = GuardedUpdate.for_accelerator(accelerator, models.networks())
     if compile_mode != "no":
-        compile_networks(models.networks().values(), phases, compile_mode)
+        compile_networks(models.networks().values(), compile_mode)
     generator, energy, inference = accelerator.prepare(models.generator, models.energy, models.inference)
     prepared = TriangleModels(
         generator=generator,

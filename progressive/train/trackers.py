@@ -1,8 +1,9 @@
 """Experiment trackers through Accelerate: which ones (`--report-to`), the resolved configuration as their
 hyperparameters, and the snapshot grids through each tracker's own image logging.
 
-Every tracker gets the same scalars (`Accelerator.log`). A run is named after its run directory
-(`00003-celebahq-1024`) inside the project `--tracker-project`; TensorBoard always writes to RUN/tensorboard.
+Every tracker gets the same scalars (`Accelerator.log`). wandb, MLflow and Aim name a run after its run directory
+(`00003-celebahq-1024`) inside the project (experiment) `--tracker-project`; the other trackers name runs their own
+way. TensorBoard always writes to RUN/tensorboard.
 """
 
 from __future__ import annotations
@@ -58,21 +59,24 @@ def parse_report_to(text: str) -> list[str]:
 
 
 def create_trackers(names: Iterable[str], project: str, run_dir: Path) -> list:
-    """Accelerate trackers for `names`, each naming this run after its directory, ready for `init_trackers`."""
+    """Accelerate trackers for `names`, ready for `init_trackers` (wandb, MLflow and Aim name the run after its
+    directory). Only TensorBoard and wandb are exercised by the tests; the others follow Accelerate's signatures."""
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
     trackers = []
     for name in names:
         tracker_class = LOGGER_TYPE_TO_CLASS[name]
         if name == "tensorboard":
-            trackers.append(tracker_class("tensorboard", run_dir))  # RUN/tensorboard, as before trackers were chosen
+            trackers.append(tracker_class("tensorboard", str(run_dir)))  # RUN/tensorboard, whatever the project
         elif name == "wandb":
             trackers.append(tracker_class(project, name=run_dir.name, dir=str(run_dir)))
-        elif name == "mlflow":
-            trackers.append(tracker_class(project, logging_dir=run_dir, run_name=run_dir.name))
+        elif name == "mlflow":  # where runs are stored is MLflow's own setting (MLFLOW_TRACKING_URI)
+            trackers.append(tracker_class(project, run_name=run_dir.name))
+        elif name == "aim":  # one Aim repository under --out, the run named after its directory
+            trackers.append(tracker_class(run_dir.name, str(run_dir.parent), experiment=project))
         elif tracker_class.requires_logging_directory:
-            trackers.append(tracker_class(project, run_dir))
-        else:
+            trackers.append(tracker_class(project, str(run_dir)))
+        else:  # the tracker's own run naming
             trackers.append(tracker_class(project))
     return trackers
 
