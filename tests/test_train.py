@@ -557,3 +557,18 @@ def test_accelerates_own_dynamo_backend_is_refused_with_the_alternative(tmp_path
     error = capsys.readouterr().err
     assert "dynamo backend (inductor)" in error and "--compile" in error and error.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_exhausted_recompilation_budget_is_one_line_not_a_silent_fallback(tmp_path, capsys, monkeypatch):
+    """With a budget of one compilation per function the second shape the energy model meets exhausts it: the run
+    ends with one line naming the way on, where torch's default would have fallen back to eager silently."""
+    import torch._dynamo
+
+    import progressive.train.compile
+
+    monkeypatch.setattr(progressive.train.compile, "GRAPHS_PER_PHASE", 0)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    args = [*TINY, "--res", "4", "--kimg", "0.008", "--out", str(tmp_path / "runs"), "--compile", "default"]
+    assert train(args) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # (and dynamo's log)
+    assert len(errors) == 1 and "recompilation budget exhausted" in errors[0] and "--compile no" in errors[0]

@@ -397,6 +397,8 @@ def claim_run_directory(config: TrainConfig, checkpoint_path: Path | None) -> tu
 
 def train_in(run_dir: Path, trainer, config: TrainConfig, accelerator, checkpoint_path: Path | None) -> int:
     """Train in `run_dir` (chosen and locked by the main process) until done, stopped or failed; the exit code."""
+    from torch._dynamo.exc import FailOnRecompileLimitHit
+
     from progressive.train.loop import NonFiniteError, Stopped
 
     main_process = accelerator.is_main_process
@@ -431,6 +433,10 @@ def train_in(run_dir: Path, trainer, config: TrainConfig, accelerator, checkpoin
         return report(main_process, str(error), EXIT_NONFINITE)
     except DatasetFormatError as error:  # a damaged image, found by whichever rank reads it: that rank reports
         return report(True, original_message(error), EXIT_BAD_INPUT)
+    except FailOnRecompileLimitHit as error:  # --compile: a network needed more compilations than budgeted
+        detail = (str(error).strip().splitlines() or [""])[0]
+        message = f"--compile {config.compile}: recompilation budget exhausted ({detail}); checkpoints written are "
+        return report(main_process, message + "intact: continue with --resume latest --compile no", EXIT_FAILED)
     except OSError as error:  # a full disk or a lost file system while writing; the last checkpoint is intact
         return report(main_process, f"{original_message(error)}; continue with --resume latest", EXIT_FAILED)
     except Stopped as stop:
