@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from progressive.nets.networks import parameters_per_resolution
+
 
 def bare(net: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel (or similar) wrapper; the module itself otherwise."""
@@ -88,18 +90,13 @@ def set_network_stage(net: nn.Module, resolution: int, alpha: float) -> None:
 
 def parameter_summary(models: TriangleModels) -> dict[str, dict[str, int]]:
     """Per network, its parameter count ("total") and, for progressive networks, the count of each resolution's
-    block with its RGB layer (keys "4", "8", ...)."""
+    block with its RGB layer (keys "4", "8", ...: `parameters_per_resolution`)."""
     summary = {}
     for name, net in models.networks().items():
         net = bare(net)
         counts = {"total": sum(p.numel() for p in net.parameters())}
-        blocks = getattr(net, "blocks", None)
-        rgb = getattr(net, "to_rgb", None) or getattr(net, "from_rgb", None)
-        if isinstance(blocks, nn.ModuleDict):
-            for key, block in blocks.items():
-                counts[key] = sum(p.numel() for p in block.parameters())
-                if isinstance(rgb, nn.ModuleDict) and key in rgb:
-                    counts[key] += sum(p.numel() for p in rgb[key].parameters())
+        if hasattr(net, "set_stage"):  # progressive: every parameter belongs to one resolution
+            counts |= {str(r): n for r, n in parameters_per_resolution(net).items()}
         summary[name] = counts
     return summary
 

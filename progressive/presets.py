@@ -134,10 +134,6 @@ class Preset:
     schedule: dict[str, Any]  # ScheduleConfig values: resolutions, phase lengths, batch sizes, rate multipliers
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig values on top of its defaults
 
-    @property
-    def description(self) -> str:
-        return (self.models.__doc__ or "").strip().splitlines()[0] if self.models.__doc__ else ""
-
 
 def _growing_512(last: int) -> dict[str, Any]:
     return {
@@ -147,27 +143,32 @@ def _growing_512(last: int) -> dict[str, Any]:
     }
 
 
+def _fixed(resolution: int) -> dict[str, Any]:
+    """The schedule of the paper's fixed-resolution networks: one stable phase at batch 64."""
+    return {"min_resolution": resolution, "max_resolution": resolution, "batch_size": 64}
+
+
 _HIGH_RESOLUTION = {"hflip": True, "tick_kimg": 4.0, "snapshot_kimg": 40.0, "checkpoint_kimg": 200.0}
 _FIXED_RESOLUTION = {"kimg": 25_000.0, "tick_kimg": 10.0, "snapshot_kimg": 100.0}
 
 PRESETS: dict[str, Preset] = {
     "cifar10": Preset(
         _cifar10,
-        schedule={"min_resolution": 32, "max_resolution": 32, "batch_size": 64},
+        schedule=_fixed(32),
         training={"resolution": 32, **_FIXED_RESOLUTION},
     ),
     "cifar10-tiny": Preset(
         _cifar10_tiny,
-        schedule={"min_resolution": 32, "max_resolution": 32, "batch_size": 64},
+        schedule=_fixed(32),
     ),
     "celeba64": Preset(
         _celeba64,
-        schedule={"min_resolution": 64, "max_resolution": 64, "batch_size": 64},
+        schedule=_fixed(64),
         training={"resolution": 64, **_FIXED_RESOLUTION},
     ),
     "lsun64": Preset(
         _lsun64,
-        schedule={"min_resolution": 64, "max_resolution": 64, "batch_size": 64},
+        schedule=_fixed(64),
         training={"resolution": 64, **_FIXED_RESOLUTION},
     ),
     "celebahq": Preset(_celebahq, schedule=_growing_512(1024), training={"resolution": 1024, **_HIGH_RESOLUTION}),
