@@ -5,8 +5,9 @@
     python launch/benchmark_train.py --preset celebahq --res 32 --batch 4 --count-ops   # launch-count proxy
 
 Each resolution runs mid-fade (alpha 0.5, both paths active: the costlier case) at the preset's
-schedule batch size (or --batch), on random images already on the device, so the figures measure the
-models, the objective and the optimisers, not the data pipeline (see `python -m datasets_prep bench`).
+schedule batch size as `train.py --batch auto` fits it to the GPU (or --batch), on random images already
+on the device, so the figures measure the models, the objective and the optimisers, not the data pipeline
+(see `python -m datasets_prep bench`).
 
 `--count-ops` adds the number of ATen operator calls in one iteration (forward, backward and the three
 updates). Each is a dispatch, and most a kernel launch, on a GPU; where the GPU waits on launches (the
@@ -31,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from progressive.nets.layers import resolutions
 from progressive.objective import triangle_step
 from progressive.presets import PRESETS
+from progressive.train.batches import device_memory_gib, fit_schedule
 from progressive.train.compile import COMPILE_MODES, recompilation_budget
 from progressive.train.config import preset_config
 from progressive.train.prepare import prepare_training
@@ -64,7 +66,9 @@ def main() -> None:
     parser.add_argument("--preset", default="celebahq", choices=sorted(PRESETS), help="model preset")
     parser.add_argument("--res", type=int, default=None, help="largest resolution to measure (default: preset's)")
     parser.add_argument("--min-res", type=int, default=None, help="smallest resolution to measure")
-    parser.add_argument("--batch", type=int, default=None, help="global batch at every resolution (default: schedule)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="global batch at every resolution (default: the schedule's, fitted)"
+    )
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations per resolution")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per resolution")
     parser.add_argument("--count-ops", action="store_true", help="also count ATen operator calls per iteration")
@@ -97,6 +101,13 @@ def main() -> None:
         )
     except ValueError as error:
         parser.error(str(error))
+    schedule, batch_line = fit_schedule(
+        config.schedule,
+        args.preset,
+        device_memory_gib(accelerator.device),
+        accelerator.num_processes,
+        accelerator.mixed_precision,
+    )
     wrapped, optimizers, update = prepared.models, prepared.optimizers, prepared.update
     memory_format = prepared.memory_format
     cuda = accelerator.device.type == "cuda"
@@ -104,17 +115,19 @@ def main() -> None:
     if accelerator.is_main_process:
         print(
             f"preset {args.preset}, {accelerator.num_processes} process(es), device {accelerator.device}, "
-            f"mixed precision {accelerator.mixed_precision}"
+            f"mixed precision {accelerator.mixed_precision}; " + (f"--batch {args.batch}" if args.batch else batch_line)
         )
         ops_column = f" {'ATen ops':>9} {'launching':>9}" if args.count_ops else ""
         print(f"{'res':>5} {'alpha':>5} {'batch':>6} {'img/s':>9} {'sec/kimg':>9} {'peak GiB':>9}{ops_column}")
     measured: dict[str, float] = {}
+    batches: dict[str, int] = {}
     budget = recompilation_budget(len(resolutions(bottom, top))) if args.compile != "no" else nullcontext()
     with budget:  # each resolution measured is a phase of compilation
         for resolution in resolutions(bottom, top):
             alpha = 1.0 if resolution == wrapped.min_resolution else 0.5
             wrapped.set_stage(resolution, alpha)
-            batch = args.batch or config.schedule.batch_size_at(resolution)
+            batch = args.batch or schedule.batch_size_at(resolution)
+            batches[str(resolution)] = batch
             local = batch // accelerator.num_processes
             x = (torch.rand(local, 3, resolution, resolution, device=accelerator.device) * 2 - 1).contiguous(
                 memory_format=memory_format
@@ -156,6 +169,7 @@ def main() -> None:
                     "channels_last": args.channels_last,
                     "compile": args.compile,
                     "images_per_second": measured,
+                    "batch_sizes": batches,
                 },
                 indent=2,
             )

@@ -126,6 +126,34 @@ def _tiny1024() -> TriangleModels:
 PROGRESSIVE_512_LR_MULTIPLIER = 0.1
 
 
+# Per-image activation memory in float32 over bf16/fp16 autocast: the bytes autograd saves for the backward
+# passes in one celebahq iteration, measured on the CPU at 64x64 and 128x128, were 2.1x and 1.8x.
+FLOAT32_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak device memory of one training iteration of a preset's networks, in GiB, under bf16/fp16 autocast."""
+
+    static_gib: float  # parameters, gradients, both Adam moments and the generator average, all resolutions active
+    per_image_gib: dict[int, float]  # each image on a process, by resolution
+
+    def peak_gib(self, resolution: int, images: int, mixed_precision: str) -> float:
+        """Predicted peak with `images` per process at `resolution` (mixed precision "no", "fp16" or "bf16")."""
+        per_image = self.per_image_gib[resolution] * (FLOAT32_FACTOR if mixed_precision == "no" else 1.0)
+        return self.static_gib + images * per_image
+
+
+# The 512-channel progressive networks (celebahq, lsun), from one H100 80GB in bf16 (docs/benchmarks.md, "GPU"):
+# peak 9.6 GiB at 1024x1024 with batch 3 and 45.3 GiB with batch 16 give the static part (1.4) and 2.75 GiB per
+# image; every other resolution's per-image memory is its measured peak less that static part, over its batch,
+# rounded up. Below 64x64 only 4 and 32 were measured; 32x32's figure serves for all (memory never limits there).
+_PROGRESSIVE_512_MEMORY = PeakMemory(
+    static_gib=1.4,
+    per_image_gib={4: 0.035, 8: 0.035, 16: 0.035, 32: 0.035, 64: 0.13, 128: 0.30, 256: 0.64, 512: 1.32, 1024: 2.75},
+)
+
+
 @dataclass(frozen=True)
 class Preset:
     """Everything a preset decides: its networks, its growth schedule and its training defaults."""
@@ -133,12 +161,17 @@ class Preset:
     models: Callable[[], TriangleModels]  # builds the three networks (weights from the global torch seed)
     schedule: dict[str, Any]  # ScheduleConfig values: resolutions, phase lengths, batch sizes, rate multipliers
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig values on top of its defaults
+    memory: PeakMemory | None = None  # peak memory per resolution and image, for --batch auto (train/batches.py)
 
 
 def _growing_512(last: int) -> dict[str, Any]:
+    """Batch 16 at every resolution (--batch auto lowers it where a GPU's memory is short; --batch legacy gives
+    progressive GANs' 16 GB table), a tenth of the objective's rates."""
     return {
         "min_resolution": 4,
         "max_resolution": last,
+        "batch_size": 16,
+        "batch_sizes": {},
         "lr_multipliers": {r: PROGRESSIVE_512_LR_MULTIPLIER for r in resolutions(4, last)},
     }
 
@@ -171,8 +204,18 @@ PRESETS: dict[str, Preset] = {
         schedule=_fixed(64),
         training={"resolution": 64, **_FIXED_RESOLUTION},
     ),
-    "celebahq": Preset(_celebahq, schedule=_growing_512(1024), training={"resolution": 1024, **_HIGH_RESOLUTION}),
-    "lsun": Preset(_lsun, schedule=_growing_512(256), training={"resolution": 256, **_HIGH_RESOLUTION}),
+    "celebahq": Preset(
+        _celebahq,
+        schedule=_growing_512(1024),
+        training={"resolution": 1024, **_HIGH_RESOLUTION},
+        memory=_PROGRESSIVE_512_MEMORY,
+    ),
+    "lsun": Preset(
+        _lsun,
+        schedule=_growing_512(256),
+        training={"resolution": 256, **_HIGH_RESOLUTION},
+        memory=_PROGRESSIVE_512_MEMORY,
+    ),
     "demo": Preset(
         _demo,  # about five minutes on two CPU cores (docs/architecture.md)
         schedule={"min_resolution": 4, "max_resolution": 32, "fade_images": 2_000, "stable_images": 2_000},

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -27,16 +28,28 @@ from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, check_
 from progressive.nets.layers import is_power_of_two
 from progressive.objective import DEFAULT_RECIPE, RECIPES, TriangleConfig
 from progressive.presets import PRESETS, default_preset
+from progressive.train.batches import device_memory_gib, fit_schedule, predicted_overflows, usable_gib
 from progressive.train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, resolve_resume
 from progressive.train.compile import COMPILE_MODES
 from progressive.train.config import TrainConfig, load_config_file, merge_config, preset_config
 from progressive.train.run_directory import create_run_directory, lock_run_directory
-from progressive.train.schedule import ScheduleConfig, schedule_table
+from progressive.train.schedule import LEGACY_BATCH_SIZES, ScheduleConfig, schedule_table
 from progressive.train.trackers import create_trackers, hyperparameters, parse_report_to
 
 EXIT_NONFINITE = 3
 # Flags that are not TrainConfig values (they choose what to run, not what is trained).
-COMMAND_ONLY = ("res", "preset", "recipe", "resume", "batch", "config", "dry_run", "throughput", "mixed_precision")
+COMMAND_ONLY = (
+    "res",
+    "preset",
+    "recipe",
+    "resume",
+    "batch",
+    "gpu_memory_gib",
+    "config",
+    "dry_run",
+    "throughput",
+    "mixed_precision",
+)
 # Schedule values set by other options (--res sets max_resolution, --batch the batch sizes).
 _SCHEDULE_VIA_OTHER_OPTIONS = {"max_resolution", "batch_size", "batch_sizes"}
 
@@ -85,7 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="root of the auto-numbered run directories (default: runs)")
     parser.add_argument("--resume", help="`latest`, a run directory or a checkpoint file")
     parser.add_argument("--kimg", type=float, help="training length in thousands of real images")
-    parser.add_argument("--batch", help="global batch: N for every resolution, and/or R:N,R:N per resolution")
+    parser.add_argument(
+        "--batch",
+        help="global batch: auto (default: the preset's, lowered where the GPU's memory is short), legacy "
+        "(progressive GANs' 16 GB table), N for every resolution and/or R:N,R:N per resolution",
+    )
+    parser.add_argument(
+        "--gpu-memory-gib",
+        type=float,
+        help="memory per GPU that --batch auto fits (default: the smallest GPU's own; none on the CPU)",
+    )
     parser.add_argument("--seed", type=int, help="global seed")
     parser.add_argument("--config", help="JSON configuration (e.g. a run's config.json), applied before the flags")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and schedule, exit")
@@ -178,21 +200,26 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if not is_power_of_two(resolution) or not 4 <= resolution <= 1024:
         raise BadInput(f"--res must be a power of two between 4 and 1024, got {resolution}")
     schedule["max_resolution"] = resolution
-    if args.batch:
+    if args.gpu_memory_gib is not None and not args.gpu_memory_gib > 0:
+        raise BadInput(f"--gpu-memory-gib must be positive, got {args.gpu_memory_gib}")
+    if args.batch and args.batch != "auto":
         parts = args.batch.split(",")
         default = [p for p in parts if ":" not in p]
         per_resolution = [p for p in parts if ":" in p]
         try:
             if len(default) > 1:
                 raise ValueError("more than one batch size without a resolution")
-            if default:
+            if default == ["legacy"]:
+                schedule["batch_size"] = 16
+                schedule["batch_sizes"] = dict(LEGACY_BATCH_SIZES)
+            elif default:
                 schedule["batch_size"] = int(default[0])
                 schedule["batch_sizes"] = {}
             if per_resolution:
                 base = schedule.get("batch_sizes", config.schedule.batch_sizes)
                 schedule["batch_sizes"] = {**base, **_table(",".join(per_resolution))}
         except ValueError as error:
-            raise BadInput(f"--batch {args.batch!r} is not N or R:N,R:N ({error})") from error
+            raise BadInput(f"--batch {args.batch!r} is not auto, legacy, N or R:N,R:N ({error})") from error
     from progressive.eval.metrics import METRIC_NAMES
 
     unknown = [m for m in values.get("metrics", []) if m not in METRIC_NAMES]
@@ -262,10 +289,34 @@ def check_batches(config: TrainConfig, processes: int) -> None:
             )
 
 
+def fit_batches(
+    config: TrainConfig,  # as resolved from the preset, --config and the flags
+    batch_flag: str | None,  # --batch as given
+    total_gib: float | None,  # memory of the smallest GPU in use; None on the CPU
+    processes: int,
+    mixed_precision: str,
+) -> tuple[TrainConfig, list[str]]:
+    """--batch auto: the configuration with its batch sizes fitted to the GPU. Explicit sizes are kept, with a
+    warning for each the memory model says will not fit. Also the lines to log about it."""
+    if batch_flag in (None, "auto"):
+        try:
+            schedule, line = fit_schedule(config.schedule, config.preset, total_gib, processes, mixed_precision)
+        except ValueError as error:
+            raise BadInput(f"--batch auto: {error}") from error
+        return dataclasses.replace(config, schedule=schedule), [line]
+    if total_gib is None:
+        return config, []
+    overflows = predicted_overflows(config.schedule, config.preset, total_gib, processes, mixed_precision)
+    usable = f"{usable_gib(total_gib):.1f} GiB usable of a {total_gib:.1f} GiB GPU"
+    return config, [f"warning: --batch {batch_flag}: {line}, more than the {usable}" for line in overflows]
+
+
 def print_dry_run(config: TrainConfig, throughput: dict | None = None) -> None:
     """The configuration, the schedule and, given measured images/s per resolution, the projected wall time."""
     print(config.to_json())
     speed = {int(r): v for r, v in throughput["images_per_second"].items()} if throughput else {}
+    measured_batch = {int(r): b for r, b in (throughput or {}).get("batch_sizes", {}).items()}
+    other_batch = set()  # resolutions whose speed was measured at another batch than this schedule's
     print(
         f"\n{'phase':>6} {'res':>5} {'batch':>6} {'start kimg':>11} {'end kimg':>9}  learning rates at start (E, I, G)"
         + ("   hours" if speed else "")
@@ -281,6 +332,9 @@ def print_dry_run(config: TrainConfig, throughput: dict | None = None) -> None:
             if stage.resolution in speed:
                 total_seconds += images / speed[stage.resolution]
                 hours = f"  {images / speed[stage.resolution] / 3600:6.2f}"
+                if measured_batch.get(stage.resolution, stage.batch_size) != stage.batch_size:
+                    other_batch.add(stage.resolution)
+                    hours += f" (measured at batch {measured_batch[stage.resolution]})"
             elif images:
                 unmeasured.add(stage.resolution)
                 hours = "       ?"
@@ -294,6 +348,8 @@ def print_dry_run(config: TrainConfig, throughput: dict | None = None) -> None:
             f"{throughput.get('processes', 1)} x {throughput.get('device', '?')}, {throughput.get('mixed_precision')}"
         )
         missing = f" (without resolutions {sorted(unmeasured)}, not measured)" if unmeasured else ""
+        if other_batch:
+            missing += f"; resolutions {sorted(other_batch)} measured at other batch sizes"
         print(f"projected training time at the measured speed ({where}): {total_seconds / 3600:.1f} h{missing}")
         scaled = ", ".join(f"{n}x: {total_seconds / 3600 / n:.1f} h" for n in (2, 4, 8, 16))
         print(f"on N times as many GPUs, scaling ideally (a lower bound on time): {scaled}")
@@ -308,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
+        precision = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        try:
+            config, lines = fit_batches(config, args.batch, args.gpu_memory_gib, 1, precision)
+        except BadInput as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         throughput = None
         if args.throughput:
             try:
@@ -318,11 +380,17 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)  # fmt: skip
                 return EXIT_BAD_INPUT
         print_dry_run(config, throughput)
+        print("\n".join(lines))
         return 0
 
     # Heavy imports after argument checks, so --help and bad flags answer at once.
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list
+    from accelerate.utils import (
+        DistributedDataParallelKwargs,
+        InitProcessGroupKwargs,
+        broadcast_object_list,
+        gather_object,
+    )
 
     from progressive.train.loop import Trainer
 
@@ -339,7 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     main_process = accelerator.is_main_process
 
+    own_memory = args.gpu_memory_gib or device_memory_gib(accelerator.device)
+    memories = gather_object([own_memory]) if accelerator.num_processes > 1 else [own_memory]
     try:
+        total_gib = None if None in memories else min(memories)
+        config, batch_notes = fit_batches(
+            config, args.batch, total_gib, accelerator.num_processes, accelerator.mixed_precision
+        )
         check_batches(config, accelerator.num_processes)
         if {"fid", "kid", "is"} & set(config.metrics):
             from progressive.eval.inception import load_inception
@@ -380,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     if outcome[1] is not None:
         return report(main_process, outcome[1], EXIT_BAD_INPUT)
     try:
-        return train_in(Path(outcome[0]), trainer, config, accelerator, checkpoint_path)
+        return train_in(Path(outcome[0]), trainer, config, accelerator, checkpoint_path, batch_notes)
     finally:
         if lock is not None:
             lock.release()
@@ -395,7 +469,14 @@ def claim_run_directory(config: TrainConfig, checkpoint_path: Path | None) -> tu
     return run_dir, lock_run_directory(run_dir)
 
 
-def train_in(run_dir: Path, trainer, config: TrainConfig, accelerator, checkpoint_path: Path | None) -> int:
+def train_in(
+    run_dir: Path,
+    trainer,
+    config: TrainConfig,
+    accelerator,
+    checkpoint_path: Path | None,
+    notes: list[str],  # lines to log once the run directory's log exists (the batch sizes' fitting)
+) -> int:
     """Train in `run_dir` (chosen and locked by the main process) until done, stopped or failed; the exit code."""
     from torch._dynamo.exc import FailOnRecompileLimitHit
 
@@ -423,7 +504,7 @@ def train_in(run_dir: Path, trainer, config: TrainConfig, accelerator, checkpoin
     accelerator.project_configuration.logging_dir = str(trainer.run_dir)
     start_trackers(accelerator, config, trainer.run_dir)
     if main_process:
-        for line in trainer.describe():
+        for line in [*notes, *trainer.describe()]:
             log.info("%s", line)
     try:
         with trainer.stop_on_signals():

@@ -1,0 +1,126 @@
+"""Batch sizes fitted to a GPU's memory (`--batch auto`), the legacy table, and the documented tables."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_train_main
+
+from progressive.cli.train import main
+from progressive.nets.layers import resolutions
+from progressive.presets import preset
+from progressive.train.batches import fitted_batch_sizes, memory_table, usable_gib
+from progressive.train.schedule import LEGACY_BATCH_SIZES, ScheduleConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CELEBAHQ = ScheduleConfig.for_preset("celebahq")
+MEMORY = preset("celebahq").memory
+
+
+def test_the_512_channel_presets_start_from_batch_16_everywhere():
+    for name in ("celebahq", "lsun"):
+        schedule = ScheduleConfig.for_preset(name)
+        assert {schedule.batch_size_at(r) for r in resolutions(4, schedule.max_resolution)} == {16}
+        assert preset(name).memory is not None
+
+
+@pytest.mark.parametrize("total_gib", [15.8, 22.0, 39.4, 79.1, 139.8])
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_fitted_batches_are_the_largest_that_fit_and_never_above_the_schedules(total_gib, precision, processes):
+    fitted = fitted_batch_sizes(CELEBAHQ, MEMORY, total_gib, processes, precision)
+    budget = usable_gib(total_gib)
+    assert sorted(fitted) == resolutions(4, 1024)
+    for resolution, batch in fitted.items():
+        wanted = CELEBAHQ.batch_size_at(resolution)
+        per_process = batch // processes
+        assert batch % processes == 0 and 1 <= per_process and batch <= wanted
+        assert MEMORY.peak_gib(resolution, per_process, precision) <= budget
+        if (per_process + 1) * processes <= wanted:  # one more image per process would not fit
+            assert MEMORY.peak_gib(resolution, per_process + 1, precision) > budget
+
+
+def test_what_the_measurements_say_fits_an_80_gb_gpu_and_float32_needs_more():
+    # Measured on one H100 80GB in bf16: batch 16 at 1024x1024 peaked at 45.3 GiB (docs/benchmarks.md).
+    assert fitted_batch_sizes(CELEBAHQ, MEMORY, 79.1, 1, "bf16") == {r: 16 for r in resolutions(4, 1024)}
+    assert MEMORY.peak_gib(1024, 16, "bf16") == pytest.approx(45.4, abs=0.1)
+    assert MEMORY.peak_gib(1024, 3, "bf16") == pytest.approx(9.65, abs=0.1)
+    on_40 = fitted_batch_sizes(CELEBAHQ, MEMORY, 39.4, 1, "bf16")
+    assert on_40[1024] < 16 and on_40[512] == 16
+    in_float32 = fitted_batch_sizes(CELEBAHQ, MEMORY, 39.4, 1, "no")
+    assert all(in_float32[r] <= on_40[r] for r in on_40) and in_float32[1024] < on_40[1024]
+
+
+def test_a_gpu_too_small_for_one_image_is_refused():
+    with pytest.raises(ValueError, match="one image per process at 1024x1024 .* lower --res$"):
+        fitted_batch_sizes(CELEBAHQ, MEMORY, 5.0, 1, "bf16")
+    with pytest.raises(ValueError, match="one image per process at 1024x1024 .* or with --mixed-precision bf16$"):
+        fitted_batch_sizes(CELEBAHQ, MEMORY, 8.0, 1, "no")
+
+
+def dry_run(capsys, *flags: str) -> tuple[int, dict, str, str]:
+    code = main(["--res", "1024", "--dry-run", *flags])
+    out, err = capsys.readouterr()
+    config = json.loads(out[: out.index("\n}\n") + 2]) if code == 0 else {}
+    return code, config, out, err
+
+
+def test_dry_run_fits_the_batches_to_the_gpu_memory_given(capsys):
+    code, config, out, _ = dry_run(capsys)
+    assert code == 0 and config["schedule"]["batch_sizes"] == {}  # no GPU: the preset's, said so
+    assert "batch sizes as the preset's (no GPU memory to fit)" in out
+
+    code, config, out, _ = dry_run(capsys, "--gpu-memory-gib", "15.8", "--mixed-precision", "bf16")
+    expected = fitted_batch_sizes(CELEBAHQ, MEMORY, 15.8, 1, "bf16")
+    lowered = {str(r): b for r, b in expected.items() if b != 16}
+    assert code == 0 and config["schedule"]["batch_sizes"] == lowered and lowered
+    assert "batch sizes fitted to 15.8 GiB per GPU (bf16, 1 process(es)): " in out
+    rows = [line.split() for line in out.splitlines() if line.startswith((" fade", "stable"))]
+    assert {int(row[1]): int(row[2]) for row in rows} == expected
+
+
+def test_legacy_and_explicit_batches_are_kept_with_a_warning_where_they_would_not_fit(capsys):
+    code, config, out, _ = dry_run(capsys, "--batch", "legacy", "--gpu-memory-gib", "15.8", "--mixed-precision", "no")
+    assert code == 0
+    assert config["schedule"]["batch_size"] == 16
+    assert config["schedule"]["batch_sizes"] == {str(r): b for r, b in LEGACY_BATCH_SIZES.items()}
+    warnings = [line for line in out.splitlines() if line.startswith("warning: --batch legacy: ")]
+    assert any("batch 3 at 1024x1024" in line for line in warnings)
+
+    code, config, out, _ = dry_run(capsys, "--batch", "8", "--gpu-memory-gib", "139.8")
+    assert code == 0 and config["schedule"]["batch_size"] == 8 and "warning" not in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch", "auto,8:3"], "--batch 'auto,8:3' is not auto, legacy, N or R:N,R:N"),
+        (["--gpu-memory-gib", "0"], "--gpu-memory-gib must be positive"),
+        (["--gpu-memory-gib", "3"], "--batch auto: one image per process at 128x128 needs about"),
+    ],
+)
+def test_bad_batch_input_is_one_line_and_exit_2(capsys, flags, message):
+    code, _, _, err = dry_run(capsys, *flags)
+    assert code == 2
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_training_writes_the_fitted_batches_to_its_configuration(tmp_path):
+    # celebahq's networks trained at 4x4 only, on a pretend GPU that fits 4 images (CPU: the fit is by the flag).
+    code = run_train_main(
+        ["--preset", "celebahq", "--res", "4", "--gpu-memory-gib", "3", "--kimg", "0.008", "--out", str(tmp_path)]
+        + ["--workers", "0", "--tick-kimg", "0.004", "--snapshot-kimg", "1", "--checkpoint-kimg", "1"]
+        + ["--synthetic-images", "32", "--grid-images", "4", "--mixed-precision", "no"]
+    )
+    assert code == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert json.loads((run / "config.json").read_text())["schedule"]["batch_sizes"] == {"4": 4}
+    log = (run / "log.txt").read_text()
+    assert "batch sizes fitted to 3.0 GiB per GPU (float32, 1 process(es)): 4: 4" in log
+
+
+def test_the_documented_tables_are_what_the_model_gives():
+    text = (ROOT / "docs" / "training.md").read_text()
+    for precision in ("bf16", "no"):
+        table = "\n".join(memory_table("celebahq", precision))
+        assert table in text, f"docs/training.md lacks the {precision} table of python -m progressive.train.batches"
