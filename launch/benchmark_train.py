@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import time
 from contextlib import nullcontext
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from progressive.nets.layers import resolutions
@@ -101,13 +102,20 @@ def main() -> None:
         )
     except ValueError as error:
         parser.error(str(error))
-    schedule, batch_line = fit_schedule(
-        config.schedule,
-        args.preset,
-        device_memory_gib(accelerator.device),
-        accelerator.num_processes,
-        accelerator.mixed_precision,
-    )
+    memories = gather_object([device_memory_gib(accelerator.device)])
+    try:
+        schedule = dataclasses.replace(config.schedule, max_resolution=top)
+        batch_line = f"--batch {args.batch}"
+        if not args.batch:  # the batch sizes train.py --batch auto would use, for the smallest GPU of the processes
+            schedule, batch_line = fit_schedule(
+                schedule,
+                args.preset,
+                None if None in memories else min(memories),
+                accelerator.num_processes,
+                accelerator.mixed_precision,
+            )
+    except ValueError as error:
+        parser.error(str(error))
     wrapped, optimizers, update = prepared.models, prepared.optimizers, prepared.update
     memory_format = prepared.memory_format
     cuda = accelerator.device.type == "cuda"
@@ -115,7 +123,7 @@ def main() -> None:
     if accelerator.is_main_process:
         print(
             f"preset {args.preset}, {accelerator.num_processes} process(es), device {accelerator.device}, "
-            f"mixed precision {accelerator.mixed_precision}; " + (f"--batch {args.batch}" if args.batch else batch_line)
+            f"mixed precision {accelerator.mixed_precision}; {batch_line}"
         )
         ops_column = f" {'ATen ops':>9} {'launching':>9}" if args.count_ops else ""
         print(f"{'res':>5} {'alpha':>5} {'batch':>6} {'img/s':>9} {'sec/kimg':>9} {'peak GiB':>9}{ops_column}")

@@ -26,18 +26,25 @@ def test_the_512_channel_presets_start_from_batch_16_everywhere():
 
 @pytest.mark.parametrize("total_gib", [15.8, 22.0, 39.4, 79.1, 139.8])
 @pytest.mark.parametrize("precision", ["no", "bf16"])
-@pytest.mark.parametrize("processes", [1, 2, 4])
-def test_fitted_batches_are_the_largest_that_fit_and_never_above_the_schedules(total_gib, precision, processes):
+@pytest.mark.parametrize("processes", [1, 2, 3, 4])
+def test_batches_are_kept_where_they_fit_else_the_largest_that_fits(total_gib, precision, processes):
     fitted = fitted_batch_sizes(CELEBAHQ, MEMORY, total_gib, processes, precision)
     budget = usable_gib(total_gib)
     assert sorted(fitted) == resolutions(4, 1024)
     for resolution, batch in fitted.items():
         wanted = CELEBAHQ.batch_size_at(resolution)
-        per_process = batch // processes
-        assert batch % processes == 0 and 1 <= per_process and batch <= wanted
-        assert MEMORY.peak_gib(resolution, per_process, precision) <= budget
-        if (per_process + 1) * processes <= wanted:  # one more image per process would not fit
+        if batch == wanted:  # kept, also where 3 processes cannot split 16 (check_batches refuses that)
+            assert MEMORY.peak_gib(resolution, -(-wanted // processes), precision) <= budget
+        else:  # lowered to a multiple of the processes: the largest whose peak fits
+            per_process = batch // processes
+            assert batch % processes == 0 and 1 <= per_process and batch < wanted
+            assert MEMORY.peak_gib(resolution, per_process, precision) <= budget
             assert MEMORY.peak_gib(resolution, per_process + 1, precision) > budget
+
+
+def test_a_batch_the_processes_cannot_split_is_not_lowered_for_it():
+    assert fitted_batch_sizes(CELEBAHQ, MEMORY, 139.8, 3, "bf16") == {r: 16 for r in resolutions(4, 1024)}
+    assert fitted_batch_sizes(CELEBAHQ, MEMORY, 15.8, 3, "bf16")[1024] == 12  # 4 per process
 
 
 def test_what_the_measurements_say_fits_an_80_gb_gpu_and_float32_needs_more():
@@ -70,7 +77,7 @@ def test_dry_run_fits_the_batches_to_the_gpu_memory_given(capsys):
     assert code == 0 and config["schedule"]["batch_sizes"] == {}  # no GPU: the preset's, said so
     assert "batch sizes as the preset's (no GPU memory to fit)" in out
 
-    code, config, out, _ = dry_run(capsys, "--gpu-memory-gib", "15.8", "--mixed-precision", "bf16")
+    code, config, out, _ = dry_run(capsys, "--batch", "", "--gpu-memory-gib", "15.8", "--mixed-precision", "bf16")
     expected = fitted_batch_sizes(CELEBAHQ, MEMORY, 15.8, 1, "bf16")
     lowered = {str(r): b for r, b in expected.items() if b != 16}
     assert code == 0 and config["schedule"]["batch_sizes"] == lowered and lowered
@@ -92,31 +99,45 @@ def test_legacy_and_explicit_batches_are_kept_with_a_warning_where_they_would_no
 
 
 @pytest.mark.parametrize(
-    ("flags", "message"),
+    ("flags", "precision", "message"),
     [
-        (["--batch", "auto,8:3"], "--batch 'auto,8:3' is not auto, legacy, N or R:N,R:N"),
-        (["--gpu-memory-gib", "0"], "--gpu-memory-gib must be positive"),
-        (["--gpu-memory-gib", "3"], "--batch auto: one image per process at 128x128 needs about"),
+        (["--batch", "auto,8:3"], "no", "--batch 'auto,8:3' is not auto, legacy, N or R:N,R:N"),
+        (["--gpu-memory-gib", "0"], "no", "--gpu-memory-gib must be a positive number of GiB, got 0.0"),
+        (["--gpu-memory-gib", "inf"], "no", "--gpu-memory-gib must be a positive number of GiB, got inf"),
+        (["--gpu-memory-gib", "3"], "no", "--batch auto: one image per process at 128x128 needs about"),
+        ([], "fp32", "mixed precision 'fp32' (ACCELERATE_MIXED_PRECISION) is not no, fp16 or bf16"),
     ],
 )
-def test_bad_batch_input_is_one_line_and_exit_2(capsys, flags, message):
+def test_bad_batch_input_is_one_line_and_exit_2(capsys, monkeypatch, flags, precision, message):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", precision)  # what `accelerate launch` sets
     code, _, _, err = dry_run(capsys, *flags)
     assert code == 2
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
-def test_training_writes_the_fitted_batches_to_its_configuration(tmp_path):
+def test_training_writes_the_fitted_batches_and_a_resumed_run_keeps_them(tmp_path, capsys):
     # celebahq's networks trained at 4x4 only, on a pretend GPU that fits 4 images (CPU: the fit is by the flag).
-    code = run_train_main(
-        ["--preset", "celebahq", "--res", "4", "--gpu-memory-gib", "3", "--kimg", "0.008", "--out", str(tmp_path)]
-        + ["--workers", "0", "--tick-kimg", "0.004", "--snapshot-kimg", "1", "--checkpoint-kimg", "1"]
-        + ["--synthetic-images", "32", "--grid-images", "4", "--mixed-precision", "no"]
-    )
-    assert code == 0
+    def train(*flags: str) -> int:
+        return run_train_main(
+            ["--preset", "celebahq", "--res", "4", "--out", str(tmp_path), "--mixed-precision", "no", *flags]
+            + ["--workers", "0", "--tick-kimg", "0.004", "--snapshot-kimg", "1", "--checkpoint-kimg", "1"]
+            + ["--synthetic-images", "32", "--grid-images", "4"]
+        )
+
+    assert train("--gpu-memory-gib", "3", "--kimg", "0.008") == 0
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert json.loads((run / "config.json").read_text())["schedule"]["batch_sizes"] == {"4": 4}
-    log = (run / "log.txt").read_text()
-    assert "batch sizes fitted to 3.0 GiB per GPU (float32, 1 process(es)): 4: 4" in log
+    assert "batch sizes fitted to 3.0 GiB per GPU (float32, 1 process(es)): 4: 4" in (run / "log.txt").read_text()
+
+    # On a GPU that would fit 16, the resumed run keeps its 4 (a new fit would change the training).
+    assert train("--gpu-memory-gib", "100", "--kimg", "0.016", "--resume", "latest") == 0
+    assert json.loads((run / "config.json").read_text())["schedule"]["batch_sizes"] == {"4": 4}
+    assert "batch sizes as the resumed run's (--batch auto)" in (run / "log.txt").read_text()
+    capsys.readouterr()
+
+    assert train("--batch", "8", "--kimg", "0.024", "--resume", "latest") == 2
+    err = capsys.readouterr().err
+    assert "schedule.batch_size: 16 -> 8" in err and "(without --batch, a resumed run keeps its batch sizes)" in err
 
 
 def test_the_documented_tables_are_what_the_model_gives():

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from datetime import timedelta
@@ -200,8 +201,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if not is_power_of_two(resolution) or not 4 <= resolution <= 1024:
         raise BadInput(f"--res must be a power of two between 4 and 1024, got {resolution}")
     schedule["max_resolution"] = resolution
-    if args.gpu_memory_gib is not None and not args.gpu_memory_gib > 0:
-        raise BadInput(f"--gpu-memory-gib must be positive, got {args.gpu_memory_gib}")
+    if args.gpu_memory_gib is not None and not 0 < args.gpu_memory_gib < math.inf:
+        raise BadInput(f"--gpu-memory-gib must be a positive number of GiB, got {args.gpu_memory_gib}")
     if args.batch and args.batch != "auto":
         parts = args.batch.split(",")
         default = [p for p in parts if ":" not in p]
@@ -295,27 +296,53 @@ def fit_batches(
     total_gib: float | None,  # memory of the smallest GPU in use; None on the CPU
     processes: int,
     mixed_precision: str,
+    resumed_schedule: dict[str, Any] | None = None,  # the schedule a resumed checkpoint was trained with
 ) -> tuple[TrainConfig, list[str]]:
-    """--batch auto: the configuration with its batch sizes fitted to the GPU. Explicit sizes are kept, with a
-    warning for each the memory model says will not fit. Also the lines to log about it."""
-    if batch_flag in (None, "auto"):
+    """--batch auto: the configuration with its batch sizes fitted to the GPU, or on resume the run's own. Explicit
+    sizes are kept. Both with a warning for each the memory model says will not fit; also the lines to log."""
+    auto = not batch_flag or batch_flag == "auto"
+    if auto and resumed_schedule is None:
         try:
             schedule, line = fit_schedule(config.schedule, config.preset, total_gib, processes, mixed_precision)
         except ValueError as error:
             raise BadInput(f"--batch auto: {error}") from error
         return dataclasses.replace(config, schedule=schedule), [line]
+    lines = []
+    if auto:
+        # A run keeps its batch sizes whatever it resumes on: fitting again on other GPUs or another number
+        # of processes would change the training, and the checkpoint would (rightly) be refused.
+        schedule = dataclasses.replace(
+            config.schedule,
+            batch_size=int(resumed_schedule.get("batch_size", config.schedule.batch_size)),
+            batch_sizes={int(r): b for r, b in resumed_schedule.get("batch_sizes", {}).items()},
+        )
+        config = dataclasses.replace(config, schedule=schedule)
+        lines.append("batch sizes as the resumed run's (--batch auto)")
     if total_gib is None:
-        return config, []
+        return config, lines
     overflows = predicted_overflows(config.schedule, config.preset, total_gib, processes, mixed_precision)
     usable = f"{usable_gib(total_gib):.1f} GiB usable of a {total_gib:.1f} GiB GPU"
-    return config, [f"warning: --batch {batch_flag}: {line}, more than the {usable}" for line in overflows]
+    flag = "auto" if auto else batch_flag
+    return config, lines + [f"warning: --batch {flag}: {line}, more than the {usable}" for line in overflows]
+
+
+def saved_schedule(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The schedule of a loaded checkpoint's configuration; None when it has none (a damaged checkpoint, refused
+    with its reason when it is loaded)."""
+    try:
+        schedule = json.loads(state["config"])["schedule"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(schedule, dict) or not isinstance(schedule.get("batch_sizes", {}), dict):
+        return None
+    return schedule
 
 
 def print_dry_run(config: TrainConfig, throughput: dict | None = None) -> None:
     """The configuration, the schedule and, given measured images/s per resolution, the projected wall time."""
     print(config.to_json())
-    speed = {int(r): v for r, v in throughput["images_per_second"].items()} if throughput else {}
-    measured_batch = {int(r): b for r, b in (throughput or {}).get("batch_sizes", {}).items()}
+    speed = throughput["images_per_second"] if throughput else {}
+    measured_batch = throughput["batch_sizes"] if throughput else {}
     other_batch = set()  # resolutions whose speed was measured at another batch than this schedule's
     print(
         f"\n{'phase':>6} {'res':>5} {'batch':>6} {'start kimg':>11} {'end kimg':>9}  learning rates at start (E, I, G)"
@@ -364,8 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        precision = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        # As Accelerate would run it: --mixed-precision, else `accelerate launch`'s setting; one process.
+        precision = (args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").lower()
         try:
+            if precision not in ("no", "fp16", "bf16"):
+                raise BadInput(f"mixed precision {precision!r} (ACCELERATE_MIXED_PRECISION) is not no, fp16 or bf16")
             config, lines = fit_batches(config, args.batch, args.gpu_memory_gib, 1, precision)
         except BadInput as error:
             print(f"error: {error}", file=sys.stderr)
@@ -374,8 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.throughput:
             try:
                 throughput = json.loads(Path(args.throughput).read_text())
-                throughput["images_per_second"]  # noqa: B018 -- checked to exist
-            except (OSError, ValueError, KeyError, TypeError) as error:
+                throughput["images_per_second"] = {int(r): float(v) for r, v in throughput["images_per_second"].items()}
+                throughput["batch_sizes"] = {int(r): int(b) for r, b in throughput.get("batch_sizes", {}).items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
                 print(f"error: --throughput {args.throughput}: not a benchmark_train.py --json file ({error})",
                       file=sys.stderr)  # fmt: skip
                 return EXIT_BAD_INPUT
@@ -408,11 +439,22 @@ def main(argv: list[str] | None = None) -> int:
     main_process = accelerator.is_main_process
 
     own_memory = args.gpu_memory_gib or device_memory_gib(accelerator.device)
-    memories = gather_object([own_memory]) if accelerator.num_processes > 1 else [own_memory]
+    # Only GPUs found by each process can differ between them; a flag or the CPU is the same everywhere.
+    detected = args.gpu_memory_gib is None and own_memory is not None
+    memories = gather_object([own_memory]) if detected and accelerator.num_processes > 1 else [own_memory]
     try:
+        checkpoint_path = resolve_resume(args.resume, Path(config.out)) if args.resume else None
+        # Read onto the CPU: load_state_dict copies each tensor to its parameter's device, and a checkpoint
+        # then resumes on any device and number of processes (torch cannot map to a multi-process "cpu:0").
+        state = load_checkpoint(checkpoint_path, map_location="cpu") if checkpoint_path is not None else None
         total_gib = None if None in memories else min(memories)
         config, batch_notes = fit_batches(
-            config, args.batch, total_gib, accelerator.num_processes, accelerator.mixed_precision
+            config,
+            args.batch,
+            total_gib,
+            accelerator.num_processes,
+            accelerator.mixed_precision,
+            resumed_schedule=saved_schedule(state) if state is not None else None,
         )
         check_batches(config, accelerator.num_processes)
         if {"fid", "kid", "is"} & set(config.metrics):
@@ -420,14 +462,14 @@ def main(argv: list[str] | None = None) -> int:
 
             load_inception(config.inception, "cpu")  # fails now, with how to get the weights, not hours in
         dataset, holdout = open_datasets(config)
-        checkpoint_path = resolve_resume(args.resume, Path(config.out)) if args.resume else None
         trainer = Trainer(config, accelerator, dataset, run_dir=None, holdout=holdout)
         if checkpoint_path is not None:
-            # Read onto the CPU: load_state_dict copies each tensor to its parameter's device, and a checkpoint
-            # then resumes on any device and number of processes (torch cannot map to a multi-process "cpu:0").
-            state = load_checkpoint(checkpoint_path, map_location="cpu")
             try:
                 trainer.load_state_dict(state, checkpoint_path)
+            except CheckpointError as error:
+                if args.batch and "schedule.batch_size" in str(error):
+                    raise CheckpointError(f"{error} (without --batch, a resumed run keeps its batch sizes)") from error
+                raise
             except (KeyError, RuntimeError, TypeError) as error:  # a missing entry, a tensor of another shape
                 detail = (str(error).splitlines() or [""])[0]
                 raise CheckpointError(
@@ -436,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         if main_process:
             check_writable_folder(Path(config.out), "--out", config.out)
     except (BadInput, CheckpointError, ValueError) as error:
+        accelerator.end_training()  # after a collective, a process that exits with its group alive is aborted
         return report(main_process, str(error), EXIT_BAD_INPUT)
 
     # Only now, with every input checked, is anything written. The main process picks the run directory and
@@ -452,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome[1] = f"--out {config.out}: cannot create the run directory ({error})"
     broadcast_object_list(outcome)
     if outcome[1] is not None:
+        accelerator.end_training()
         return report(main_process, outcome[1], EXIT_BAD_INPUT)
     try:
         return train_in(Path(outcome[0]), trainer, config, accelerator, checkpoint_path, batch_notes)

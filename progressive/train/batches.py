@@ -41,15 +41,15 @@ def fitted_batch_sizes(
     processes: int,  # the global batch is split evenly over them
     mixed_precision: str,  # "no", "fp16" or "bf16"
 ) -> dict[int, int]:
-    """Per resolution of the schedule: the largest global batch, at most the schedule's and a multiple of
-    `processes`, whose predicted peak fits; ValueError where not even one image per process fits."""
+    """Per resolution of the schedule: its batch where the predicted peak fits, else the largest multiple of
+    `processes` below it that fits; ValueError where not even one image per process fits."""
     budget = usable_gib(total_gib)
     fitted = {}
     for resolution in resolutions(schedule.min_resolution, schedule.max_resolution):
         wanted = schedule.batch_size_at(resolution)
-        images = wanted // processes
-        if images == 0:  # fewer images than processes: left for the divisibility check to refuse
-            fitted[resolution] = wanted
+        images = -(-wanted // processes)  # the most any process holds
+        if memory.peak_gib(resolution, images, mixed_precision) <= budget:
+            fitted[resolution] = wanted  # fits: kept, even where the processes cannot split it (refused later)
             continue
         while images > 1 and memory.peak_gib(resolution, images, mixed_precision) > budget:
             images -= 1
@@ -104,10 +104,10 @@ def predicted_overflows(
 # GPUs by the memory torch reports for them (GiB), for the table of docs/training.md.
 GPU_MEMORY_GIB = {
     "V100 16GB": 15.8,
-    "RTX 4090, A10 (24GB)": 22.0,
+    "A10 24GB": 22.0,
     "A100 40GB": 39.4,
-    "L40S (48GB)": 44.4,
-    "A100, H100 80GB": 79.1,
+    "L40S 48GB": 44.4,
+    "A100/H100 80GB": 79.1,
     "H100 NVL 94GB": 93.1,
     "H200 141GB": 139.8,
 }

@@ -160,15 +160,7 @@ class Trainer:
         saved = CheckpointContents.from_dict(state)
         differences = config_differences(json.loads(saved.config), self.config.to_dict())
         if differences:
-            hint = ""
-            if any(d.startswith("schedule.batch_size") for d in differences):
-                hint = (
-                    " (--batch legacy resumes a celebahq or lsun run begun with the batch sizes of before --batch auto;"
-                    " --batch R:N,R:N gives any other table)"
-                )
-            raise CheckpointError(
-                f"{source} was trained with a different configuration: " + "; ".join(differences) + hint
-            )
+            raise CheckpointError(f"{source} was trained with a different configuration: " + "; ".join(differences))
         if saved.dataset_fingerprint != self.dataset.fingerprint:
             raise CheckpointError(
                 f"{source} was trained on dataset {saved.dataset_fingerprint}, not {self.dataset.fingerprint}"
