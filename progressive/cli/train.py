@@ -29,8 +29,14 @@ from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, check_
 from progressive.nets.layers import is_power_of_two
 from progressive.objective import DEFAULT_RECIPE, RECIPES, TriangleConfig
 from progressive.presets import PRESETS, default_preset
-from progressive.train.batches import device_memory_gib, fit_schedule, predicted_overflows, usable_gib
-from progressive.train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, resolve_resume
+from progressive.train.batches import choose_batch_sizes, device_memory_gib
+from progressive.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    resolve_resume,
+    saved_schedule,
+)
 from progressive.train.compile import COMPILE_MODES
 from progressive.train.config import TrainConfig, load_config_file, merge_config, preset_config
 from progressive.train.run_directory import create_run_directory, lock_run_directory
@@ -298,44 +304,16 @@ def fit_batches(
     mixed_precision: str,
     resumed_schedule: dict[str, Any] | None = None,  # the schedule a resumed checkpoint was trained with
 ) -> tuple[TrainConfig, list[str]]:
-    """--batch auto: the configuration with its batch sizes fitted to the GPU, or on resume the run's own. Explicit
-    sizes are kept. Both with a warning for each the memory model says will not fit; also the lines to log."""
+    """The configuration with the batch sizes to train with (train/batches.py), and the lines to log about them."""
     auto = not batch_flag or batch_flag == "auto"
-    if auto and resumed_schedule is None:
-        try:
-            schedule, line = fit_schedule(config.schedule, config.preset, total_gib, processes, mixed_precision)
-        except ValueError as error:
-            raise BadInput(f"--batch auto: {error}") from error
-        return dataclasses.replace(config, schedule=schedule), [line]
-    lines = []
-    if auto:
-        # A run keeps its batch sizes whatever it resumes on: fitting again on other GPUs or another number
-        # of processes would change the training, and the checkpoint would (rightly) be refused.
-        schedule = dataclasses.replace(
-            config.schedule,
-            batch_size=int(resumed_schedule.get("batch_size", config.schedule.batch_size)),
-            batch_sizes={int(r): b for r, b in resumed_schedule.get("batch_sizes", {}).items()},
-        )
-        config = dataclasses.replace(config, schedule=schedule)
-        lines.append("batch sizes as the resumed run's (--batch auto)")
-    if total_gib is None:
-        return config, lines
-    overflows = predicted_overflows(config.schedule, config.preset, total_gib, processes, mixed_precision)
-    usable = f"{usable_gib(total_gib):.1f} GiB usable of a {total_gib:.1f} GiB GPU"
-    flag = "auto" if auto else batch_flag
-    return config, lines + [f"warning: --batch {flag}: {line}, more than the {usable}" for line in overflows]
-
-
-def saved_schedule(state: dict[str, Any]) -> dict[str, Any] | None:
-    """The schedule of a loaded checkpoint's configuration; None when it has none (a damaged checkpoint, refused
-    with its reason when it is loaded)."""
     try:
-        schedule = json.loads(state["config"])["schedule"]
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not isinstance(schedule, dict) or not isinstance(schedule.get("batch_sizes", {}), dict):
-        return None
-    return schedule
+        schedule, notes, overflows = choose_batch_sizes(
+            config.schedule, config.preset, auto, total_gib, processes, mixed_precision, resumed_schedule
+        )
+    except ValueError as error:
+        raise BadInput(f"--batch auto: {error}") from error
+    flag = "auto" if auto else batch_flag
+    return dataclasses.replace(config, schedule=schedule), notes + [f"warning: --batch {flag}: {w}" for w in overflows]
 
 
 def print_dry_run(config: TrainConfig, throughput: dict | None = None) -> None:

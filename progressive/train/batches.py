@@ -9,6 +9,7 @@ presets' batch, so a larger batch would be a different training, not a faster on
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -82,6 +83,40 @@ def fit_schedule(
     precision = "float32" if mixed_precision == "no" else mixed_precision
     line = f"batch sizes fitted to {total_gib:.1f} GiB per GPU ({precision}, {processes} process(es)): {changes}"
     return dataclasses.replace(schedule, batch_sizes={**schedule.batch_sizes, **lowered}), line
+
+
+def choose_batch_sizes(
+    schedule: ScheduleConfig,  # as resolved from the preset, --config and the flags
+    preset_name: str,  # whose memory model applies
+    auto: bool,  # --batch auto (or none given): fit; else the schedule's sizes were given explicitly
+    total_gib: float | None,  # memory of the smallest GPU in use; None on the CPU
+    processes: int,
+    mixed_precision: str,
+    resumed_schedule: dict[str, Any] | None = None,  # the schedule a resumed checkpoint was trained with
+) -> tuple[ScheduleConfig, list[str], list[str]]:
+    """The batch sizes to train with, a line saying how they were chosen, and a warning for each resolution whose
+    batch the memory model says will not fit (never for fitted ones).
+
+    auto: fitted to the GPU, or on resume the run's own (fitting again on other GPUs or another number of processes
+    would change the training, and the checkpoint would rightly be refused). Explicit sizes are kept. ValueError
+    where not even one image per process fits.
+    """
+    if auto and resumed_schedule is None:
+        fitted, line = fit_schedule(schedule, preset_name, total_gib, processes, mixed_precision)
+        return fitted, [line], []
+    notes = []
+    if auto:
+        schedule = dataclasses.replace(
+            schedule,
+            batch_size=int(resumed_schedule.get("batch_size", schedule.batch_size)),
+            batch_sizes={int(r): b for r, b in resumed_schedule.get("batch_sizes", {}).items()},
+        )
+        notes.append("batch sizes as the resumed run's (--batch auto)")
+    if total_gib is None:
+        return schedule, notes, []
+    usable = f"{usable_gib(total_gib):.1f} GiB usable of a {total_gib:.1f} GiB GPU"
+    overflows = predicted_overflows(schedule, preset_name, total_gib, processes, mixed_precision)
+    return schedule, notes, [f"{line}, more than the {usable}" for line in overflows]
 
 
 def predicted_overflows(

@@ -7,6 +7,7 @@ the skip counters, the dataset fingerprint and the resolved configuration.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,6 +59,18 @@ class CheckpointContents:
         for name in required:
             state[name]  # noqa: B018 -- KeyError with the entry's name
         return cls(**{key: value for key, value in state.items() if key in names})
+
+
+def saved_schedule(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The schedule of a loaded checkpoint's configuration, as JSON values; None when it has none readable (a damaged
+    checkpoint, refused with its reason when it is loaded)."""
+    try:
+        schedule = json.loads(state["config"])["schedule"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(schedule, dict) or not isinstance(schedule.get("batch_sizes", {}), dict):
+        return None
+    return schedule
 
 
 def checkpoint_name(images_shown: int) -> str:
