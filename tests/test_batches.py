@@ -82,7 +82,7 @@ def test_dry_run_fits_the_batches_to_the_gpu_memory_given(capsys):
     lowered = {str(r): b for r, b in expected.items() if b != 16}
     assert code == 0 and config["schedule"]["batch_sizes"] == lowered and lowered
     assert "batch sizes fitted to 15.8 GiB per GPU (bf16, 1 process(es)): " in out
-    rows = [line.split() for line in out.splitlines() if line.startswith((" fade", "stable"))]
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["fade"], ["stable"])]
     assert {int(row[1]): int(row[2]) for row in rows} == expected
 
 
@@ -145,3 +145,16 @@ def test_the_documented_tables_are_what_the_model_gives():
     for precision in ("bf16", "no"):
         table = "\n".join(memory_table("celebahq", precision))
         assert table in text, f"docs/training.md lacks the {precision} table of python -m progressive.train.batches"
+
+
+def test_the_projection_marks_speeds_measured_at_another_batch(tmp_path, capsys):
+    measured = tmp_path / "speeds.json"
+    speeds = {str(r): 100.0 for r in resolutions(4, 1024)}
+    measured.write_text(json.dumps({"images_per_second": speeds, "batch_sizes": {"256": 14, "1024": 16}}))
+    code, _, out, _ = dry_run(capsys, "--throughput", str(measured))
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.split()[:1] in (["fade"], ["stable"])]
+    assert [row.split()[1] for row in rows if "(measured at batch 14)" in row] == ["256", "256"]
+    assert "resolutions [256] measured at other batch sizes" in out
+    measured.write_text(json.dumps({"images_per_second": speeds, "batch_sizes": {"256": "many"}}))
+    assert dry_run(capsys, "--throughput", str(measured))[0] == 2

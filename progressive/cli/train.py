@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ from typing import Any
 from datasets_prep.lmdb_format import DatasetFormatError
 from datasets_prep.locking import DirectoryBusy, DirectoryLock
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, check_writable_folder
+from progressive.cli.dry_run import dry_run_precision, print_dry_run, read_throughput
 from progressive.nets.layers import is_power_of_two
 from progressive.objective import DEFAULT_RECIPE, RECIPES, TriangleConfig
 from progressive.presets import PRESETS, default_preset
@@ -40,7 +40,7 @@ from progressive.train.checkpoint import (
 from progressive.train.compile import COMPILE_MODES
 from progressive.train.config import TrainConfig, load_config_file, merge_config, preset_config
 from progressive.train.run_directory import create_run_directory, lock_run_directory
-from progressive.train.schedule import LEGACY_BATCH_SIZES, ScheduleConfig, schedule_table
+from progressive.train.schedule import LEGACY_BATCH_SIZES, ScheduleConfig
 from progressive.train.trackers import create_trackers, hyperparameters, parse_report_to
 
 EXIT_NONFINITE = 3
@@ -316,51 +316,6 @@ def fit_batches(
     return dataclasses.replace(config, schedule=schedule), notes + [f"warning: --batch {flag}: {w}" for w in overflows]
 
 
-def print_dry_run(config: TrainConfig, throughput: dict | None = None) -> None:
-    """The configuration, the schedule and, given measured images/s per resolution, the projected wall time."""
-    print(config.to_json())
-    speed = throughput["images_per_second"] if throughput else {}
-    measured_batch = throughput["batch_sizes"] if throughput else {}
-    other_batch = set()  # resolutions whose speed was measured at another batch than this schedule's
-    print(
-        f"\n{'phase':>6} {'res':>5} {'batch':>6} {'start kimg':>11} {'end kimg':>9}  learning rates at start (E, I, G)"
-        + ("   hours" if speed else "")
-    )
-    total_seconds, unmeasured = 0.0, set()
-    for stage in schedule_table(config.schedule, config.objective):
-        end_images = min(stage.phase_end_images or config.total_images, config.total_images)
-        end = f"{stage.phase_end_images / 1000:9.3f}" if stage.phase_end_images is not None else "      end"
-        rates = ", ".join(f"{stage.learning_rates[n]:.2e}" for n in ("energy", "inference", "generator"))
-        hours = ""
-        if speed:
-            images = max(end_images - stage.phase_start_images, 0)
-            if stage.resolution in speed:
-                total_seconds += images / speed[stage.resolution]
-                hours = f"  {images / speed[stage.resolution] / 3600:6.2f}"
-                if measured_batch.get(stage.resolution, stage.batch_size) != stage.batch_size:
-                    other_batch.add(stage.resolution)
-                    hours += f" (measured at batch {measured_batch[stage.resolution]})"
-            elif images:
-                unmeasured.add(stage.resolution)
-                hours = "       ?"
-        print(
-            f"{stage.phase:>6} {stage.resolution:5d} {stage.batch_size:6d} {stage.phase_start_images / 1000:11.3f}"
-            f" {end}  {rates}{hours}"
-        )
-    print(f"\ntraining length: {config.total_images / 1000:.1f} kimg")
-    if speed:
-        where = (
-            f"{throughput.get('processes', 1)} x {throughput.get('device', '?')}, {throughput.get('mixed_precision')}"
-        )
-        missing = f" (without resolutions {sorted(unmeasured)}, not measured)" if unmeasured else ""
-        if other_batch:
-            missing += f"; resolutions {sorted(other_batch)} measured at other batch sizes"
-        print(f"projected training time at the measured speed ({where}): {total_seconds / 3600:.1f} h{missing}")
-        scaled = ", ".join(f"{n}x: {total_seconds / 3600 / n:.1f} h" for n in (2, 4, 8, 16))
-        print(f"on N times as many GPUs, scaling ideally (a lower bound on time): {scaled}")
-        print("(iterations only: snapshots, checkpoints and metrics add to it)")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -369,25 +324,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        # As Accelerate would run it: --mixed-precision, else `accelerate launch`'s setting; one process.
-        precision = (args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").lower()
+        precision = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
         try:
-            if precision not in ("no", "fp16", "bf16"):
-                raise BadInput(f"mixed precision {precision!r} (ACCELERATE_MIXED_PRECISION) is not no, fp16 or bf16")
-            config, lines = fit_batches(config, args.batch, args.gpu_memory_gib, 1, precision)
+            throughput = read_throughput(args.throughput) if args.throughput else None
+            config, lines = fit_batches(config, args.batch, args.gpu_memory_gib, 1, dry_run_precision(precision))
         except BadInput as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        throughput = None
-        if args.throughput:
-            try:
-                throughput = json.loads(Path(args.throughput).read_text())
-                throughput["images_per_second"] = {int(r): float(v) for r, v in throughput["images_per_second"].items()}
-                throughput["batch_sizes"] = {int(r): int(b) for r, b in throughput.get("batch_sizes", {}).items()}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-                print(f"error: --throughput {args.throughput}: not a benchmark_train.py --json file ({error})",
-                      file=sys.stderr)  # fmt: skip
-                return EXIT_BAD_INPUT
         print_dry_run(config, throughput)
         print("\n".join(lines))
         return 0
