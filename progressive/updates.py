@@ -43,9 +43,13 @@ class TriangleOptimizers:
         return [("energy", self.energy), ("inference", self.inference), ("generator", self.generator)]
 
 
-def trainable_parameters(net: nn.Module) -> list[torch.Tensor]:
-    """Parameters that receive gradients (the `inputs` of each network's backward)."""
-    return [p for p in net.parameters() if p.requires_grad]
+def updated_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters `optimizer` updates that take gradients: the `inputs` of its network's backward.
+
+    Read from the optimiser rather than the network: walking the modules for them at every update was a tenth
+    of the host time of a 4x4 iteration, where the GPU waits on the host.
+    """
+    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
 
 
 def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
@@ -65,7 +69,7 @@ def plain_update(
 
     Trainers substitute their own (mixed-precision loss scaling, non-finite checks) via `triangle_step(update=...)`.
     """
-    params = trainable_parameters(net)
+    params = updated_parameters(optimizer)
     optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=params)
     grad_norm = clip_gradients(params, config.grad_clip)
@@ -102,7 +106,7 @@ class GuardedUpdate:
         return cls(scalers={name: torch.amp.GradScaler(accelerator.device.type, enabled=fp16) for name in names})
 
     def __call__(self, name, optimizer, net, loss, config: GradientClipping) -> torch.Tensor:
-        params = trainable_parameters(net)
+        params = updated_parameters(optimizer)
         scaler = self.scalers[name]
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward(inputs=params)
