@@ -46,8 +46,8 @@ class TriangleOptimizers:
 def updated_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """The parameters `optimizer` updates that take gradients: the `inputs` of its network's backward.
 
-    Read from the optimiser rather than the network: walking the modules for them at every update was a tenth
-    of the host time of a 4x4 iteration, where the GPU waits on the host.
+    Read from the optimiser rather than the network: walking the modules for them at every update cost a few per
+    cent of the host time of a low-resolution iteration, where the GPU waits on the host (docs/benchmarks.md).
     """
     return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
 

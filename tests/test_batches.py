@@ -10,6 +10,7 @@ from progressive.cli.train import main
 from progressive.nets.layers import resolutions
 from progressive.presets import preset
 from progressive.train.batches import fitted_batch_sizes, memory_table, usable_gib
+from progressive.train.checkpoint import saved_schedule
 from progressive.train.schedule import LEGACY_BATCH_SIZES, ScheduleConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,3 +159,20 @@ def test_the_projection_marks_speeds_measured_at_another_batch(tmp_path, capsys)
     assert "resolutions [256] measured at other batch sizes" in out
     measured.write_text(json.dumps({"images_per_second": speeds, "batch_sizes": {"256": "many"}}))
     assert dry_run(capsys, "--throughput", str(measured))[0] == 2
+
+
+def test_a_checkpoints_schedule_is_read_only_when_its_batch_sizes_are_sound():
+    def state(schedule) -> dict:
+        return {"config": json.dumps({"schedule": schedule})}
+
+    sound = {"batch_size": 16, "batch_sizes": {"1024": 3}}
+    assert saved_schedule(state(sound)) == sound
+    for damaged in (
+        {"batch_size": 16, "batch_sizes": {"1024": "x"}},
+        {"batch_size": 16, "batch_sizes": {"a": 3}},
+        {"batch_size": None, "batch_sizes": {}},
+        {"batch_size": 16, "batch_sizes": []},
+        {"batch_size": 16},
+    ):
+        assert saved_schedule(state(damaged)) is None, damaged
+    assert saved_schedule({"config": "not json"}) is None and saved_schedule({}) is None

@@ -15,9 +15,10 @@ from progressive.train.schedule import schedule_table
 def dry_run_precision(precision: str) -> str:
     """The mixed precision a dry run assumes (--mixed-precision, else `accelerate launch`'s setting); BadInput
     for one that Accelerate would not run."""
-    if precision.lower() not in ("no", "fp16", "bf16"):
+    precision = precision.lower()
+    if precision not in ("no", "fp16", "bf16"):
         raise BadInput(f"mixed precision {precision!r} (ACCELERATE_MIXED_PRECISION) is not no, fp16 or bf16")
-    return precision.lower()
+    return precision
 
 
 def read_throughput(path: str) -> dict[str, Any]:

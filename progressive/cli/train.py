@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         precision = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
         try:
-            throughput = read_throughput(args.throughput) if args.throughput else None
             config, lines = fit_batches(config, args.batch, args.gpu_memory_gib, 1, dry_run_precision(precision))
+            throughput = read_throughput(args.throughput) if args.throughput else None
         except BadInput as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT

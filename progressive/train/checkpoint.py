@@ -62,13 +62,15 @@ class CheckpointContents:
 
 
 def saved_schedule(state: dict[str, Any]) -> dict[str, Any] | None:
-    """The schedule of a loaded checkpoint's configuration, as JSON values; None when it has none readable (a damaged
-    checkpoint, refused with its reason when it is loaded)."""
+    """The schedule of a loaded checkpoint's configuration, as JSON values; None unless its batch sizes are readable
+    (a damaged checkpoint, refused with its reason when it is loaded)."""
     try:
         schedule = json.loads(state["config"])["schedule"]
-    except (KeyError, TypeError, ValueError):
+        batches = [schedule["batch_size"], *schedule["batch_sizes"].values()]
+        [int(r) for r in schedule["batch_sizes"]]  # keys are resolutions
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    if not isinstance(schedule, dict) or not isinstance(schedule.get("batch_sizes", {}), dict):
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
         return None
     return schedule
 
