@@ -130,7 +130,7 @@ def predicted_overflows(
     overflows = []
     for resolution in resolutions(schedule.min_resolution, schedule.max_resolution):
         batch = schedule.batch_size_at(resolution)
-        peak = memory.peak_gib(resolution, max(batch // processes, 1), mixed_precision)
+        peak = memory.peak_gib(resolution, -(-batch // processes), mixed_precision)  # the most any process holds
         if peak > budget:
             overflows.append(f"batch {batch} at {resolution}x{resolution}: about {peak:.1f} GiB per process")
     return overflows
