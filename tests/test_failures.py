@@ -115,8 +115,11 @@ def test_killed_worker_ends_the_run(shapes8, tmp_path):
     assert workers, "the run has no DataLoader workers"
     os.kill(workers[0], signal.SIGKILL)
     code, stderr = finish(process, str(tmp_path))
-    assert code != 0
-    assert "exited unexpectedly" in stderr or "killed by signal" in stderr
+    # However the loss shows (PyTorch's watchdog, or a connection reset while a batch was being handed over): one line.
+    assert code == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "DataLoader worker" in last and last.endswith("continue with --resume latest")
+    assert any(how in last for how in ("exited unexpectedly", "killed by signal", "lost the connection to"))
 
 
 def test_killed_worker_of_one_rank_ends_every_rank(shapes8, tmp_path, accelerate_command):
