@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object
+from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from progressive.nets.layers import resolutions
 from progressive.objective import triangle_step
 from progressive.presets import PRESETS
-from progressive.train.batches import device_memory_gib, fit_schedule
+from progressive.train.batches import fit_schedule, smallest_gpu_memory_gib
 from progressive.train.compile import COMPILE_MODES, recompilation_budget
 from progressive.train.config import preset_config
 from progressive.train.prepare import prepare_training
@@ -102,7 +102,6 @@ def main() -> None:
         )
     except ValueError as error:
         parser.error(str(error))
-    memories = gather_object([device_memory_gib(accelerator.device)])
     try:
         schedule = dataclasses.replace(config.schedule, max_resolution=top)
         batch_line = f"--batch {args.batch}"
@@ -110,7 +109,7 @@ def main() -> None:
             schedule, batch_line = fit_schedule(
                 schedule,
                 args.preset,
-                None if None in memories else min(memories),
+                smallest_gpu_memory_gib(accelerator),
                 accelerator.num_processes,
                 accelerator.mixed_precision,
             )

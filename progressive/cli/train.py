@@ -29,7 +29,7 @@ from progressive.cli.dry_run import dry_run_precision, print_dry_run, read_throu
 from progressive.nets.layers import is_power_of_two
 from progressive.objective import DEFAULT_RECIPE, RECIPES, TriangleConfig
 from progressive.presets import PRESETS, default_preset
-from progressive.train.batches import choose_batch_sizes, device_memory_gib
+from progressive.train.batches import choose_batch_sizes, smallest_gpu_memory_gib
 from progressive.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -341,7 +341,6 @@ def main(argv: list[str] | None = None) -> int:
         DistributedDataParallelKwargs,
         InitProcessGroupKwargs,
         broadcast_object_list,
-        gather_object,
     )
 
     from progressive.train.loop import Trainer
@@ -359,16 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     main_process = accelerator.is_main_process
 
-    own_memory = args.gpu_memory_gib or device_memory_gib(accelerator.device)
-    # Only GPUs found by each process can differ between them; a flag or the CPU is the same everywhere.
-    detected = args.gpu_memory_gib is None and own_memory is not None
-    memories = gather_object([own_memory]) if detected and accelerator.num_processes > 1 else [own_memory]
+    total_gib = smallest_gpu_memory_gib(accelerator, args.gpu_memory_gib)
     try:
         checkpoint_path = resolve_resume(args.resume, Path(config.out)) if args.resume else None
         # Read onto the CPU: load_state_dict copies each tensor to its parameter's device, and a checkpoint
         # then resumes on any device and number of processes (torch cannot map to a multi-process "cpu:0").
         state = load_checkpoint(checkpoint_path, map_location="cpu") if checkpoint_path is not None else None
-        total_gib = None if None in memories else min(memories)
         config, batch_notes = fit_batches(
             config,
             args.batch,

@@ -12,6 +12,8 @@ import dataclasses
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from progressive.nets.layers import resolutions
 from progressive.presets import PeakMemory, preset
@@ -28,6 +30,18 @@ def device_memory_gib(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     return torch.cuda.get_device_properties(device).total_memory / 2**30
+
+
+def smallest_gpu_memory_gib(accelerator: Accelerator, given_gib: float | None = None) -> float | None:
+    """The memory the batch sizes must fit: `given_gib` (--gpu-memory-gib), else the smallest GPU's of all processes
+    (one gather at the start; GPUs found by each process can differ), else None: not a CUDA device, which then
+    holds for every process, so none waits in the gather (the CPU: nothing to fit)."""
+    if given_gib is not None:
+        return given_gib
+    own = device_memory_gib(accelerator.device)
+    if own is None or accelerator.num_processes == 1:
+        return own
+    return min(gather_object([own]))
 
 
 def usable_gib(total_gib: float) -> float:
@@ -106,10 +120,10 @@ def choose_batch_sizes(
         return fitted, [line], []
     notes = []
     if auto:
-        schedule = dataclasses.replace(
+        schedule = dataclasses.replace(  # checked by checkpoint.saved_schedule: ints, resolutions as JSON keys
             schedule,
-            batch_size=int(resumed_schedule.get("batch_size", schedule.batch_size)),
-            batch_sizes={int(r): b for r, b in resumed_schedule.get("batch_sizes", {}).items()},
+            batch_size=resumed_schedule["batch_size"],
+            batch_sizes={int(r): b for r, b in resumed_schedule["batch_sizes"].items()},
         )
         notes.append("batch sizes as the resumed run's (--batch auto)")
     if total_gib is None:
