@@ -6,7 +6,7 @@
     model = PretrainedTriangle.from_pretrained("exported")   # or a Hub repository id
     images = model.sample(seeds=range(16))               # the averaged generator, as `triangle-export sample`
 
-`config.json` holds what rebuilds the networks (the preset, the stage reached, the energy form) and
+`config.json` holds what rebuilds the networks (the preset, the image channels, the stage reached, the energy form) and
 `model.safetensors` the four networks' weights (generator, its moving average, energy, inference): the
 preset code plus these two files are all a user needs. Through huggingface_hub's PyTorchModelHubMixin.
 """
@@ -46,13 +46,14 @@ class PretrainedTriangle(
         alpha: float = 1.0,  # fade-in weight of that resolution's new layers
         energy_form: str = "identity",  # E(x) from the energy network's output (TriangleConfig.energy_form)
         images_shown: int = 0,  # real images shown when the weights were taken (provenance)
+        image_channels: int = 3,  # 1: a grayscale run's generator (gray samples); absent from older config.json: 3
     ):
         super().__init__()
-        models = build_models(preset)
+        models = build_models(preset, image_channels=image_channels)
         models.set_stage(resolution, alpha)
         self.generator, self.energy, self.inference = models.generator, models.energy, models.inference
         self.generator_ema = copy.deepcopy(models.generator).requires_grad_(False)
-        self.latent_dim = models.latent_dim
+        self.latent_dim, self.image_channels = models.latent_dim, image_channels
         self.preset, self.resolution, self.alpha = preset, resolution, alpha
         self.energy_form, self.images_shown = energy_form, images_shown
 
@@ -70,6 +71,7 @@ class PretrainedTriangle(
             alpha=run.stage.alpha,
             energy_form=run.config.objective.energy_form,
             images_shown=run.images_shown,
+            image_channels=run.config.image_channels,
         )
         for name, net in run.models.networks().items():
             getattr(model, name).load_state_dict(net.state_dict())
@@ -91,6 +93,7 @@ class PretrainedTriangle(
             latent_dim=self.latent_dim,
             resolution=self.resolution,
             min_resolution=self.resolution,
+            image_channels=self.image_channels,
         )
 
     def set_stage(self, resolution: int, alpha: float) -> None:
@@ -101,8 +104,9 @@ class PretrainedTriangle(
     def sample(
         self, seeds: Iterable[int], temperature: float = 1.0, ema: bool = True, batch_size: int = EXPORT_BATCH
     ) -> torch.Tensor:
-        """One image per seed, (N, 3, R, R) in [-1, 1]: what `triangle-export sample --seeds` writes with the same
-        --batch (batch-norm generators, in training mode, normalise over each batch)."""
+        """One image per seed, (N, 3, R, R) in [-1, 1] (three identical channels if `image_channels` is 1): what
+        `triangle-export sample --seeds` writes with the same --batch (batch-norm generators, in training mode,
+        normalise over each batch)."""
         generator = self.generator_ema if ema else self.generator
         device = next(self.parameters()).device
         parts = generate_from_seeds(generator, list(seeds), self.latent_dim, batch_size, device, temperature)

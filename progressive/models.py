@@ -19,16 +19,22 @@ def bare(net: nn.Module) -> nn.Module:
 class TriangleModels:
     """The three networks trained by the divergence triangle, plus what their callers must know."""
 
-    generator: nn.Module  # g(z): (B, latent_dim) -> (B, 3, R, R) in [-1, 1]
+    generator: nn.Module  # g(z): (B, latent_dim) -> (B, 3, R, R) in [-1, 1], three identical channels if grayscale
     energy: nn.Module  # raw energy output s(x): (B, 3, R, R) -> (B,)
     inference: nn.Module  # q(z|x): (B, 3, R, R) -> (mu, logvar), each (B, latent_dim)
     latent_dim: int  # dimension of z
     resolution: int  # largest image side the networks handle
     min_resolution: int | None = None  # smallest stage resolution; None: `resolution` (fixed-resolution networks)
+    # 1: the generator draws gray images (one channel shown as three identical ones); every image interface stays
+    # (B, 3, R, R), so only the generator and the PNG writers need to know.
+    image_channels: int = 3
 
     def __post_init__(self) -> None:
         if self.min_resolution is None:
             self.min_resolution = self.resolution
+        drawn = getattr(bare(self.generator), "image_channels", 3)
+        if drawn != self.image_channels:
+            raise ValueError(f"image_channels is {self.image_channels} but the generator draws {drawn} channel(s)")
 
     def networks(self) -> dict[str, nn.Module]:
         """The three networks by name, in the order they are updated."""

@@ -1,7 +1,8 @@
 """Named presets, one table: each preset's networks, growth schedule and training defaults (`PRESETS`).
 
-`build_models(name)` builds a preset's three networks; `train.schedule.ScheduleConfig.for_preset` and
-`train.config.preset_config` read its schedule and training defaults from the same entry.
+`build_models(name, image_channels=3)` builds a preset's three networks (1: a grayscale generator);
+`train.schedule.ScheduleConfig.for_preset` and `train.config.preset_config` read its schedule and training defaults
+from the same entry.
 """
 
 from __future__ import annotations
@@ -11,35 +12,39 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from progressive.models import TriangleModels
-from progressive.nets.layers import resolutions
+from progressive.nets.layers import check_image_channels, resolutions
 from progressive.nets.networks import ProgressiveEnergy, ProgressiveGenerator, ProgressiveInference
 from progressive.nets.reference import ReferenceEnergy, ReferenceGenerator, ReferenceInference
 
 
-def _cifar10() -> TriangleModels:
+def _cifar10(image_channels: int) -> TriangleModels:
     latent_dim = 100
     return TriangleModels(
-        generator=ReferenceGenerator(latent_dim=latent_dim, channels=(512, 512, 256, 128)),
+        generator=ReferenceGenerator(
+            latent_dim=latent_dim, channels=(512, 512, 256, 128), image_channels=image_channels
+        ),
         energy=ReferenceEnergy(channels=(64, 128, 256, 256)),
         inference=ReferenceInference(latent_dim=latent_dim, channels=(64, 128, 256, 512)),
         latent_dim=latent_dim,
         resolution=32,
+        image_channels=image_channels,
     )
 
 
-def _cifar10_tiny() -> TriangleModels:
+def _cifar10_tiny(image_channels: int) -> TriangleModels:
     """The cifar10 architecture with 1/8 of the channels: for tests and quick CPU checks."""
     latent_dim = 16
     return TriangleModels(
-        generator=ReferenceGenerator(latent_dim=latent_dim, channels=(64, 64, 32, 16)),
+        generator=ReferenceGenerator(latent_dim=latent_dim, channels=(64, 64, 32, 16), image_channels=image_channels),
         energy=ReferenceEnergy(channels=(8, 16, 32, 32)),
         inference=ReferenceInference(latent_dim=latent_dim, channels=(8, 16, 32, 64)),
         latent_dim=latent_dim,
         resolution=32,
+        image_channels=image_channels,
     )
 
 
-def _reference64(width: int, batch_norm: bool) -> TriangleModels:
+def _reference64(width: int, batch_norm: bool, image_channels: int) -> TriangleModels:
     """Section 4.1's 64x64 networks: the cifar10 networks with one more block at 64x64, `width` times the channels,
     batch norm in the energy and inference models too when `batch_norm` (the generator always has it)."""
     latent_dim = 100
@@ -48,24 +53,27 @@ def _reference64(width: int, batch_norm: bool) -> TriangleModels:
         return tuple(width * c for c in channels)
 
     return TriangleModels(
-        generator=ReferenceGenerator(latent_dim=latent_dim, channels=wide(512, 512, 256, 128, 64)),
+        generator=ReferenceGenerator(
+            latent_dim=latent_dim, channels=wide(512, 512, 256, 128, 64), image_channels=image_channels
+        ),
         energy=ReferenceEnergy(channels=wide(32, 64, 128, 256, 256), batch_norm=batch_norm),
         inference=ReferenceInference(
             latent_dim=latent_dim, channels=wide(32, 64, 128, 256, 512), batch_norm=batch_norm
         ),
         latent_dim=latent_dim,
         resolution=64,
+        image_channels=image_channels,
     )
 
 
-def _celeba64() -> TriangleModels:
+def _celeba64(image_channels: int) -> TriangleModels:
     """CelebA 64x64: batch norm in the generator only, as the cifar10 networks."""
-    return _reference64(width=1, batch_norm=False)
+    return _reference64(width=1, batch_norm=False, image_channels=image_channels)
 
 
-def _lsun64() -> TriangleModels:
+def _lsun64(image_channels: int) -> TriangleModels:
     """LSUN 64x64: "twice the number of channels and batch normalization is used in all three models"."""
-    return _reference64(width=2, batch_norm=True)
+    return _reference64(width=2, batch_norm=True, image_channels=image_channels)
 
 
 def _progressive(
@@ -75,6 +83,7 @@ def _progressive(
     channel_max: int,  # upper clamp of the channel rule
     channel_min: int = 1,  # lower clamp of the channel rule
     equalized: bool = False,  # equalised learning rate; off: the reference's Adam rates assume plain weights
+    image_channels: int = 3,  # 1: the generator's to-RGB layers draw one channel (gray samples); E and I take 3
 ) -> TriangleModels:
     """The three progressive networks with one channel rule and the default normalisations (docs/architecture.md)."""
     rule = {
@@ -85,38 +94,47 @@ def _progressive(
     }
     span = {"min_resolution": 4, "max_resolution": max_resolution}
     return TriangleModels(
-        generator=ProgressiveGenerator(latent_dim=latent_dim, **span, **rule),
+        generator=ProgressiveGenerator(latent_dim=latent_dim, image_channels=image_channels, **span, **rule),
         energy=ProgressiveEnergy(**span, **rule),
         inference=ProgressiveInference(latent_dim=latent_dim, **span, **rule),
         latent_dim=latent_dim,
         resolution=max_resolution,
         min_resolution=4,
+        image_channels=image_channels,
     )
 
 
-def _celebahq() -> TriangleModels:
+def _celebahq(image_channels: int) -> TriangleModels:
     """4 -> 1024 with the progressive-GAN channels: 512 up to 32x32, halving after (16 at 1024)."""
-    return _progressive(latent_dim=512, max_resolution=1024, channel_base=16384, channel_max=512)
+    return _progressive(
+        latent_dim=512, max_resolution=1024, channel_base=16384, channel_max=512, image_channels=image_channels
+    )
 
 
-def _lsun() -> TriangleModels:
+def _lsun(image_channels: int) -> TriangleModels:
     """4 -> 256 with the same channel rule as celebahq."""
-    return _progressive(latent_dim=512, max_resolution=256, channel_base=16384, channel_max=512)
+    return _progressive(
+        latent_dim=512, max_resolution=256, channel_base=16384, channel_max=512, image_channels=image_channels
+    )
 
 
-def _demo() -> TriangleModels:
+def _demo(image_channels: int) -> TriangleModels:
     """4 -> 32 with 64 channels up to 8x8, 32 at 16x16, 16 at 32x32: the CPU demo."""
-    return _progressive(latent_dim=64, max_resolution=32, channel_base=512, channel_max=64)
+    return _progressive(
+        latent_dim=64, max_resolution=32, channel_base=512, channel_max=64, image_channels=image_channels
+    )
 
 
-def _tiny() -> TriangleModels:
+def _tiny(image_channels: int) -> TriangleModels:
     """4 -> 32 with 4 channels (2 at 32x32): fast tests."""
-    return _progressive(latent_dim=8, max_resolution=32, channel_base=64, channel_max=4)
+    return _progressive(latent_dim=8, max_resolution=32, channel_base=64, channel_max=4, image_channels=image_channels)
 
 
-def _tiny1024() -> TriangleModels:
+def _tiny1024(image_channels: int) -> TriangleModels:
     """4 -> 1024 with 4 channels up to 16x16, 2 at 32x32, 1 from 64x64: shape tests at every resolution."""
-    return _progressive(latent_dim=8, max_resolution=1024, channel_base=64, channel_max=4)
+    return _progressive(
+        latent_dim=8, max_resolution=1024, channel_base=64, channel_max=4, image_channels=image_channels
+    )
 
 
 # A tenth of the objective's rates at every resolution of the 512-channel presets: Adam moves each plain weight by
@@ -158,7 +176,7 @@ _PROGRESSIVE_512_MEMORY = PeakMemory(
 class Preset:
     """Everything a preset decides: its networks, its growth schedule and its training defaults."""
 
-    models: Callable[[], TriangleModels]  # builds the three networks (weights from the global torch seed)
+    models: Callable[[int], TriangleModels]  # (image_channels) -> the three networks (weights: global torch seed)
     schedule: dict[str, Any]  # ScheduleConfig values: resolutions, phase lengths, batch sizes, rate multipliers
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig values on top of its defaults
     memory: PeakMemory | None = None  # peak memory per resolution and image, for --batch auto (train/batches.py)
@@ -240,9 +258,13 @@ def preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def build_models(name: str) -> TriangleModels:
-    """Build the generator, energy model and inference model of preset `name`."""
-    return preset(name).models()
+def build_models(name: str, image_channels: int = 3) -> TriangleModels:
+    """Build the generator, energy model and inference model of preset `name`.
+
+    image_channels=1 (a grayscale dataset) gives a generator whose samples are gray by construction; the energy
+    and inference models are the same either way (docs/architecture.md, "Grayscale")."""
+    check_image_channels(image_channels)
+    return preset(name).models(image_channels)
 
 
 def default_preset(resolution: int | None) -> str:

@@ -20,7 +20,7 @@ from progressive.train.schedule import Stage, stage_at
 class TrainedRun:
     """The networks of a checkpoint, at the stage they had reached, in training mode (as trained)."""
 
-    models: TriangleModels  # generator, energy, inference as last trained
+    models: TriangleModels  # generator, energy, inference as last trained (.image_channels: 1 for a grayscale run)
     generator_ema: nn.Module  # exponential moving average of the generator (default for sampling)
     config: TrainConfig  # the run's resolved configuration
     stage: Stage  # resolution and alpha at the checkpoint
@@ -43,12 +43,13 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     path = find_checkpoint(path)
     saved = CheckpointContents.from_dict(load_checkpoint(path, map_location=device))
     values = json.loads(saved.config)
-    # Checkpoints written before named recipes existed trained the reference objective.
+    # Checkpoints written before named recipes existed trained the reference objective; those written before
+    # grayscale runs existed have no image_channels and were colour (TrainConfig's default, 3).
     config = merge_config(preset_config(values["preset"], values.get("recipe", "reference")), values)
-    models = build_models(config.preset).to(device)
+    models = build_models(config.preset, image_channels=config.image_channels).to(device)
     for name, net in models.networks().items():
         net.load_state_dict(saved.networks[name])
-    generator_ema = build_models(config.preset).generator.to(device)
+    generator_ema = build_models(config.preset, image_channels=config.image_channels).generator.to(device)
     generator_ema.load_state_dict(saved.generator_ema)
     generator_ema.requires_grad_(False)
     stage = stage_at(config.schedule, saved.images_shown, config.objective)

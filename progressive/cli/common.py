@@ -103,14 +103,33 @@ def choose_generator(run: TrainedRun, which: str) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- reading images
 
 
-def read_image(path: Path, resolution: int) -> torch.Tensor:
+def read_image(path: Path, resolution: int, channels: int = 3) -> torch.Tensor:
     """One image file as (3, resolution, resolution) in [-1, 1], prepared exactly as the dataset builder does
-    (transparency composited on white, EXIF orientation, centre crop, Lanczos resize)."""
+    (transparency composited on white, EXIF orientation, centre crop, Lanczos resize); with channels=1 (a grayscale
+    run) converted to gray and repeated to three equal channels, so the networks see what they were trained on."""
     try:
         pixels = load_image(path, resolution)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, SkipImage) as error:
         raise BadInput(f"{path} is not a readable image: {error}") from error
+    if channels == 1:
+        # Pillow's ITU-R 601-2 luma (L = 0.299 R + 0.587 G + 0.114 B), rounded to 8 bits as a gray PNG stores it.
+        gray = np.asarray(Image.fromarray(pixels).convert("L"))
+        pixels = np.repeat(gray[:, :, None], 3, axis=2)
     return image_array_to_signed(pixels)
+
+
+# Luma weights of Pillow's "L" conversion (ITU-R 601-2), for images that arrive as tensors (a colour LMDB given to a
+# grayscale run); they sum to 1, and a gray image's equal channels are kept as they are.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def as_gray(image: torch.Tensor) -> torch.Tensor:
+    """An image (3, R, R) in [-1, 1] with three equal channels: itself if they already are, else its luma."""
+    assert image.ndim == 3 and image.shape[0] == 3, f"expected an image (3, R, R), got {tuple(image.shape)}"
+    if torch.equal(image[0], image[1]) and torch.equal(image[1], image[2]):
+        return image
+    weights = torch.tensor(LUMA, dtype=image.dtype, device=image.device)
+    return (weights[:, None, None] * image).sum(0, keepdim=True).expand(3, -1, -1)
 
 
 def image_files(folder: str) -> list[Path]:
@@ -155,7 +174,7 @@ def folder_images(folder: str, run: TrainedRun) -> RealImages:
         description=f"folder {folder}",
         fingerprint=f"folder:{Path(folder).resolve()}",
         split="folder",
-        load=lambda i: read_image(files[i], run.resolution),
+        load=lambda i: read_image(files[i], run.resolution, run.models.image_channels),
         alpha=run.stage.alpha,
     )
 
@@ -185,6 +204,8 @@ def dataset_images(run: TrainedRun, data: str | None, split: str, limit: int | N
             raise BadInput(str(error)) from error
         description = f"{source} ({split})"
     count = len(dataset) if limit is None else min(limit, len(dataset))
+    # A grayscale run sees gray images only: those of another (colour) dataset are converted as they are read.
+    load = dataset.__getitem__ if run.models.image_channels == 3 else lambda i: as_gray(dataset[i])
     if count == 0:
         raise BadInput(f"{description} has no images")
     return RealImages(
@@ -192,7 +213,7 @@ def dataset_images(run: TrainedRun, data: str | None, split: str, limit: int | N
         description=description,
         fingerprint=dataset.fingerprint,
         split=split,
-        load=dataset.__getitem__,
+        load=load,
         alpha=run.stage.alpha,
     )
 
@@ -200,12 +221,18 @@ def dataset_images(run: TrainedRun, data: str | None, split: str, limit: int | N
 # ----------------------------------------------------------------------------- writing
 
 
-def save_png(image: np.ndarray | torch.Tensor, path: Path) -> None:
-    """An image (H, W, 3) uint8, or (3, H, W) float in [-1, 1], written atomically as PNG."""
+def save_png(image: np.ndarray | torch.Tensor, path: Path, channels: int = 3) -> None:
+    """An image (H, W, 3) uint8, or (3, H, W) float in [-1, 1], written atomically as PNG: RGB, or with channels=1
+    (a grayscale run's images, whose three channels are equal) single-channel, mode L."""
     if torch.is_tensor(image):
         assert image.ndim == 3 and image.shape[0] == 3, f"expected an image (3, H, W), got {tuple(image.shape)}"
         image = signed_to_pixels(image.cpu()).permute(1, 2, 0).numpy()
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, f"bad image {image.shape}"
+    if channels == 1:
+        # Equal up to one 8-bit level: resampling or blending equal channels may round them apart by an ulp.
+        spread = int((image.max(axis=2).astype(np.int16) - image.min(axis=2)).max(initial=0))
+        assert spread <= 1, f"a grayscale image's channels differ by up to {spread} levels"
+        image = image[:, :, 0]
     write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
 
 

@@ -1,6 +1,7 @@
 """Export what a checkpoint's three models do: `triangle-export {sample,reconstruct,energy,pretrained} CHECKPOINT ...`.
 
   sample       N images (one PNG each, or one grid with --grid) from fixed seeds: image i uses seed S + i.
+               A grayscale run's PNGs (samples, grids, reconstructions) are single-channel (mode L).
   reconstruct  encode images with mu(x), decode with the generator, write side-by-side grids (image | reconstruction).
   energy       score images with the energy model (low = likely); per-image lines or CSV, and a summary of
                real vs generated vs noise images with the AUROC of each separation.
@@ -160,13 +161,14 @@ def export_samples(args: argparse.Namespace) -> int:
     parts = generate_from_seeds(generator, seeds, run.models.latent_dim, args.batch, device, args.temperature)
     described = f"seeds {seeds[0]}..{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else "seeds as given"
     temperature = f", temperature {args.temperature:g}" if args.temperature != 1 else ""
+    channels = run.models.image_channels
     if args.grid:
         images = torch.cat([part.cpu() for part in parts])
-        save_png(_grid(images, args.columns or math.ceil(math.sqrt(len(seeds)))), out)
+        save_png(_grid(images, args.columns or math.ceil(math.sqrt(len(seeds)))), out, channels)
         print(f"wrote {out}: {len(seeds)} samples, {described}{temperature}")
         return 0
     for seed, image in zip(seeds, (image for part in parts for image in part), strict=True):
-        save_png(image, out / f"sample-seed{seed:06d}.png")
+        save_png(image, out / f"sample-seed{seed:06d}.png", channels)
     print(f"wrote {len(seeds)} samples to {out} ({described}{temperature})")
     return 0
 
@@ -194,6 +196,7 @@ def export_reconstructions(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     run = load_run(args.checkpoint, device)
     real = _real_images(args, run)
+    channels = run.models.image_channels  # 1: the grids are written as single-channel PNGs
     errors, pending, grid_index, mus, logvars = [], [], 0, [], []
     for images in real.batches(args.batch, device):
         mu, logvar, reconstructions = encode_and_reconstruct(run.models.inference, run.models.generator, images)
@@ -202,10 +205,10 @@ def export_reconstructions(args: argparse.Namespace) -> int:
         errors.append(per_image_mse(images, reconstructions).cpu())
         pending.extend(torch.stack([images.cpu(), reconstructions.cpu()], dim=1))
         while len(pending) >= args.pairs_per_grid:
-            _save_pairs(pending[: args.pairs_per_grid], out / f"reconstructions-{grid_index:03d}.png")
+            _save_pairs(pending[: args.pairs_per_grid], out / f"reconstructions-{grid_index:03d}.png", channels)
             pending, grid_index = pending[args.pairs_per_grid :], grid_index + 1
     if pending:
-        _save_pairs(pending, out / f"reconstructions-{grid_index:03d}.png")
+        _save_pairs(pending, out / f"reconstructions-{grid_index:03d}.png", channels)
         grid_index += 1
     summary = reconstruction_summary(torch.cat(errors))
     print(f"wrote {grid_index} grid(s) to {out}: {len(real)} images of {real.description}")
@@ -218,10 +221,10 @@ def export_reconstructions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_pairs(pairs: list[torch.Tensor], path: Path) -> None:
+def _save_pairs(pairs: list[torch.Tensor], path: Path, channels: int) -> None:
     # Each pair (2, 3, R, R) becomes two neighbouring cells: four pairs per row.
     images = torch.stack(pairs).flatten(0, 1)
-    save_png(_grid(images, columns=2 * min(4, len(pairs))), path)
+    save_png(_grid(images, columns=2 * min(4, len(pairs))), path, channels)
 
 
 def export_energies(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@ drawn by the generator trained with the inference model (--there-and-back: and b
 --strip also writes a PNG of evenly spaced frames.
 
 MP4 is H.264 (needs `pip install 'divergence-triangle[video]'`); .gif works with imageio alone. Frames are
-rendered in batches on the GPU when there is one and streamed to the encoder.
+rendered in batches on the GPU when there is one and streamed to the encoder. A grayscale run's videos are RGB
+frames with three equal channels (what players expect); its --strip PNG is single-channel (mode L), and --from/--to
+images are converted to gray before they are encoded.
 Exit codes: 0 done, 2 bad input (nothing written, earlier files kept).
 """
 
@@ -116,7 +118,8 @@ def export_video(args: argparse.Namespace) -> int:
     latent_dim = run.models.latent_dim
     if args.from_image is not None:
         which = "trained" if args.generator == "auto" else args.generator
-        endpoints = torch.stack([read_image(p, run.resolution) for p in (args.from_image, args.to_image)])
+        channels = run.models.image_channels
+        endpoints = torch.stack([read_image(p, run.resolution, channels) for p in (args.from_image, args.to_image)])
         with torch.no_grad():
             mu, _ = run.models.inference(endpoints.to(device))
         path = segment(
@@ -148,7 +151,7 @@ def export_video(args: argparse.Namespace) -> int:
         strip_frames = min(args.strip_frames, frames)
         chosen = torch.linspace(0, frames - 1, strip_frames).round().long()
         strip = render_frames(generator, path, positions[chosen], columns, rows, size, batch_frames=args.batch)
-        save_png(frame_strip(strip), strip_path)
+        save_png(frame_strip(strip), strip_path, run.models.image_channels)
         print(f"wrote {strip_path}: {strip_frames} frames of the same path")
     return 0
 

@@ -4,7 +4,8 @@
 Works under `accelerate launch` (any number of processes, --mixed_precision no|fp16|bf16) and as plain
 `python launch/train.py` (one process, CPU or GPU). Without --data it trains on built-in synthetic shapes.
 Every objective and schedule value can be overridden (see --help); the resolved configuration is written
-to the run directory as config.json. docs/training.md describes the options and the presets.
+to the run directory as config.json. A grayscale dataset (LMDB metadata `channels` 1) trains a generator that draws
+gray images (docs/architecture.md, "Grayscale"). docs/training.md describes the options and the presets.
 
 Exit codes: 0 done, 1 failed (one line; e.g. a checkpoint write on a full disk), 2 bad input (nothing written before
 the start, or a damaged image found in training), 3 stopped on repeated non-finite gradients.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -244,6 +246,44 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         raise BadInput(str(error)) from error
 
 
+def data_channels(config: TrainConfig) -> int:
+    """The training data's image channels: 1 for a grayscale LMDB (metadata `channels`; absent in LMDBs built before
+    grayscale existed, which are colour), 3 for colour and for the synthetic shapes; BadInput for an unreadable LMDB."""
+    if config.data is None:
+        return 3
+    from datasets_prep.lmdb_format import read_metadata
+
+    try:
+        channels = read_metadata(config.data).get("channels", 3)
+    except ValueError as error:
+        raise BadInput(str(error)) from error
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise BadInput(f"{config.data}: metadata field 'channels' is {channels!r}, expected 1 or 3")
+    return channels
+
+
+def with_data_channels(config: TrainConfig) -> TrainConfig:
+    """`config` with the image channels of its data: they follow the data, whatever a --config file said."""
+    return dataclasses.replace(config, image_channels=data_channels(config))
+
+
+def check_resumed_channels(state: dict[str, Any], config: TrainConfig, checkpoint_path: Path) -> None:
+    """BadInput when a checkpoint trained on grayscale images is resumed on colour data, or the reverse: its
+    generator draws the other number of channels. Checked before the networks are built, with a plainer message
+    than the configuration comparison's."""
+    try:
+        saved = json.loads(state["config"]).get("image_channels", 3)  # older checkpoints: colour
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return  # a damaged checkpoint: refused with its reason when it is loaded
+    if saved != config.image_channels:
+        kinds = {1: "grayscale (1 channel)", 3: "colour (3 channels)"}
+        data = config.data or "the synthetic shapes"
+        raise BadInput(
+            f"{checkpoint_path} was trained on {kinds.get(saved, saved)} images but the data given ({data}) is "
+            f"{kinds[config.image_channels]}; resume it on the dataset it was trained on"
+        )
+
+
 def open_datasets(config: TrainConfig):
     """(training set, held-out set or None) for the configuration, checked against the schedule's resolutions."""
     from progressive.nets.layers import resolutions
@@ -326,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         precision = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
         try:
+            config = with_data_channels(config)
             config, lines = fit_batches(config, args.batch, args.gpu_memory_gib, 1, dry_run_precision(precision))
             throughput = read_throughput(args.throughput) if args.throughput else None
         except BadInput as error:
@@ -364,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         # Read onto the CPU: load_state_dict copies each tensor to its parameter's device, and a checkpoint
         # then resumes on any device and number of processes (torch cannot map to a multi-process "cpu:0").
         state = load_checkpoint(checkpoint_path, map_location="cpu") if checkpoint_path is not None else None
+        config = with_data_channels(config)  # the networks are built for the data's channels
+        if state is not None:
+            check_resumed_channels(state, config, checkpoint_path)
         config, batch_notes = fit_batches(
             config,
             args.batch,
@@ -373,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             resumed_schedule=saved_schedule(state) if state is not None else None,
         )
         check_batches(config, accelerator.num_processes)
+        if config.image_channels == 1:
+            batch_notes.append("grayscale data (metadata channels 1): the generator draws one channel, shown as three")
         if {"fid", "kid", "is"} & set(config.metrics):
             from progressive.eval.inception import load_inception
 

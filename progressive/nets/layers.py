@@ -24,6 +24,25 @@ LEAKY_SLOPE = 0.2
 HIDDEN_GAIN = math.sqrt(2.0)  # He gain for layers followed by a LeakyReLU
 
 
+# Colour (3) or grayscale (1). Images between networks always have three channels; a grayscale generator draws one
+# and repeats it (docs/architecture.md, "Grayscale").
+IMAGE_CHANNELS = (1, 3)
+
+
+def check_image_channels(image_channels: int) -> None:
+    """ValueError unless `image_channels` is 1 (grayscale) or 3 (colour)."""
+    if isinstance(image_channels, bool) or not isinstance(image_channels, int) or image_channels not in IMAGE_CHANNELS:
+        raise ValueError(f"image_channels must be 1 (grayscale) or 3 (colour), got {image_channels!r}")
+
+
+def as_rgb(image: torch.Tensor) -> torch.Tensor:
+    """(B, 1 or 3, H, W) -> (B, 3, H, W): one channel is repeated as a view (`expand`, no copy), three pass through.
+
+    The repeated channels share memory: the result must not be written in place (every consumer here reads it)."""
+    assert image.ndim == 4 and image.shape[1] in IMAGE_CHANNELS, f"expected (B, 1 or 3, H, W), got {tuple(image.shape)}"
+    return image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image
+
+
 def channels_per_resolution(
     min_resolution: int,
     max_resolution: int,

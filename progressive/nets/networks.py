@@ -9,6 +9,8 @@ While resolution r fades in with weight alpha:
   energy / inference:  features at r/2 = (1 - alpha) * from_rgb[r/2](avg_pool(x)) + alpha * block[r](from_rgb[r](x))
 At alpha = 0 each network computes exactly what it computed at stage (r/2, 1), up to the pooling or
 upsampling that changes the image size; at alpha = 1 the old path is not evaluated at all.
+Images in and out are (B, 3, r, r); a grayscale generator (image_channels=1) draws one channel per to-RGB layer and
+repeats it to three after the fade-in and tanh.
 docs/architecture.md has the block layout and the reasons for the defaults.
 """
 
@@ -24,7 +26,9 @@ from progressive.nets.layers import (
     LEAKY_SLOPE,
     ScaledConv2d,
     ScaledLinear,
+    as_rgb,
     channels_per_resolution,
+    check_image_channels,
     check_resolution_range,
     conv_act_norm,
     downsample2,
@@ -141,7 +145,10 @@ class _DownHead(nn.Module):
 
 
 class ProgressiveGenerator(_Staged):
-    """g(z): latent (B, latent_dim) -> image (B, 3, r, r) at the current resolution r, in [-1, 1] with tanh."""
+    """g(z): latent (B, latent_dim) -> image (B, 3, r, r) at the current resolution r, in [-1, 1] with tanh.
+
+    With image_channels=1 every to-RGB layer draws one channel, shown as three identical ones: samples are gray by
+    construction, and the energy and inference models keep their 3-channel input (docs/architecture.md)."""
 
     def __init__(
         self,
@@ -155,19 +162,22 @@ class ProgressiveGenerator(_Staged):
         norm: str = "pixel",  # after every convolution: "pixel", "batch" or "none"
         equalized: bool = False,  # equalised learning rate (weights scaled by their He constant at run time)
         output_activation: str = "tanh",  # "tanh" keeps images in [-1, 1] like the data; "none" is linear
+        image_channels: int = 3,  # 3 colour; 1 grayscale: one channel drawn, repeated to three after tanh
     ):
         super().__init__(min_resolution, max_resolution, channels, (channel_base, channel_max, channel_min))
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, got {output_activation!r}")
+        check_image_channels(image_channels)
         self.latent_dim = latent_dim
         self.output_activation = output_activation
+        self.image_channels = image_channels
         c = self.channels
         self.blocks = nn.ModuleDict({"4": _LatentBlock(latent_dim, c[4], norm, equalized)})
         for r in resolutions(8, max_resolution) if max_resolution >= 8 else []:
             self.blocks[str(r)] = _up_block(c[r // 2], c[r], norm, equalized)
         self.to_rgb = nn.ModuleDict(
             {
-                str(r): ScaledConv2d(c[r], 3, 1, gain=1.0, equalized=equalized)
+                str(r): ScaledConv2d(c[r], image_channels, 1, gain=1.0, equalized=equalized)
                 for r in resolutions(min_resolution, max_resolution)
             }
         )
@@ -191,6 +201,9 @@ class ProgressiveGenerator(_Staged):
             )
         if self.output_activation == "tanh":
             image = torch.tanh(image)
+        assert image.shape[1:] == (self.image_channels, r, r), f"to-RGB gave {tuple(image.shape)}"
+        # Repeated last, after the fade-in and tanh, so that nothing can make the three channels differ.
+        image = as_rgb(image)
         assert image.shape[1:] == (3, r, r), f"expected generator output (B, 3, {r}, {r}), got {tuple(image.shape)}"
         return image
 

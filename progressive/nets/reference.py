@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from progressive.nets.layers import GlobalBatchNorm2d
+from progressive.nets.layers import GlobalBatchNorm2d, as_rgb, check_image_channels
 
 
 def init_reference_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -41,11 +41,21 @@ def _down_trunk(channels: list[int], slope: float, batch_norm: bool = False) -> 
 
 
 class ReferenceGenerator(nn.Module):
-    """g(z): latent (B, latent_dim) -> image (B, 3, 32, 32) in [-1, 1]."""
+    """g(z): latent (B, latent_dim) -> image (B, 3, 32, 32) in [-1, 1].
 
-    def __init__(self, latent_dim: int = 100, channels: tuple[int, ...] = (512, 512, 256, 128)):
+    With image_channels=1 the last transposed convolution draws one channel, shown as three identical ones (as the
+    progressive generator; docs/architecture.md, "Grayscale")."""
+
+    def __init__(
+        self,
+        latent_dim: int = 100,  # dimension of z
+        channels: tuple[int, ...] = (512, 512, 256, 128),  # 4x4 projection, then one 2x upsampling per further entry
+        image_channels: int = 3,  # 3 colour; 1 grayscale: one channel drawn, repeated to three after tanh
+    ):
         super().__init__()
+        check_image_channels(image_channels)
         self.latent_dim = latent_dim
+        self.image_channels = image_channels
         self.resolution = 4 * 2 ** (len(channels) - 1)
         layers: list[nn.Module] = []
         c_prev = latent_dim
@@ -57,13 +67,15 @@ class ReferenceGenerator(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             c_prev = c
-        layers += [nn.ConvTranspose2d(c_prev, 3, 3, 1, 1, bias=True), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(c_prev, image_channels, 3, 1, 1, bias=True), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         init_reference_weights(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         assert z.ndim == 2 and z.shape[1] == self.latent_dim, f"expected z (B, {self.latent_dim}), got {tuple(z.shape)}"
-        return self.net(z[:, :, None, None])
+        image = as_rgb(self.net(z[:, :, None, None]))
+        assert image.shape[1:] == (3, self.resolution, self.resolution), f"generator gave {tuple(image.shape)}"
+        return image
 
 
 class ReferenceEnergy(nn.Module):

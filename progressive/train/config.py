@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from progressive import presets
+from progressive.nets.layers import check_image_channels
 from progressive.objective import DEFAULT_RECIPE, TriangleConfig, recipe_config
 from progressive.train.compile import COMPILE_MODES
 from progressive.train.schedule import ScheduleConfig
@@ -51,6 +52,7 @@ class TrainConfig:
     resolution: int = 32  # final resolution (--res); growth stops here
     data: str | None = None  # dataset LMDB; None trains on the built-in synthetic shapes
     synthetic_images: int = 4096  # size of the synthetic dataset used without --data
+    image_channels: int = 3  # 1 grayscale, 3 colour: the data's (LMDB metadata `channels`), set by triangle-train
     out: str = "runs"  # root of the auto-numbered run directories
     kimg: float | None = None  # training length in thousands of real images; None: the schedule's total
     seed: int = 0  # global seed: weights, latents, data order and fixed snapshot latents derive from it
@@ -87,6 +89,7 @@ class TrainConfig:
         """ValueError naming the option for a value no run can use (a NaN or zero length, negative counts)."""
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        check_image_channels(self.image_channels)
         positive = ["tick_kimg", "snapshot_kimg", "checkpoint_kimg", "ema_kimg", "keep_checkpoints", "max_nonfinite"]
         positive += ["grid_images", "metric_images", "collective_timeout_min"] + ([] if self.kimg is None else ["kimg"])
         for name in [*positive, "workers", "metric_kimg", "synthetic_images", "progress_seconds"]:
@@ -168,7 +171,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # Values added after checkpoints were first written, with the value that reproduces the older behaviour:
 # a checkpoint without them resumes as if it had them.
 ADDED_LATER: dict[str, dict[str, Any]] = {
-    "": {"recipe": "reference", "channels_last": False, "compile": "no"},
+    "": {"recipe": "reference", "channels_last": False, "compile": "no", "image_channels": 3},
     "objective": {
         "energy_penalty": 0.0,
         "logvar_bound": 0.0,

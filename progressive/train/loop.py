@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from progressive.data import STOP_SIGNALS, StreamBatchSampler, make_loader
@@ -119,6 +120,7 @@ class Trainer:
             config.seed,
             channels_last=config.channels_last,
             compile_mode=config.compile,
+            image_channels=config.image_channels,
         )
         self.models, self.optimizers, self.ema = prepared.models, prepared.optimizers, prepared.ema
         self.update, self.memory_format = prepared.update, prepared.memory_format
@@ -417,7 +419,7 @@ class Trainer:
         if reals:
             grids["reals"] = _grid(real, resolution)
         for kind, grid in grids.items():
-            save_image(grid, directory / (f"{kind}.png" if kind == "reals" else f"{kind}-{name}.png"))
+            _save_grid(grid, directory / (f"{kind}.png" if kind == "reals" else f"{kind}-{name}.png"), self.config)
         log_images(self.accelerator.trackers, grids, step=self.state.images_shown)
 
     def _fixed_reals(self, stage: Stage, count: int) -> torch.Tensor:
@@ -457,6 +459,18 @@ class Trainer:
             "  ".join(f"{k} {v:.4g}" for k, v in scores.items()),
         )
         self.accelerator.log({f"metrics/{k}": v for k, v in scores.items()}, step=self.state.images_shown)
+
+
+def _save_grid(grid: torch.Tensor, path: Path, config: TrainConfig) -> None:
+    """A [0, 1] grid (3, H, W) as PNG; single-channel (mode L) for a grayscale run, whose grids have three equal
+    channels (samples by construction, reals as stored, the padding), so the first one is written. Not checked here:
+    a snapshot must not stop a run, and the export's PNG writer checks the same images (cli/common.save_png)."""
+    assert grid.ndim == 3 and grid.shape[0] == 3, f"expected a grid (3, H, W), got {tuple(grid.shape)}"
+    if config.image_channels == 3:
+        save_image(grid, path)
+        return
+    # save_image would turn one channel back into three; PIL writes a 2-D uint8 array as mode L. Rounded as save_image.
+    Image.fromarray(grid[0].mul(255).add(0.5).clamp(0, 255).to(torch.uint8).numpy()).save(path, format="PNG")
 
 
 def _grid(images: torch.Tensor, resolution: int) -> torch.Tensor:

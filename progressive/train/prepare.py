@@ -37,12 +37,13 @@ def prepare_training(
     seed: int,  # initial weights: the same on every process
     channels_last: bool = False,  # NHWC networks (same maths; faster convolutions on GPUs)
     compile_mode: str = "no",  # torch.compile mode for the networks (train/compile.py), or "no"
+    image_channels: int = 3,  # the data's: 1 builds a generator that draws gray images (TrainConfig.image_channels)
 ) -> PreparedTraining:
     """Build, place and wrap the networks of `preset`; ValueError for fp16 where it cannot run (see GuardedUpdate)
     and for Accelerate's own dynamo backend (see train/compile.py)."""
     check_accelerate(accelerator)
     torch.manual_seed(seed)  # identical initial weights on every rank
-    models = build_models(preset).to(accelerator.device)
+    models = build_models(preset, image_channels=image_channels).to(accelerator.device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for net in models.networks().values():
         net.to(memory_format=memory_format)
@@ -59,5 +60,6 @@ def prepare_training(
         latent_dim=models.latent_dim,
         resolution=models.resolution,
         min_resolution=models.min_resolution,
+        image_channels=models.image_channels,
     )
     return PreparedTraining(prepared, optimizers, ema, update, memory_format)
