@@ -4,12 +4,12 @@
 
 Modules:
     __main__     -- the command line (`python -m datasets_prep build|info|verify|bench`).
-    sources      -- folders, zips, CIFAR-10 tarballs, emoji fonts and the built-in synthetic shapes.
+    sources      -- folders, zips, CIFAR-10 tarballs, Fashion-MNIST IDX files, emoji fonts, the synthetic shapes.
     synthetic    -- the procedurally rendered shapes (also served to the trainer directly).
     images       -- one image to its stored pyramid (orient, RGB, crop, resize, downsample, encode).
     build        -- parallel processing, batched ordered commits, resume, the skip report.
     lmdb_format  -- keys, metadata and encodings shared by the builder and the reader.
-    reader       -- LMDBImageDataset, the torch Dataset the trainer, evaluation and exports read.
+    reader       -- LMDBImageDataset, the torch Dataset the trainer, evaluation and exports read; read_labels.
     locking      -- the directory lock of builds and training runs.
     check        -- `info` and `verify`.
     bench        -- build and read throughput.

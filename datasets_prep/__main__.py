@@ -30,7 +30,9 @@ class UsageError(ValueError):
 def _add_build_parser(commands) -> None:
     build = commands.add_parser("build", help="build a multi-resolution LMDB from images, synthetic shapes or emoji")
     build.add_argument(
-        "src", help="folder, .zip, cifar-10-python.tar.gz, synthetic:shapes?n=1000&seed=0 or emoji:noto?bg=white"
+        "src",
+        help="folder, .zip, cifar-10-python.tar.gz, synthetic:shapes?n=1000&seed=0, emoji:noto?bg=white or "
+        "fashion-mnist:DIR",
     )
     build.add_argument("out", type=Path, help="output LMDB directory (data.mdb, lock.mdb, report.txt)")
     build.add_argument("--max-res", type=int, required=True, help="largest resolution, a power of two")
@@ -39,7 +41,7 @@ def _add_build_parser(commands) -> None:
     build.add_argument("--filter", choices=FILTERS, default="box", help="box: 2x2 chain; lanczos: from the source")
     build.add_argument("--format", choices=IMAGE_FORMATS, default="png", help="stored encoding (default png)")
     build.add_argument("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
-    build.add_argument("--limit", type=int, help="use only the first N images (of each split for CIFAR-10)")
+    build.add_argument("--limit", type=int, help="use only the first N images (of each predefined split)")
     build.add_argument("--holdout", type=int, default=0, help="store the first N readable images as the holdout split")
     build.add_argument("--upscale", action="store_true", help="enlarge images below --max-res instead of skipping")
     build.add_argument("--resume", action="store_true", help="continue an interrupted build at OUT")
@@ -99,7 +101,10 @@ def run_build(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
     source = open_source(args.src, settings.max_res).limited(args.limit)
     if args.holdout and source.has_splits:
-        raise UsageError("this source comes with its own held-out split (the CIFAR-10 test batch); drop --holdout")
+        raise UsageError(
+            "this source comes with its own held-out split (CIFAR-10's test batch, Fashion-MNIST's t10k files); "
+            "drop --holdout"
+        )
     if args.holdout >= len(source):
         raise UsageError(f"--holdout {args.holdout} leaves no training image: the source has {len(source)} items")
     options = BuildOptions(

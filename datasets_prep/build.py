@@ -4,6 +4,11 @@ Items are processed by a pool of worker processes in windows of consecutive item
 commits each window in one write transaction together with the updated metadata, whose
 `build.next_item` says how far the source has been consumed. A killed build therefore leaves a
 consistent prefix, and `resume=True` continues from `next_item` without duplicates.
+
+A labelled source's labels go into the same transactions, one `{split}/label/{index}` key beside each
+image, so they survive interruptions exactly as the images do. Whether every image written so far is
+gray is carried in `build.all_gray` the same way; the finished build records `"channels": 1` for a set
+of gray images (or a source that declares itself grayscale), else 3.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from datasets_prep.lmdb_format import (
     accumulate_fingerprint,
     finish_fingerprint,
     image_key,
+    label_key,
     read_metadata,
     skipped_key,
+    with_defaults,
 )
 from datasets_prep.locking import LOCK_NAME, DirectoryBusy, DirectoryLock
-from datasets_prep.sources import Source
+from datasets_prep.sources import Source, item_label
 
 REPORT_NAME = "report.txt"
 LMDB_FILES = ("data.mdb", "lock.mdb")
@@ -43,7 +50,7 @@ INITIAL_MAP_SIZE = 64 * 2**20
 # Results of one window wait in memory before their commit; two windows are in flight at a time.
 WINDOW_BYTES = 256 * 2**20
 # Metadata fields that must match for --resume to continue an existing build.
-RESUME_FIELDS = ("source", "resolutions", "image_format", "filter", "crop", "upscale")
+RESUME_FIELDS = ("source", "resolutions", "image_format", "filter", "crop", "upscale", "class_names")
 RESUME_BUILD_FIELDS = ("source_items", "source_listing", "holdout_requested")
 
 
@@ -95,6 +102,8 @@ def new_metadata(source: Source, settings: ImageSettings, options: BuildOptions)
         "count": {"train": 0, "holdout": 0},
         "image_format": settings.image_format,
         "source": source.description,
+        "class_names": list(source.class_names) if source.class_names is not None else None,
+        "channels": 1 if source.grayscale else 3,  # 3 until a finished build has found every image gray
         "filter": settings.filter,
         "crop": settings.crop,
         "upscale": settings.upscale,
@@ -108,6 +117,7 @@ def new_metadata(source: Source, settings: ImageSettings, options: BuildOptions)
             "holdout_requested": options.holdout,
             "next_item": 0,
             "fingerprint_sum": f"{0:064x}",
+            "all_gray": True,  # every image written so far has three equal channels
         },
     }
 
@@ -142,7 +152,7 @@ def _resumed_metadata(env: lmdb.Environment, expected: dict, out: Path) -> dict:
         raw = txn.get(META_KEY)
     if raw is None:
         return expected
-    existing = json.loads(raw)
+    existing = with_defaults(json.loads(raw))  # a build started before labels existed has no class_names
     differing = [f for f in RESUME_FIELDS if existing.get(f) != expected[f]]
     differing += [f"build.{f}" for f in RESUME_BUILD_FIELDS if existing["build"].get(f) != expected["build"][f]]
     if existing.get("format_version") != FORMAT_VERSION or differing:
@@ -176,10 +186,31 @@ def _record_window(metadata: dict, window: list, outcomes: list, puts: list) -> 
         for resolution, value in zip(metadata["resolutions"], outcome.values, strict=True):
             puts.append((image_key(split, resolution, index), value))
             metadata["bytes_per_resolution"][str(resolution)] += len(value)
-        accumulator = accumulate_fingerprint(accumulator, split, index, outcome.digest)
+        label = _checked_label(item, metadata["class_names"])
+        if label is not None:
+            puts.append((label_key(split, index), str(label).encode()))
+        accumulator = accumulate_fingerprint(accumulator, split, index, outcome.digest, label)
+        # A build resumed from before this field existed cannot know its first images: assume colour.
+        build["all_gray"] = build.get("all_gray", False) and outcome.gray
         metadata["count"][split] = index + 1
     build["fingerprint_sum"] = f"{accumulator:064x}"
     build["next_item"] = window[-1][0] + 1
+
+
+def _checked_label(item, class_names: list[str] | None) -> int | None:
+    """The item's label when its source names classes (then every item must carry one in range), else None."""
+    if class_names is None:
+        return None
+    label = item_label(item)
+    if not isinstance(label, int) or not 0 <= label < len(class_names):
+        raise BuildError(f"source item {item.name} has label {label!r}, not a class index below {len(class_names)}")
+    return label
+
+
+def _channels(metadata: dict) -> int:
+    """1 when the source declared itself grayscale or every image written is gray, else 3."""
+    written = sum(metadata["count"].values())
+    return 1 if metadata["channels"] == 1 or (written and metadata["build"].get("all_gray", False)) else 3
 
 
 def _start_worker() -> None:
@@ -255,6 +286,7 @@ def _build_locked(source: Source, out: Path, settings: ImageSettings, options: B
                 BuildSummary(out, committed, committed["skipped"], time.perf_counter() - started, processed)
             ) from None
         metadata["complete"] = True
+        metadata["channels"] = _channels(metadata)
         metadata["fingerprint"] = finish_fingerprint(
             int(metadata["build"]["fingerprint_sum"], 16),
             metadata["resolutions"],

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import lmdb
+import numpy as np
 from tqdm import tqdm
 
 from datasets_prep.lmdb_format import (
@@ -16,6 +17,8 @@ from datasets_prep.lmdb_format import (
     finish_fingerprint,
     image_digest,
     key_for,
+    label_key,
+    labels_from_env,
     metadata_from_env,
     stored_size,
 )
@@ -43,9 +46,13 @@ def describe(path: Path, metadata: dict) -> list[str]:
         + f" (skipped {metadata.get('skipped', 0)})",
         f"image format: {metadata['image_format']}; filter: {metadata.get('filter', '?')}; "
         f"crop: {metadata.get('crop', '?')}",
+        "channels: "
+        + ("1 (grayscale, stored as three equal RGB channels)" if metadata["channels"] == 1 else "3 (colour)"),
         f"fingerprint: {metadata['fingerprint']}",
         f"complete: {'yes' if metadata['complete'] else 'no (interrupted; finish it with build --resume)'}",
     ]
+    if metadata["class_names"] is not None:
+        lines += _label_lines(path, metadata)
     per_resolution = metadata.get("bytes_per_resolution")
     if per_resolution:
         lines.append(
@@ -55,6 +62,18 @@ def describe(path: Path, metadata: dict) -> list[str]:
         )
     data_file = path / "data.mdb" if path.is_dir() else path
     lines.append(f"file size: {human_bytes(os.path.getsize(data_file))}")
+    return lines
+
+
+def _label_lines(path: Path, metadata: dict) -> list[str]:
+    """The classes, and how many images of each class every split holds."""
+    names = metadata["class_names"]
+    lines = [f"classes ({len(names)}): " + ", ".join(f"{i} {name}" for i, name in enumerate(names))]
+    with READERS.borrowed(path) as env:
+        for split, count in sorted(metadata["count"].items(), reverse=True):
+            labels = labels_from_env(env, str(path), split, count, len(names))
+            per_class = np.bincount(labels, minlength=len(names))
+            lines.append(f"labels {split}: {count}; per class " + ", ".join(str(n) for n in per_class))
     return lines
 
 
@@ -82,14 +101,16 @@ def _verify_env(env, path: Path, full: bool, progress: bool) -> list[str]:
             for index in range(count):
                 try:
                     values = _check_image(txn, metadata, split, index, full, problems)
+                    label = _check_label(txn, metadata, split, index, problems)
                 except lmdb.Error as error:  # damaged page structure; the transaction cannot read on
                     problems.append(f"{split} image {index}: {error}; the LMDB is damaged, copy it again or rebuild it")
                     return problems
                 if full and values is not None:
-                    accumulator = accumulate_fingerprint(accumulator, split, index, image_digest(values))
+                    accumulator = accumulate_fingerprint(accumulator, split, index, image_digest(values), label)
                 bar.update(1)
     if metadata["layout"] == "multires":
-        expected_entries = 1 + total * len(metadata["resolutions"]) + metadata["skipped"]
+        labelled = metadata["class_names"] is not None
+        expected_entries = 1 + total * (len(metadata["resolutions"]) + labelled) + metadata["skipped"]
         entries = env.stat()["entries"]
         if entries != expected_entries:
             problems.append(f"{entries} keys, expected {expected_entries}: stray or missing entries")
@@ -100,6 +121,26 @@ def _verify_env(env, path: Path, full: bool, progress: bool) -> list[str]:
             if recomputed != metadata["fingerprint"]:
                 problems.append(f"fingerprint {recomputed} recomputed, {metadata['fingerprint']} stored")
     return problems
+
+
+def _check_label(txn, metadata: dict, split: str, index: int, problems: list[str]) -> int | None:
+    """The image's label in a labelled LMDB (None otherwise, or when it is unusable: then a problem is added)."""
+    if metadata["class_names"] is None:
+        return None
+    key = label_key(split, index)
+    value = txn.get(key)
+    if value is None:
+        problems.append(f"{key.decode()}: missing")
+        return None
+    classes = len(metadata["class_names"])
+    try:
+        label = int(value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        label = -1
+    if not 0 <= label < classes:
+        problems.append(f"{key.decode()}: {value[:20]!r} is not a class index below {classes}")
+        return None
+    return label
 
 
 def _check_image(txn, metadata: dict, split: str, index: int, full: bool, problems: list[str]) -> list[bytes] | None:

@@ -1,4 +1,4 @@
-"""Turning one source image into its stored pyramid: orient, RGB, crop, resize, downsample, encode.
+"""Turning one source image into its stored pyramid: orient, RGB, crop, resize, downsample, encode; is it gray.
 
 `process_item` runs in worker processes. It never raises for a bad image: whatever goes wrong with
 one file comes back as `Skipped(reason)` so the build can report it and carry on.
@@ -46,6 +46,7 @@ class Encoded:
 
     values: list[bytes]
     digest: bytes  # `image_digest(values)`, computed here so the main process only writes
+    gray: bool = False  # its three channels are equal (the builder marks a set of such images "channels": 1)
 
 
 @dataclass(frozen=True)
@@ -151,12 +152,19 @@ def load_image(path, resolution: int, crop: str = "center") -> np.ndarray:
         return pyramid(prepare_square(image, settings), settings)[0]
 
 
+def has_equal_channels(pixels: np.ndarray) -> bool:
+    """True when an (H, W, 3) image is gray: its red, green and blue values are equal everywhere."""
+    return bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2]))
+
+
 def process_item(item, settings: ImageSettings) -> Encoded | Skipped:
     """Read, prepare and encode one source item; any failure becomes a Skipped with its reason."""
     try:
         with item.open() as image:
             levels = pyramid(prepare_square(image, settings), settings)
         values = [encode_image(level, settings.image_format) for level in levels]
+        # The largest level decides: every lower one is made from it (box) or from the same gray square (Lanczos).
+        gray = has_equal_channels(levels[-1])
     except SkipImage as unusable:
         return Skipped(str(unusable))
     except UnidentifiedImageError:
@@ -164,4 +172,4 @@ def process_item(item, settings: ImageSettings) -> Encoded | Skipped:
     except Exception as error:  # noqa: BLE001 -- untrusted files make decoders raise nearly anything; report it
         detail = str(error).splitlines()[0] if str(error) else "no message"
         return Skipped(f"unreadable: {type(error).__name__}: {detail}")
-    return Encoded(values, image_digest(values))
+    return Encoded(values, image_digest(values), gray)

@@ -4,11 +4,16 @@ One LMDB environment (a directory holding data.mdb and lock.mdb) holds every res
 
     __meta__                      JSON metadata (fields in docs/datasets.md), rewritten by every build transaction
     {split}/{res}/{index:08d}     one image: PNG, JPEG or raw RGB bytes (H, W, 3) uint8
+    {split}/label/{index:08d}     its class label, an ASCII decimal index into the metadata's `class_names`
     __skipped__/{source:08d}      "name<TAB>reason" for each source item the build could not use
 
-Splits are "train" and "holdout"; indices are dense from 0 in each split. LMDBs written by the
-progressive-GAN `prepare_data.py` convention ("{res}-{index:05d}" keys, a "length" key, JPEG values)
-are read too; `read_metadata` describes them with `layout == "prepare_data"`.
+Splits are "train" and "holdout"; indices are dense from 0 in each split. Labels exist for every image
+when `class_names` is a list, for none when it is null; they are written in the same transaction as their
+image, so an interrupted build and its `--resume` keep them consistent. Grayscale sets are stored as RGB
+with three equal channels and `"channels": 1` in the metadata. LMDBs written before labels existed lack
+`class_names` and `channels`: `read_metadata` fills in null and 3. LMDBs written by the progressive-GAN
+`prepare_data.py` convention ("{res}-{index:05d}" keys, a "length" key, JPEG values) are read too;
+`read_metadata` describes them with `layout == "prepare_data"`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 FORMAT_VERSION = 1
 META_KEY = b"__meta__"
 SKIPPED_PREFIX = b"__skipped__/"
+LABEL_SEGMENT = "label"  # {split}/label/{index}: cannot clash with {split}/{res}/{index}, res being a number
 LEGACY_LENGTH_KEY = b"length"
 SPLITS = ("train", "holdout")
 IMAGE_FORMATS = ("png", "jpeg", "raw")
@@ -45,6 +51,11 @@ class DatasetFormatError(ValueError):
 def image_key(split: str, resolution: int, index: int) -> bytes:
     """Key of image `index` of `split` at `resolution` in an LMDB written by this package."""
     return f"{split}/{resolution}/{index:08d}".encode()
+
+
+def label_key(split: str, index: int) -> bytes:
+    """Key of the class label of image `index` of `split`."""
+    return f"{split}/{LABEL_SEGMENT}/{index:08d}".encode()
 
 
 def legacy_image_key(resolution: int, index: int) -> bytes:
@@ -131,9 +142,11 @@ def image_digest(values: list[bytes]) -> bytes:
     return digest.digest()
 
 
-def accumulate_fingerprint(accumulator: int, split: str, index: int, digest: bytes) -> int:
-    """Add one image to the running content sum; order-free, so it survives an interrupted and resumed build."""
-    entry = hashlib.sha256(f"{split}/{index}".encode() + digest).digest()
+def accumulate_fingerprint(accumulator: int, split: str, index: int, digest: bytes, label: int | None = None) -> int:
+    """Add one image (and its label) to the running content sum; order-free, so it survives an interrupted and
+    resumed build. Unlabelled images hash as before labels existed, so older LMDBs still verify."""
+    labelled = b"" if label is None else f"label:{label}".encode()
+    entry = hashlib.sha256(f"{split}/{index}".encode() + digest + labelled).digest()
     return (accumulator + int.from_bytes(entry, "big")) % 2**256
 
 
@@ -197,11 +210,16 @@ def _metadata_from_txn(env: lmdb.Environment, path: str) -> dict:
                 version = metadata.get("format_version") if isinstance(metadata, dict) else None
                 raise DatasetFormatError(f"{path}: format version {version} is not {FORMAT_VERSION}; rebuild it")
             _check_metadata(metadata, path)
-            return metadata
+            return with_defaults(metadata)
         length = txn.get(LEGACY_LENGTH_KEY)
         if length is None:
             raise DatasetFormatError(f"{path}: neither a {META_KEY.decode()} nor a 'length' key; not a dataset LMDB")
-        return _legacy_metadata(txn, int(length.decode()))
+        return with_defaults(_legacy_metadata(txn, int(length.decode())))
+
+
+def with_defaults(metadata: dict) -> dict:
+    """The metadata with the fields that LMDBs built before them lack: no class names, three channels."""
+    return {"class_names": None, "channels": 3, **metadata}
 
 
 def _check_metadata(metadata: dict, path: str) -> None:
@@ -235,6 +253,11 @@ def _check_metadata(metadata: dict, path: str) -> None:
         raise bad("complete", "true or false")
     if metadata["complete"] and not isinstance(metadata.get("fingerprint"), str):
         raise bad("fingerprint", "a string")
+    names = metadata.get("class_names")
+    if names is not None and (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)):
+        raise bad("class_names", "null or a list of names")
+    if metadata.get("channels", 3) not in (1, 3):
+        raise bad("channels", "1 or 3")
 
 
 def _legacy_metadata(txn: lmdb.Transaction, length: int) -> dict:
@@ -317,6 +340,51 @@ READERS = ReadonlyEnvironments()
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """Metadata of the dataset LMDB at `path` (cheap: one key read); DatasetFormatError if it is not one."""
+    """Metadata of the dataset LMDB at `path` (cheap: one key read); DatasetFormatError if it is not one.
+
+    Always has `class_names` (a list, or None without labels) and `channels` (1 for grayscale sets, else 3).
+    """
     with READERS.borrowed(path) as env:
         return metadata_from_env(env, os.fspath(path))
+
+
+def labels_from_env(env: lmdb.Environment, path: str, split: str, count: int, classes: int) -> np.ndarray:
+    """The `count` labels of `split`, in index order, as int64; DatasetFormatError if any is missing, damaged or
+    not below `classes`. One cursor walk over the split's label keys, which sort in index order."""
+    prefix = f"{split}/{LABEL_SEGMENT}/".encode()
+    keys, values = [], []
+    try:
+        with env.begin() as txn:
+            cursor = txn.cursor()
+            if count and cursor.set_range(prefix):
+                for key, value in cursor:
+                    if len(keys) == count or not key.startswith(prefix):
+                        break
+                    keys.append(key)
+                    values.append(value)
+    except lmdb.Error as error:
+        raise DatasetFormatError(f"{path} is damaged ({error}); copy it again or rebuild it") from error
+    expected = [label_key(split, index) for index in range(count)]
+    if keys != expected:  # one comparison of the lists, not one per key in Python: twice as fast
+        missing = next(key for key, found in zip(expected, [*keys, None], strict=False) if key != found)
+        raise DatasetFormatError(
+            f"{path}: {missing.decode()} is missing ({count} {split} images should have labels); "
+            "run `python -m datasets_prep verify`"
+        )
+    try:
+        labels = np.array(values, dtype=np.bytes_).astype(np.int64)
+    except ValueError:
+        labels = np.array([_parse_label(value, path, key) for key, value in zip(keys, values, strict=True)])
+    outside = np.flatnonzero((labels < 0) | (labels >= classes))
+    if outside.size:
+        key = expected[outside[0]].decode()
+        raise DatasetFormatError(f"{path}: {key} is {labels[outside[0]]}, not a class index below {classes}")
+    return labels.astype(np.int64, copy=False).reshape(count)
+
+
+def _parse_label(value: bytes, path: str, key: bytes) -> int:
+    """One stored label; DatasetFormatError naming the key when it is not a decimal integer."""
+    try:
+        return int(value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise DatasetFormatError(f"{path}: {key.decode()} holds {value[:20]!r}, not a label") from None

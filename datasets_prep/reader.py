@@ -8,6 +8,9 @@ DistributedSampler, like any map-style dataset.
 
 DataLoader workers hold a copy of the dataset: after `set_resolution`, create a new DataLoader (or
 do not use persistent_workers) so the workers see the new resolution.
+
+`read_labels(path, split)` gives a labelled LMDB's class labels (CIFAR-10, Fashion-MNIST) as one int64 array
+per split, in image index order; the class names and the channel count are in `read_metadata(path)`.
 """
 
 from __future__ import annotations
@@ -15,11 +18,49 @@ from __future__ import annotations
 import os
 
 import lmdb
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets_prep.lmdb_format import READERS, DatasetFormatError, decode_image, key_for, read_metadata
+from datasets_prep.lmdb_format import (
+    READERS,
+    SPLITS,
+    DatasetFormatError,
+    decode_image,
+    key_for,
+    labels_from_env,
+    metadata_from_env,
+    read_metadata,
+)
 from datasets_prep.pixels import image_array_to_signed
+
+
+def require_complete(metadata: dict, path: str) -> None:
+    """DatasetFormatError for an interrupted build: its contents are only a prefix of the source."""
+    if not metadata["complete"]:
+        raise DatasetFormatError(
+            f"{path} is an interrupted build ({sum(metadata['count'].values())} images so far); "
+            "finish it with `python -m datasets_prep build ... --resume`"
+        )
+
+
+def read_labels(path: str | os.PathLike, split: str) -> np.ndarray | None:
+    """The class labels of `split` ("train" or "holdout"): int64, one per image, in image index order (label i
+    belongs to `LMDBImageDataset(path, r, split)[i]`), indices into `read_metadata(path)["class_names"]`.
+
+    None when the LMDB has no labels (folders, zips, shapes, emoji, LMDBs built before labels existed). An empty
+    array for a labelled LMDB's empty split. DatasetFormatError (one line) for an interrupted build, an unknown
+    split, or a missing or damaged label.
+    """
+    path = os.fspath(path)
+    if split not in SPLITS:
+        raise DatasetFormatError(f"{path}: no split {split!r}; splits are {list(SPLITS)}")
+    with READERS.borrowed(path) as env:
+        metadata = metadata_from_env(env, path)
+        require_complete(metadata, path)
+        if metadata["class_names"] is None:
+            return None
+        return labels_from_env(env, path, split, metadata["count"][split], len(metadata["class_names"]))
 
 
 class LMDBImageDataset(Dataset):
@@ -34,11 +75,7 @@ class LMDBImageDataset(Dataset):
     ):
         self.path = os.fspath(path)
         self.metadata = read_metadata(self.path)
-        if not self.metadata["complete"]:
-            raise DatasetFormatError(
-                f"{self.path} is an interrupted build ({sum(self.metadata['count'].values())} images so far); "
-                "finish it with `python -m datasets_prep build ... --resume`"
-            )
+        require_complete(self.metadata, self.path)
         self.resolutions = sorted(self.metadata["resolutions"])
         self.max_resolution = self.resolutions[-1]
         self.fingerprint = self.metadata["fingerprint"]

@@ -1,13 +1,19 @@
-"""Where images come from: a folder, a zip, a CIFAR-10 python tarball, synthetic shapes, or the emoji of a font.
+"""Where images come from: a folder, a zip, a CIFAR-10 python tarball, the Fashion-MNIST IDX files, synthetic
+shapes, or the emoji of a font.
 
 `open_source(spec, max_res)` lists a source's items in a fixed order (sorted names; emoji in a fixed hashed order),
 so a build and its `--resume` see the same sequence. Items are small picklable records that a worker
 process turns into a PIL image with `item.open()`; zip members are read by the main process
 (`Source.for_worker`) so workers never re-parse a large zip's directory.
+
+Labelled sources (CIFAR-10, Fashion-MNIST) name their classes in `Source.class_names` and give every item a
+`label` (an index into those names); the others have no class names and items without labels. A source whose
+images are all gray by nature (Fashion-MNIST) says so with `Source.grayscale`.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -37,6 +43,26 @@ NOTO_EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 NOTO_EMOJI_PACKAGE = "fonts-noto-color-emoji"
 # The one size at which Noto Color Emoji's CBDT bitmaps exist (136x128 pixels each).
 NOTO_EMOJI_SIZE = 109
+# The label names of the CIFAR-10 batches' `labels` (as in its batches.meta).
+CIFAR_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+FASHION_MNIST_PREFIX = "fashion-mnist:"
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs it
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+_REINSTALL_FASHION_MNIST = f"reinstall it: apt-get install --reinstall {FASHION_MNIST_PACKAGE}"
+FASHION_MNIST_CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+# (images, labels) file names of each split, as in the upstream release; each may also end in .gz.
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "holdout": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# IDX magic numbers: two zero bytes, 0x08 (unsigned bytes), the number of dimensions.
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+IDX_IMAGE_SIDE = 28
+# 28 + 2 + 2 = 32: a power of two that the builder halves down to 4 without resizing the digits' strokes.
+IDX_PAD = 2
 
 
 class SourceError(ValueError):
@@ -90,14 +116,32 @@ class UnreadableItem:
 
 @dataclass(frozen=True, slots=True)
 class PixelItem:
-    """Decoded uint8 (H, W, 3) pixels, as CIFAR-10 stores them."""
+    """Decoded uint8 (H, W, 3) pixels, as CIFAR-10 stores them, and their class label."""
 
     name: str
     split: str | None
     pixels: np.ndarray
+    label: int | None = None
 
     def open(self) -> Image.Image:
         return Image.fromarray(self.pixels)
+
+
+@dataclass(frozen=True, slots=True)
+class GrayPixelItem:
+    """Decoded uint8 (H, W) gray pixels (Fashion-MNIST), padded with `pad` black pixels on every side when opened.
+
+    Kept at 28x28 until opened: the items of all 70,000 images then take 55 MB in the main process, not 215.
+    """
+
+    name: str
+    split: str | None
+    pixels: np.ndarray
+    label: int | None = None
+    pad: int = 0
+
+    def open(self) -> Image.Image:
+        return Image.fromarray(np.pad(self.pixels, self.pad))  # mode "L"; the builder replicates it to RGB
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +197,21 @@ class EmojiItem:
 class Source:
     """An ordered list of items plus what the report and the metadata say about them."""
 
-    def __init__(self, description: str, items: Sequence, ignored: list[str] | None = None, has_splits: bool = False):
+    def __init__(
+        self,
+        description: str,
+        items: Sequence,
+        ignored: list[str] | None = None,
+        has_splits: bool = False,
+        class_names: Sequence[str] | None = None,
+        grayscale: bool = False,
+    ):
         self.description = description  # stored in the metadata; a resumed build must see the same
         self.items = items
         self.ignored = ignored or []  # files passed over because their extension is not an image's
-        self.has_splits = has_splits  # items come with their own train/holdout split (CIFAR-10)
+        self.has_splits = has_splits  # items come with their own train/holdout split (CIFAR-10, Fashion-MNIST)
+        self.class_names = tuple(class_names) if class_names is not None else None  # None: items have no label
+        self.grayscale = grayscale  # every image is gray by nature (the builder detects it for other sources)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -184,7 +238,7 @@ class Source:
         return self._with_items(kept)
 
     def _with_items(self, items: list) -> Source:
-        return Source(self.description, items, self.ignored, self.has_splits)
+        return Source(self.description, items, self.ignored, self.has_splits, self.class_names, self.grayscale)
 
     def for_worker(self, items: list) -> list:
         """The items as a worker process needs them (overridden where the main process must read first)."""
@@ -219,13 +273,21 @@ def has_image_extension(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def item_label(item) -> int | None:
+    """The class label of a source item; None for the item types that never carry one (files, shapes, emoji)."""
+    return getattr(item, "label", None)
+
+
 def open_source(spec: str, max_res: int) -> Source:
     """The source named by `spec`: a folder, a .zip, a CIFAR-10 tarball or folder, `synthetic:shapes?n=&seed=`,
-    or `emoji:noto?bg=&font=` (the colour emoji of Noto Color Emoji, or of another CBDT font)."""
+    `emoji:noto?bg=&font=` (the colour emoji of Noto Color Emoji, or of another CBDT font), or
+    `fashion-mnist:DIR` (the four IDX files of Fashion-MNIST; DIR defaults to Debian's copy)."""
     if spec.startswith(SYNTHETIC_PREFIX):
         source = _synthetic_source(spec, max_res)
     elif spec.startswith(EMOJI_PREFIX):
         source = _emoji_source(spec)
+    elif spec.startswith(FASHION_MNIST_PREFIX):
+        source = _fashion_mnist_source(spec)
     else:
         path = Path(spec)
         if not path.exists():
@@ -239,7 +301,9 @@ def open_source(spec: str, max_res: int) -> Source:
         elif tarfile.is_tarfile(path):
             source = _cifar_source(path, _read_cifar_tarball(path))
         else:
-            raise SourceError(f"{spec} is not a folder, a zip, a CIFAR-10 tarball, a synthetic: or an emoji: source")
+            raise SourceError(
+                f"{spec} is not a folder, a zip, a CIFAR-10 tarball, a synthetic:, emoji: or fashion-mnist: source"
+            )
     if len(source) == 0:
         raise SourceError(f"no images in {spec} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return source
@@ -407,19 +471,38 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle_batch(data: bytes, name: str) -> np.ndarray:
+@dataclass(frozen=True)
+class CifarBatch:
+    """One CIFAR-10 batch: uint8 (N, 32, 32, 3) pixels and their N labels."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+
+
+def _unpickle_batch(data: bytes, name: str) -> CifarBatch:
     try:
         batch = _ArrayOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
         rows = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (pickle.UnpicklingError, KeyError, EOFError, TypeError, ValueError) as error:
         raise SourceError(f"CIFAR-10 batch {name} is unreadable ({error})") from error
     if rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32:
         raise SourceError(f"CIFAR-10 batch {name} has data of shape {rows.shape}, expected (N, 3072)")
+    _check_labels(labels, len(rows), len(CIFAR_CLASS_NAMES), f"CIFAR-10 batch {name}")
     # Rows are channel-major (1024 red, 1024 green, 1024 blue values).
-    return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return CifarBatch(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels)
 
 
-def _read_cifar_tarball(path: Path) -> dict[str, np.ndarray]:
+def _check_labels(labels: np.ndarray, count: int, classes: int, what: str, hint: str = "") -> None:
+    """SourceError unless `labels` is one class index in 0..classes-1 per image."""
+    if labels.shape != (count,):
+        raise SourceError(f"{what} has {labels.size} labels for {count} images{hint}")
+    outside = labels[(labels < 0) | (labels >= classes)]
+    if outside.size:
+        raise SourceError(f"{what} has label {outside[0]}, outside 0..{classes - 1}{hint}")
+
+
+def _read_cifar_tarball(path: Path) -> dict[str, CifarBatch]:
     batches = {}
     try:
         with tarfile.open(path) as archive:
@@ -434,15 +517,91 @@ def _read_cifar_tarball(path: Path) -> dict[str, np.ndarray]:
     return batches
 
 
-def _read_cifar_dir(path: Path) -> dict[str, np.ndarray]:
+def _read_cifar_dir(path: Path) -> dict[str, CifarBatch]:
     names = [n for n in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH) if (path / n).is_file()]
     return {name: _unpickle_batch((path / name).read_bytes(), name) for name in names}
 
 
-def _cifar_source(path: Path, batches: dict[str, np.ndarray]) -> Source:
+def _cifar_source(path: Path, batches: dict[str, CifarBatch]) -> Source:
     items = []
     for name in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH):
+        if name not in batches:
+            continue
         split = "holdout" if name == CIFAR_TEST_BATCH else "train"
-        for row, pixels in enumerate(batches.get(name, ())):
-            items.append(PixelItem(f"{name}[{row}]", split, np.ascontiguousarray(pixels)))
-    return Source(f"cifar10:{path.resolve()}", items, has_splits=True)
+        batch = batches[name]
+        for row, (pixels, label) in enumerate(zip(batch.pixels, batch.labels, strict=True)):
+            items.append(PixelItem(f"{name}[{row}]", split, np.ascontiguousarray(pixels), int(label)))
+    return Source(f"cifar10:{path.resolve()}", items, has_splits=True, class_names=CIFAR_CLASS_NAMES)
+
+
+def _fashion_mnist_source(spec: str) -> Source:
+    """The 60,000 training images as `train`, the 10,000 test images as `holdout`, with their labels."""
+    folder = Path(spec[len(FASHION_MNIST_PREFIX) :] or FASHION_MNIST_DIR)
+    if not folder.is_dir():
+        raise SourceError(
+            f"fashion-mnist: {folder} is not a folder of the four IDX files; "
+            f"Debian's copy (in {FASHION_MNIST_DIR}): apt-get install {FASHION_MNIST_PACKAGE}"
+        )
+    items = []
+    for split, (images_name, labels_name) in FASHION_MNIST_FILES.items():
+        images_path, labels_path = _idx_path(folder, images_name), _idx_path(folder, labels_name)
+        images = read_idx(images_path, IDX_IMAGES_MAGIC, (IDX_IMAGE_SIDE, IDX_IMAGE_SIDE))
+        labels = read_idx(labels_path, IDX_LABELS_MAGIC, ()).astype(np.int64)
+        hint = f" (in {images_path}); {_REINSTALL_FASHION_MNIST}"
+        _check_labels(labels, len(images), len(FASHION_MNIST_CLASS_NAMES), str(labels_path), hint)
+        items += [
+            GrayPixelItem(f"{images_name}[{row}]", split, pixels, int(label), IDX_PAD)
+            for row, (pixels, label) in enumerate(zip(images, labels, strict=True))
+        ]
+    return Source(
+        f"fashion-mnist:{folder.resolve()}",
+        items,
+        has_splits=True,
+        class_names=FASHION_MNIST_CLASS_NAMES,
+        grayscale=True,
+    )
+
+
+def _idx_path(folder: Path, name: str) -> Path:
+    """`folder/name`, or `folder/name.gz` when only the gzipped file is there (as upstream and Debian ship it)."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise SourceError(f"{folder / name}[.gz] is missing; {_REINSTALL_FASHION_MNIST}")
+
+
+def read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
+    """The uint8 array of an IDX file (http://yann.lecun.com/exdb/mnist/), checked against its header.
+
+    Header: the big-endian int32 magic number, then one big-endian int32 per dimension; then the bytes.
+    """
+    data = _read_possibly_gzipped(path)
+    dimensions = 1 + len(item_shape)
+    header = 4 * (1 + dimensions)
+    if len(data) < header:
+        raise SourceError(f"{path} is truncated ({len(data)} bytes, less than its header); {_REINSTALL_FASHION_MNIST}")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise SourceError(
+            f"{path} is not an IDX file of {dimensions}-dimensional unsigned bytes (magic 0x{found:08x}, "
+            f"expected 0x{magic:08x}); {_REINSTALL_FASHION_MNIST}"
+        )
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=dimensions, offset=4))
+    if shape[1:] != item_shape or shape[0] < 1:
+        raise SourceError(f"{path} has shape {shape}, expected (N>0, {item_shape}); {_REINSTALL_FASHION_MNIST}")
+    expected = header + int(np.prod(shape))
+    if len(data) != expected:
+        state = "truncated" if len(data) < expected else "damaged"
+        raise SourceError(
+            f"{path} is {state} ({len(data)} bytes, its header says {expected}); {_REINSTALL_FASHION_MNIST}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _read_possibly_gzipped(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if path.suffix == ".gz" else data
+    # BadGzipFile (an OSError), EOFError (a cut stream) and zlib.error (damaged deflate data).
+    except (OSError, EOFError, zlib.error) as error:
+        raise SourceError(f"{path} is truncated or damaged ({error}); {_REINSTALL_FASHION_MNIST}") from error

@@ -22,10 +22,11 @@ from PIL import Image
 from datasets_prep import build as build_module
 from datasets_prep.__main__ import main
 from datasets_prep.lmdb_format import META_KEY, encode_image, image_key, read_metadata
-from datasets_prep.reader import LMDBImageDataset
+from datasets_prep.reader import LMDBImageDataset, read_labels
 from datasets_prep.synthetic import render_shape_image
 
 MAX_RES = 32
+CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 RESOLUTIONS = [4, 8, 16, 32]
 EXIF_ORIENTATION = 0x0112
 
@@ -253,20 +254,24 @@ def test_zip_source(tmp_path):
     assert torch.allclose(dataset[2][1], torch.full((16, 16), to_unit(120)))
 
 
+def cifar_labels(name: str, count: int) -> list[int]:
+    """The labels `make_cifar_tarball` gives a batch: a different run of classes per batch."""
+    return [(row + 3 * CIFAR_BATCHES.index(name)) % 10 for row in range(count)]
+
+
 def make_cifar_tarball(path, train_per_batch: int, test_count: int) -> dict[str, np.ndarray]:
     """A cifar-10-python.tar.gz with the real pickle layout (channel-major uint8 rows) but few images."""
     rng = np.random.default_rng(0)
     batches = {}
     with tarfile.open(path, "w:gz") as archive:
-        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-        for name in names:
+        for name in CIFAR_BATCHES:
             count = test_count if name == "test_batch" else train_per_batch
             rows = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
             batches[name] = rows
             payload = pickle.dumps(
                 {
                     b"batch_label": name.encode(),
-                    b"labels": [0] * count,
+                    b"labels": cifar_labels(name, count),
                     b"data": rows,
                     b"filenames": [b"x.png"] * count,
                 },
@@ -290,6 +295,12 @@ def test_cifar_tarball_keeps_test_batch_apart(tmp_path, capsys):
     train = LMDBImageDataset(out, 32)
     pixels = batches["data_batch_2"][0].reshape(3, 32, 32)
     assert torch.equal(train[3], torch.from_numpy(pixels).float() / 127.5 - 1)
+    metadata = read_metadata(out)
+    assert metadata["class_names"][:3] == ["airplane", "automobile", "bird"] and len(metadata["class_names"]) == 10
+    assert metadata["channels"] == 3
+    assert read_labels(out, "train").tolist() == sum((cifar_labels(n, 3) for n in CIFAR_BATCHES[:5]), [])
+    assert read_labels(out, "holdout").tolist() == cifar_labels("test_batch", 2)
+    assert run_cli("verify", out, "--full") == 0
 
     assert run_cli("build", tarball, tmp_path / "limited", "--max-res", 32, "--workers", 1, "--limit", 4) == 0
     assert read_metadata(tmp_path / "limited")["count"] == {"train": 4, "holdout": 2}
@@ -428,7 +439,14 @@ def test_a_build_on_a_full_disk_is_one_line_and_resumes(tmp_path):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("count", {"train": "many"}), ("resolutions", [4, 6]), ("image_format", "gif"), ("complete", None)],
+    [
+        ("count", {"train": "many"}),
+        ("resolutions", [4, 6]),
+        ("image_format", "gif"),
+        ("complete", None),
+        ("class_names", "T-shirt"),
+        ("channels", 2),
+    ],
 )
 def test_a_malformed_metadata_record_is_named(tmp_path, capsys, field, value):
     out = tmp_path / "db"
