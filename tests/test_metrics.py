@@ -1,4 +1,5 @@
-"""Evaluation metrics on stand-ins with known answers: reconstruction MSE, FID, IS, SWD, AUROC, the Inception loader."""
+"""Evaluation metrics on stand-ins with known answers: reconstruction MSE, FID, IS, SWD, AUROC and its negatives,
+the classifier metrics, the Inception loader."""
 
 from __future__ import annotations
 
@@ -16,14 +17,24 @@ from progressive.eval.metrics import (
     FeatureStatistics,
     _binomial_blur,
     auroc,
+    blur_images,
+    blur_sigma,
+    class_coverage,
+    classifier_metrics,
+    confident_share,
+    constant_images,
     diversity_metrics,
+    energy_metrics,
     evaluate_metric,
     feature_statistics,
     frechet_distance,
+    image_channels,
     inception_score,
     kernel_inception_distance,
     laplacian_pyramid,
     multiscale_swd,
+    noise_images,
+    predicted_classes,
     reconstruction_metrics,
     shuffle_pixels,
 )
@@ -144,6 +155,119 @@ def test_shuffle_pixels_keeps_each_images_colours():
             torch.sort(before.flatten(1).T, dim=0).values.sum(), torch.sort(after.flatten(1).T, dim=0).values.sum()
         )
         assert sorted(map(tuple, before.flatten(1).T.tolist())) == sorted(map(tuple, after.flatten(1).T.tolist()))
+
+
+def test_noise_and_constant_negatives_are_gray_or_colour_as_asked():
+    generator = torch.Generator().manual_seed(0)
+    gray, colour = noise_images(64, 8, generator, channels=1), noise_images(64, 8, generator)
+    assert gray.shape == colour.shape == (64, 3, 8, 8) and image_channels(gray) == 1 and image_channels(colour) == 3
+    assert -1 <= float(gray.min()) < -0.99 and 0.99 < float(gray.max()) <= 1  # uniform over [-1, 1]
+    constants = constant_images(500, 4, generator)
+    assert image_channels(constants) == 1 and (constants == constants[:, :1, :1, :1]).all()
+    assert -1 <= float(constants.min()) < -0.98 and 0.98 < float(constants.max()) <= 1
+    coloured = constant_images(8, 4, generator, channels=3)
+    assert image_channels(coloured) == 3 and (coloured == coloured[:, :, :1, :1]).all()  # one colour per image
+
+
+def test_blur_is_a_normalised_gaussian_of_one_pixel_at_32():
+    assert (blur_sigma(16), blur_sigma(32), blur_sigma(64)) == (0.5, 1.0, 2.0)
+    impulse = torch.zeros(1, 3, 32, 32)
+    impulse[:, :, 16, 16] = 1.0
+    blurred = blur_images(impulse, 1.0)
+    # 7 taps (2 ceil(3 sigma) + 1) of exp(-k^2 / 2), normalised; the image's centre holds the product of two centres.
+    taps = [math.exp(-(k**2) / 2) for k in range(-3, 4)]
+    assert float(blurred[0, 0, 16, 16]) == pytest.approx((1 / sum(taps)) ** 2, rel=1e-5)
+    assert float(blurred[0, 0, 16, 17]) == pytest.approx(taps[4] / sum(taps) ** 2, rel=1e-5)
+    assert float(blurred[0, 0, 16, 20]) == 0.0  # beyond 3 sigma
+    torch.testing.assert_close(blurred.sum(dim=(2, 3)), torch.ones(1, 3))
+    flat = torch.full((2, 3, 32, 32), 0.3)
+    torch.testing.assert_close(blur_images(flat, 1.0), flat)
+
+
+class ChannelSpread(nn.Module):
+    """Energy = mean |R - G| + |G - B|: 0 for gray images, positive for colour ones."""
+
+    def forward(self, x):
+        return ((x[:, 0] - x[:, 1]).abs() + (x[:, 1] - x[:, 2]).abs()).mean(dim=(1, 2))
+
+
+class Roughness(nn.Module):
+    """Energy = mean squared difference of horizontal neighbours: 0 for constants, high for noise."""
+
+    def forward(self, x):
+        return (x[..., 1:] - x[..., :-1]).pow(2).mean(dim=(1, 2, 3))
+
+
+def test_energy_aurocs_against_each_negative_on_energies_with_known_order():
+    gray = smooth_images(40, resolution=32).mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    spread = energy_metrics(ChannelSpread(), "identity", gray.split(16), [gray[:8]], seed=0, channels=1)
+    # Gray reals have energy 0: gray negatives tie with them (1/2), colour ones lie above (1).
+    assert spread["energy/auroc_noise_gray"] == spread["energy/auroc_constant"] == 0.5
+    assert spread["energy/auroc_noise_colour"] == 1.0 and spread["energy/auroc_noise"] == 0.5  # own mode: gray
+    assert "energy/auroc_constant_colour" not in spread
+
+    colour = smooth_images(40, resolution=32)
+    rough = energy_metrics(Roughness(), "identity", colour.split(16), [colour[:8]], seed=0, channels=3)
+    assert rough["energy/auroc_noise"] == rough["energy/auroc_noise_colour"] == 1.0
+    assert rough["energy/auroc_noise_gray"] == 1.0 and rough["energy/auroc_shuffled"] == 1.0
+    assert rough["energy/auroc_constant"] == rough["energy/auroc_constant_colour"] == 0.0  # constants are smoothest
+    assert rough["energy/auroc_blurred"] < 0.1  # blurring smooths
+    assert rough["energy/auroc_generated"] == pytest.approx(auroc(-Roughness()(colour), -Roughness()(colour[:8])))
+
+
+def test_colour_noise_and_permutations_draw_as_before_the_new_negatives():
+    """The colour noise and the pixel permutations come from the same draws as before gray noise, constants and
+    blur were added, so earlier evaluations of colour data reproduce."""
+    images = smooth_images(20, resolution=16)
+    results = energy_metrics(Roughness(), "identity", images.split(8), [images], seed=5, channels=3)
+    generator = torch.Generator().manual_seed(5)
+    noise, shuffled = [], []
+    for part in images.split(8):  # the draws of the earlier energy_metrics, batch by batch
+        noise.append(Roughness()(noise_images(len(part), 16, generator)))
+        shuffled.append(Roughness()(shuffle_pixels(part, generator)))
+    real = Roughness()(images)
+    assert results["energy/auroc_noise"] == auroc(-real, -torch.cat(noise))
+    assert results["energy/auroc_shuffled"] == auroc(-real, -torch.cat(shuffled))
+    assert results["energy/mean_shuffled"] == pytest.approx(float(torch.cat(shuffled).double().mean()))
+
+
+def test_class_coverage_and_its_kl_to_uniform_by_hand():
+    # Histogram (2, 1, 0, 1) / 4 over 4 classes: 3 classes seen; KL = 1/2 log(1/2 * 4) + 2 * 1/4 log(1/4 * 4).
+    seen, kl = class_coverage(torch.tensor([0, 0, 1, 3]), classes=4)
+    assert seen == 3 and kl == pytest.approx(0.5 * math.log(2))
+    assert class_coverage(torch.arange(10).repeat(3), classes=10) == (10, 0.0)
+    seen, kl = class_coverage(torch.full((7,), 2), classes=10)
+    assert seen == 1 and kl == pytest.approx(math.log(10))  # one class only: log K
+
+
+def test_predictions_and_confident_shares_of_known_logits():
+    logits = torch.tensor([[math.log(0.95), math.log(0.05)], [0.0, 0.0], [math.log(0.2), math.log(0.8)]])
+    index, confidence = predicted_classes(logits)
+    assert index.tolist() == [0, 0, 1]
+    assert confidence.tolist() == pytest.approx([0.95, 0.5, 0.8])
+    assert confident_share(logits) == pytest.approx(1 / 3)
+    assert confident_share(logits, threshold=0.75) == pytest.approx(2 / 3)
+
+
+def test_classifier_metrics_on_tiny_inputs():
+    sure = 20.0 * torch.eye(3)  # rows predicting classes 0, 1, 2 with confidence ~1
+    sample_logits = torch.stack([sure[0], sure[0], sure[1], torch.zeros(3)])  # the last: 1/3 each, class 0
+    sample_features = torch.tensor([[0.0], [2.0], [0.0], [2.0]])  # mean 1, unbiased variance 4/3
+    test_logits, test_features = sure, torch.tensor([[1.0], [1.0], [4.0]])  # mean 2, variance 3
+    train_features = torch.tensor([[2.0], [5.0], [2.0]])  # mean 3, variance 3
+    results = classifier_metrics(sample_logits, sample_features, test_logits, test_features, train_features)
+    # In one dimension the Frechet distance is (mu_a - mu_b)^2 + (sigma_a - sigma_b)^2.
+    assert results == pytest.approx(
+        {
+            "classifier/classes": 2.0,
+            "classifier/kl_uniform": 0.75 * math.log(0.75 * 3) + 0.25 * math.log(0.25 * 3),
+            "classifier/confident": 0.75,
+            "classifier/confident_real": 1.0,
+            "classifier/frechet": 1.0 + (math.sqrt(4 / 3) - math.sqrt(3)) ** 2,
+            "classifier/frechet_floor": 1.0,
+        }
+    )
+    assert "classifier/frechet_floor" not in classifier_metrics(sample_logits, sample_features, sure, test_features)
 
 
 def stand_in_network() -> InceptionNetwork:

@@ -1,2 +1,2 @@
-"""Evaluation: the metric registry (reconstruction, SWD, energy, FID, KID, IS), Inception features, interpolation
-videos and energy landscapes."""
+"""Evaluation: the metric registry (reconstruction, SWD, energy, FID, KID, IS, classifier), Inception features, the
+domain classifier, interpolation videos and energy landscapes."""

@@ -148,9 +148,13 @@ def load_inception(path: str | os.PathLike | None, device: torch.device | str = 
 
 
 def default_cache_directory() -> Path:
-    """$DIVERGENCE_TRIANGLE_CACHE, else ~/.cache/divergence-triangle."""
+    """$DIVERGENCE_TRIANGLE_CACHE, else $XDG_CACHE_HOME/divergence-triangle, else ~/.cache/divergence-triangle."""
     configured = os.environ.get("DIVERGENCE_TRIANGLE_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "divergence-triangle"
+    if configured:
+        return Path(configured)
+    # The XDG base directory convention: an empty or relative $XDG_CACHE_HOME is to be ignored.
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "divergence-triangle"
 
 
 class StatisticsCache:

@@ -1,4 +1,5 @@
-"""Evaluation metrics of the three models: reconstruction error, FID, IS, multi-scale SWD and energy AUROC.
+"""Evaluation metrics of the three models: reconstruction error, FID, IS, multi-scale SWD, energy AUROC and a
+domain classifier's verdicts.
 
 The first half is plain arithmetic on tensors (features, logits, scores, images) so that every metric can be
 tested on stand-ins; the second half runs the networks in batches and is what `launch/evaluate.py` and the
@@ -172,6 +173,67 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
     return mean, float(np.std(scores))
 
 
+# ----------------------------------------------------------------------------- a domain classifier's verdicts
+
+CONFIDENT = 0.9  # max softmax probability from which a classifier's prediction counts as confident
+
+
+def predicted_classes(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(most likely class (N,) int64, its softmax probability (N,) float64) of each row of logits (N, C)."""
+    assert logits.ndim == 2, f"expected logits (N, C), got {tuple(logits.shape)}"
+    confidence, index = F.softmax(logits.double(), dim=1).max(dim=1)
+    return index, confidence
+
+
+def class_coverage(predicted: torch.Tensor, classes: int) -> tuple[int, float]:
+    """(classes predicted at least once, KL(h || uniform) in nats) of predicted class indices (N,).
+
+    h is the histogram of predictions over the `classes` classes (counts / N), and KL(h || u) =
+    sum_k h_k log(h_k K) with 0 log 0 = 0: classes never predicted add nothing. 0 means every class is
+    predicted equally often; log K (2.303 for 10 classes) means one class only.
+    """
+    assert predicted.ndim == 1 and len(predicted) > 0, "expected a non-empty (N,) tensor of class indices"
+    counts = torch.bincount(predicted.cpu(), minlength=classes).double()
+    assert len(counts) == classes, f"a predicted class lies outside 0..{classes - 1}"
+    share = counts / counts.sum()
+    present = share > 0
+    kl = float((share[present] * torch.log(share[present] * classes)).sum())
+    return int(present.sum()), max(kl, 0.0)
+
+
+def confident_share(logits: torch.Tensor, threshold: float = CONFIDENT) -> float:
+    """Share of rows whose largest softmax probability is at least `threshold`."""
+    return float((predicted_classes(logits)[1] >= threshold).double().mean())
+
+
+def classifier_metrics(
+    sample_logits: torch.Tensor,  # (N, C) of generated images
+    sample_features: torch.Tensor,  # (N, D) penultimate features of the same images
+    test_logits: torch.Tensor,  # (M, C) of real test images
+    test_features: torch.Tensor,  # (M, D)
+    train_features: torch.Tensor | None = None,  # (N', D) of training images: the floor; None leaves it out
+    threshold: float = CONFIDENT,  # confidence counted by "confident"
+) -> dict[str, float]:
+    """A domain classifier's verdict on generated images, beside the same for real ones (docs/evaluation.md).
+
+    classes / kl_uniform: class_coverage of the samples' predictions; confident / confident_real: confident_share
+    of samples and test images; frechet: Frechet distance of the features, samples vs test images;
+    frechet_floor: the same, training vs test images (what a perfect generator would score, for that count).
+    """
+    coverage, kl = class_coverage(predicted_classes(sample_logits)[0], sample_logits.shape[1])
+    test_statistics = feature_statistics(test_features)
+    results = {
+        "classifier/classes": float(coverage),
+        "classifier/kl_uniform": kl,
+        "classifier/confident": confident_share(sample_logits, threshold),
+        "classifier/confident_real": confident_share(test_logits, threshold),
+        "classifier/frechet": frechet_distance(feature_statistics(sample_features), test_statistics),
+    }
+    if train_features is not None:
+        results["classifier/frechet_floor"] = frechet_distance(feature_statistics(train_features), test_statistics)
+    return results
+
+
 # ----------------------------------------------------------------------------- sliced Wasserstein distance
 
 
@@ -338,9 +400,41 @@ def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
     return float(u_statistic / (len(positive) * len(negative)))
 
 
-def noise_images(count: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
-    """Uniform noise images in [-1, 1]: (count, 3, resolution, resolution)."""
-    return torch.rand(count, 3, resolution, resolution, generator=generator) * 2.0 - 1.0
+def noise_images(count: int, resolution: int, generator: torch.Generator, channels: int = 3) -> torch.Tensor:
+    """Uniform noise images in [-1, 1]: (count, 3, resolution, resolution); `channels` 1 draws one value per
+    pixel and copies it to the three channels (gray noise, as a grayscale dataset stores its images)."""
+    assert channels in (1, 3), f"channels must be 1 or 3, got {channels}"
+    noise = torch.rand(count, channels, resolution, resolution, generator=generator) * 2.0 - 1.0
+    return noise.repeat(1, 3 // channels, 1, 1)
+
+
+def constant_images(count: int, resolution: int, generator: torch.Generator, channels: int = 1) -> torch.Tensor:
+    """Images of one uniform value each: (count, 3, resolution, resolution); `channels` 1 draws one gray level
+    in [-1, 1] per image, 3 one colour (each channel uniform in [-1, 1])."""
+    assert channels in (1, 3), f"channels must be 1 or 3, got {channels}"
+    values = torch.rand(count, channels, 1, 1, generator=generator) * 2.0 - 1.0
+    return values.expand(count, 3, resolution, resolution).contiguous()
+
+
+def blur_sigma(resolution: int) -> float:
+    """The Gaussian blur of the `blurred` negatives: 1 pixel at 32x32, scaled with the side (0.5 at 16, 2 at 64)."""
+    return resolution / 32.0
+
+
+def blur_images(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each image blurred by a Gaussian of standard deviation `sigma` pixels (kernel 2 ceil(3 sigma) + 1 taps,
+    reflected borders: torchvision's gaussian_blur)."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    _check_images(images)
+    taps = 2 * math.ceil(3 * sigma) + 1
+    return gaussian_blur(images, kernel_size=[taps, taps], sigma=[sigma, sigma])
+
+
+def image_channels(images: torch.Tensor) -> int:
+    """1 when every image's three channels are equal (a grayscale set stored as RGB), else 3."""
+    _check_images(images)
+    return 1 if torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2]) else 3
 
 
 def shuffle_pixels(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -473,23 +567,41 @@ def energy_metrics(
     energy_form: str,  # run.config.objective.energy_form
     real_batches: Iterable[torch.Tensor],  # held-out images, on the network's device
     generated_batches: Iterable[torch.Tensor],  # generated images, on the network's device
-    seed: int = 0,  # noise images and pixel permutations
+    seed: int = 0,  # noise images, constants and pixel permutations
+    channels: int = 3,  # the data's mode: 1 for a grayscale set (its `noise` is gray noise), 3 for colour
 ) -> dict[str, float]:
-    """energy_separation of held-out reals against generated, uniform-noise and pixel-shuffled images."""
+    """energy_separation of held-out reals against generated images and five kinds of negatives, each drawn once
+    per held-out image: uniform noise (gray and colour), constant images (gray; colour too for colour data),
+    pixel-shuffled and Gaussian-blurred held-out images. `noise` repeats the noise of the data's own mode."""
+    # The colour noise and the permutations draw from `generator` as they always have, so earlier evaluations
+    # of colour data reproduce; the negatives added later draw from their own generator.
     generator = torch.Generator().manual_seed(seed)
-    real, noise, shuffled = [], [], []
+    added = torch.Generator().manual_seed(seed + 1_000_003)
+    real: list[torch.Tensor] = []
+    negatives: dict[str, list[torch.Tensor]] = {}
     for images in real_batches:
+        count, side = images.shape[0], images.shape[-1]
+        batch = {
+            "noise_gray": noise_images(count, side, added, channels=1),
+            "noise_colour": noise_images(count, side, generator),
+            "constant": constant_images(count, side, added, channels=1),
+            "shuffled": shuffle_pixels(images, generator),
+            "blurred": blur_images(images, blur_sigma(side)),
+        }
+        if channels == 3:
+            batch["constant_colour"] = constant_images(count, side, added, channels=3)
         real.append(energies(energy, images, energy_form))
-        noise_batch = noise_images(images.shape[0], images.shape[-1], generator).to(images.device)
-        noise.append(energies(energy, noise_batch, energy_form))
-        shuffled.append(energies(energy, shuffle_pixels(images, generator), energy_form))
+        for name, negative in batch.items():
+            negatives.setdefault(name, []).append(energies(energy, negative.to(images.device), energy_form))
     generated = [energies(energy, images, energy_form) for images in generated_batches]
     if not real or not generated:
         raise ValueError("energy separation needs real and generated images")
-    return energy_separation(
-        torch.cat(real),
-        {"generated": torch.cat(generated), "noise": torch.cat(noise), "shuffled": torch.cat(shuffled)},
-    )
+    others = {"generated": torch.cat(generated), **{name: torch.cat(parts) for name, parts in negatives.items()}}
+    results = energy_separation(torch.cat(real), others)
+    own = "noise_gray" if channels == 1 else "noise_colour"
+    results["energy/auroc_noise"] = results[f"energy/auroc_{own}"]
+    results["energy/mean_noise"] = results[f"energy/mean_{own}"]
+    return results
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -506,9 +618,10 @@ class MetricInputs:
     reals: Callable[[], Iterable[torch.Tensor]]  # batches of held-out images on the device, as the networks see them
     generated: Callable[[int], Iterable[torch.Tensor]]  # count -> batches of samples from seeded latents
     resolution: int  # image side R
-    samples: int  # generated images for swd, energy and diversity
+    samples: int  # generated images for swd, energy, diversity and classifier
     energy_form: str = "identity"  # run.config.objective.energy_form
     seed: int = 0  # noise images, pixel permutations, patch positions, KID subsets
+    channels: int = 3  # the data's mode: 1 for a grayscale set (gray noise is its own-mode noise), 3 for colour
     swd_patches: int = 128  # SWD descriptors per image and level
     inception: Any = None  # progressive.eval.inception.InceptionNetwork; needed by fid, kid and is
     fid_reals: Callable[[], Iterable[torch.Tensor]] | None = None  # reals for fid and kid; None: `reals`
@@ -518,6 +631,8 @@ class MetricInputs:
     kid_subset_size: int = 1000  # features per KID subset
     is_samples: int | None = None  # generated images for is; None: `samples`
     is_splits: int = 10  # Inception Score splits
+    classifier: Any = None  # progressive.eval.classifier.TrainedClassifier; needed by classifier
+    classifier_train: Callable[[], Iterable[torch.Tensor]] | None = None  # training images: the Frechet floor
 
     def real_features_source(self) -> Iterable[torch.Tensor]:
         return (self.fid_reals or self.reals)()
@@ -532,7 +647,8 @@ def _swd(m: MetricInputs) -> dict[str, float]:
 
 
 def _energy(m: MetricInputs) -> dict[str, float]:
-    return energy_metrics(bare(m.models.energy), m.energy_form, m.reals(), m.generated(m.samples), seed=m.seed)
+    energy = bare(m.models.energy)
+    return energy_metrics(energy, m.energy_form, m.reals(), m.generated(m.samples), m.seed, m.channels)
 
 
 def _diversity(m: MetricInputs) -> dict[str, float]:
@@ -558,10 +674,18 @@ def _inception_score(m: MetricInputs) -> dict[str, float]:
     return {"is/mean": mean, "is/std": std}
 
 
+def _classifier(m: MetricInputs) -> dict[str, float]:
+    sample_logits, sample_features = m.classifier.outputs(m.generated(m.samples))
+    test_logits, test_features = m.classifier.outputs(m.reals())
+    train_features = m.classifier.outputs(m.classifier_train())[1] if m.classifier_train else None
+    return classifier_metrics(sample_logits, sample_features, test_logits, test_features, train_features)
+
+
 @dataclass(frozen=True)
 class Metric:
     compute: Callable[[MetricInputs], dict[str, float]]  # {"group/key": value}
     needs_inception: bool = False
+    needs_classifier: bool = False
 
 
 # Every metric, by the name --metrics takes (docs/evaluation.md explains each).
@@ -573,18 +697,26 @@ METRICS: dict[str, Metric] = {
     "fid": Metric(_fid, needs_inception=True),
     "kid": Metric(_kid, needs_inception=True),
     "is": Metric(_inception_score, needs_inception=True),
+    "classifier": Metric(_classifier, needs_classifier=True),
 }
 METRIC_NAMES = tuple(METRICS)
 NEEDS_INCEPTION = tuple(name for name, metric in METRICS.items() if metric.needs_inception)
+NEEDS_CLASSIFIER = tuple(name for name, metric in METRICS.items() if metric.needs_classifier)
 
 
 @torch.no_grad()
 def compute_metric(name: str, inputs: MetricInputs) -> dict[str, float]:
-    """One metric as {"group/key": value}; ValueError for an unknown name or a missing Inception network."""
+    """One metric as {"group/key": value}; ValueError for an unknown name or a missing Inception network or
+    classifier."""
     if name not in METRICS:
         raise ValueError(f"metric must be one of {METRIC_NAMES}, got {name!r}")
     if METRICS[name].needs_inception and inputs.inception is None:
         raise ValueError(f"metric {name!r} needs an Inception network (progressive.eval.inception.load_inception)")
+    if METRICS[name].needs_classifier and inputs.classifier is None:
+        raise ValueError(
+            f"metric {name!r} needs a classifier (progressive.eval.classifier.load_or_train_classifier on a "
+            "labelled dataset)"
+        )
     return METRICS[name].compute(inputs)
 
 
@@ -600,6 +732,7 @@ def evaluate_metric(
     seed: int = 0,  # latents, noise images, patch positions
     inception=None,  # progressive.eval.inception.InceptionNetwork; needed by "fid", "kid" and "is"
     inception_splits: int = 10,  # splits of the Inception Score
+    classifier=None,  # progressive.eval.classifier.TrainedClassifier; needed by "classifier" (no floor here)
 ) -> dict[str, float]:
     """One metric of the current models on a tensor of real images (what the trainer evaluates), through
     `compute_metric`. Runs under no_grad and leaves the networks' modes and stages as they are.
@@ -616,7 +749,9 @@ def evaluate_metric(
         samples=samples or real_images.shape[0],
         energy_form=energy_form,
         seed=seed,
+        channels=image_channels(real_images),  # the trainer holds no metadata; the images say it
         inception=inception,
         is_splits=inception_splits,
+        classifier=classifier,
     )
     return compute_metric(name, inputs)
