@@ -67,6 +67,10 @@ class TriangleConfig:
     lr_decay: float = 0.998  # learning rates are multiplied by this ...
     lr_decay_images: int = 50_000  # ... every this many real images shown
     generator_steps: int = 1  # K generator updates per iteration (Algorithm 1, step 9's "multiple-step update")
+    noise_negatives: float = 0.0  # w_u > 0: uniform-noise images join L_E as negatives, w_u * (mean E(x) - mean E(u))
+    langevin_steps: int = 0  # L > 0: the energy step's samples are G(z) refined by L Langevin steps on E
+    langevin_step_size: float = 2.0  # lambda: each step is x <- x - lambda * dE/dx + langevin_noise * N(0, I)
+    langevin_noise: float = 0.01  # sigma of each step's Gaussian noise, in pixel units ([-1, 1] images)
 
     def __post_init__(self) -> None:
         if self.energy_form not in ENERGY_FORMS:
@@ -85,6 +89,12 @@ class TriangleConfig:
                 "the generator has no loss: weight_recon_generator, weight_latent_generator and weight_energy "
                 "are all 0 (recipe 'vae' or 'wake-sleep' train it by reconstruction)"
             )
+        for name in ("noise_negatives", "langevin_step_size", "langevin_noise"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (isinstance(self.langevin_steps, int) and self.langevin_steps >= 0):
+            raise ValueError(f"langevin_steps must be an integer >= 0, got {self.langevin_steps!r}")
         if not (isinstance(self.generator_steps, int) and self.generator_steps >= 1):
             raise ValueError(f"generator_steps must be an integer >= 1, got {self.generator_steps!r}")
         if self.lr_decay_images <= 0:
@@ -225,6 +235,44 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
     return mu + torch.exp(0.5 * logvar) * eps
 
 
+# ----------------------------------------------------------------------------- the energy step's negatives
+
+
+def image_channels(generator: nn.Module) -> int:
+    """How many distinct channels the generator draws: 1 for a grayscale run (three identical channels), else 3."""
+    return getattr(bare(generator), "image_channels", 3)
+
+
+def in_channel_mode(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """t (B, 3, R, R) as an image of `channels` distinct channels: its channel mean, three times, when 1."""
+    return t if channels == 3 else t.mean(dim=1, keepdim=True).expand_as(t)
+
+
+def uniform_noise_like(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Uniform noise in [-1, 1] of the images' shape, in their channel mode (grey noise for a grayscale run)."""
+    noise = torch.rand(images.shape[0], channels, *images.shape[2:], device=images.device, dtype=images.dtype)
+    return (noise * 2.0 - 1.0).expand_as(images)
+
+
+def langevin_refine(energy: nn.Module, images: torch.Tensor, config: TriangleConfig, channels: int = 3) -> torch.Tensor:
+    """The images after `langevin_steps` steps x <- x - lambda dE/dx + sigma N(0, I), kept in [-1, 1].
+
+    Cooperative learning's refinement of the generator's samples (the paper's reference [47]): the energy model's
+    negatives move towards its own low-energy regions, so a spurious basin near the samples is raised where it
+    forms. Gradients reach the images only (not the parameters), through the unwrapped module (no DDP hook); with
+    `channels` 1 (a grayscale run) steps and noise stay grey.
+    """
+    x = images.detach()
+    for _ in range(config.langevin_steps):
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            total = energy_from_output(bare(energy)(x), config.energy_form).sum()
+            (gradient,) = torch.autograd.grad(total, x)
+        step = config.langevin_noise * torch.randn_like(x) - config.langevin_step_size * gradient
+        x = (x.detach() + in_channel_mode(step, channels)).clamp_(-1.0, 1.0)
+    return x
+
+
 # ----------------------------------------------------------------------------- one iteration
 
 
@@ -312,9 +360,18 @@ def triangle_step(
     # 2. Energy step. Real and generated images go through one forward (one DDP reduction); without
     #    batch statistics in the energy model this equals two separate forwards.
     if config.trains_energy:
-        energies = energy_from_output(energy(torch.cat([x, x_fake_const])), config.energy_form)
-        energy_real, energy_fake = energies[:batch].mean(), energies[batch:].mean()
+        negatives = [
+            x_fake_const
+            if config.langevin_steps == 0
+            else langevin_refine(energy, x_fake_const, config, image_channels(generator))
+        ]
+        if config.noise_negatives != 0:
+            negatives.append(uniform_noise_like(x_fake_const, image_channels(generator)))
+        energies = energy_from_output(energy(torch.cat([x, *negatives])), config.energy_form)
+        energy_real, energy_fake = energies[:batch].mean(), energies[batch : 2 * batch].mean()
         loss_energy = energy_real - energy_fake
+        if config.noise_negatives != 0:
+            loss_energy = loss_energy + config.noise_negatives * (energy_real - energies[2 * batch :].mean())
         if config.energy_penalty != 0:
             loss_energy = loss_energy + config.energy_penalty * energies.pow(2).mean()
         grad_norm_energy = update("energy", optimizers.energy, energy, loss_energy, config)
@@ -431,12 +488,16 @@ __all__ = [
     "bound_logvar",
     "posterior",
     "energy_from_output",
+    "image_channels",
+    "in_channel_mode",
     "kl_to_prior",
+    "langevin_refine",
     "latent_nll",
     "recipe_config",
     "reconstruction_loss",
     "reparameterize",
     "train_step",
     "triangle_step",
+    "uniform_noise_like",
     "validate_batch",
 ]

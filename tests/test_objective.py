@@ -14,10 +14,12 @@ from progressive.objective import (
     bound_logvar,
     energy_from_output,
     kl_to_prior,
+    langevin_refine,
     latent_nll,
     recipe_config,
     reconstruction_loss,
     train_step,
+    uniform_noise_like,
 )
 from progressive.presets import build_models
 from progressive.train.optim import TriangleOptimizers, build_optimizers
@@ -431,3 +433,53 @@ def test_several_generator_steps_per_iteration():
     torch.testing.assert_close(three["generator"], again["generator"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="generator_steps must be an integer >= 1"):
         config.replace(generator_steps=0)
+
+
+def test_noise_negatives_contrast_real_images_with_uniform_noise():
+    models, x, z, eps = _tiny_setup(seed=3)
+    weight, penalty = 0.5, 0.2
+    config = TriangleConfig(noise_negatives=weight, energy_penalty=penalty)
+    before = copy.deepcopy(models)
+    torch.manual_seed(11)  # with z and eps given, the noise images are the step's first random draw
+    stats = train_step(models, build_optimizers(models, config), x, z=z, eps=eps, config=config)
+    torch.manual_seed(11)
+    noise = torch.rand(x.shape) * 2 - 1
+    with torch.no_grad():
+        e_real, e_fake, e_noise = before.energy(x), before.energy(before.generator(z)), before.energy(noise)
+    expected = e_real.mean() - e_fake.mean() + weight * (e_real.mean() - e_noise.mean())
+    expected = expected + penalty * torch.cat([e_real, e_fake, e_noise]).pow(2).mean()
+    assert stats["loss_energy"] == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    assert stats["energy_fake"] == pytest.approx(e_fake.mean().item(), rel=1e-5)
+
+
+def test_grey_noise_and_langevin_steps_keep_a_grayscale_run_grey():
+    images = torch.rand(3, 3, 8, 8).mean(dim=1, keepdim=True).expand(-1, 3, -1, -1) * 2 - 1
+    noise = uniform_noise_like(images, channels=1)
+    assert noise.shape == images.shape and torch.equal(noise[:, 0], noise[:, 2])
+    assert not torch.equal(uniform_noise_like(images, channels=3)[:, 0], noise[:, 0])
+    energy = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 1))
+    config = TriangleConfig(langevin_steps=3, langevin_step_size=0.5, langevin_noise=0.1)
+    refined = langevin_refine(lambda t: energy(t).squeeze(1), images, config, channels=1)
+    assert torch.equal(refined[:, 0], refined[:, 1]) and torch.equal(refined[:, 1], refined[:, 2])
+    assert refined.abs().max() <= 1 and not torch.equal(refined, images)
+
+
+def test_langevin_steps_without_noise_are_gradient_descent_on_the_energy():
+    torch.manual_seed(0)
+    energy = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 1)
+    )
+    net = lambda t: energy(t).squeeze(1)  # noqa: E731
+    images = torch.rand(5, 3, 8, 8) * 0.5 - 0.25  # well inside [-1, 1]: no clamping on the way
+    step = 0.05
+    config = TriangleConfig(langevin_steps=4, langevin_step_size=step, langevin_noise=0.0)
+    refined = langevin_refine(net, images, config)
+    expected = images.clone()
+    for _ in range(4):
+        expected.requires_grad_(True)
+        (gradient,) = torch.autograd.grad(net(expected).sum(), expected)
+        expected = (expected - step * gradient).detach()
+    torch.testing.assert_close(refined, expected)
+    with torch.no_grad():
+        assert (net(refined) < net(images)).all()  # every image's energy went down
+    assert not refined.requires_grad and images.grad is None
