@@ -1,5 +1,11 @@
 """Energy-landscape mapping against a hand-made 2-D energy whose minima and barriers are known from a grid."""
 
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,10 +13,15 @@ import torch
 from progressive.eval.landscape import (
     LandscapeSettings,
     barrier_matrix,
+    basin_purity,
+    class_histograms,
     descend,
     energy_and_gradient,
     merge_minima,
     merge_tree,
+    naming_summary,
+    nearest_minima,
+    plot_disconnectivity,
     relaxed_path,
 )
 
@@ -95,3 +106,183 @@ def test_a_band_between_two_points_of_one_well_stays_in_it():
     a, b = CENTRES[0] + torch.tensor([0.05, 0.0], dtype=torch.float64), CENTRES[0] - torch.tensor([0.05, 0.0])
     path, values = relaxed_path(wells, a, b.double(), settings)
     assert path.shape == (9, 2) and torch.equal(path[0], a) and values.max() < -0.9
+
+
+# ----------------------------------------------------------------------------- basins' purity and named minima
+
+
+def double_well(points: torch.Tensor) -> torch.Tensor:
+    """Two wells at (-0.5, 0) and (0.5, 0), energy 0, joined by a pass of height 1 at the origin."""
+    x, y = points[:, 0], points[:, 1]
+    return 16 * (x**2 - 0.25) ** 2 + y**2
+
+
+def test_purity_counts_each_groups_majority():
+    groups, labels = [0, 0, 0, 7, 7], [0, 0, 1, 2, 2]
+    assert class_histograms(groups, labels, classes=3) == {0: [2, 1, 0], 7: [0, 0, 2]}
+    assert basin_purity(groups, labels) == pytest.approx((2 + 2) / 5)
+    assert basin_purity([0] * 5, labels) == pytest.approx(2 / 5)  # one basin: the largest class's share
+    assert basin_purity(list(range(5)), labels) == 1.0  # one point per group
+
+
+def test_purity_of_a_double_well_whose_sides_carry_their_own_labels():
+    settings = LandscapeSettings(descent_steps=400, step_size=0.01, path_points=11, path_steps=200)
+    rng = torch.Generator().manual_seed(0)
+    starts = torch.rand(32, 2, generator=rng, dtype=torch.float64) * 2 - 1
+    ends = descend(double_well, starts, settings)
+    energies, _ = energy_and_gradient(double_well, ends)
+    kept, _ = merge_minima(ends, energies, settings.merge_distance)
+    minima = ends[kept]
+    assert len(kept) == 2 and torch.allclose(minima[:, 0].abs(), torch.tensor(0.5, dtype=torch.float64), atol=1e-3)
+    barriers = barrier_matrix(double_well, minima, settings)
+    assert float(barriers[0, 1]) == pytest.approx(1.0, abs=1e-2)  # the pass at the origin
+
+    # Labelled points, away from the ridge x = 0: label 0 on the left, 1 on the right.
+    points = torch.rand(200, 2, generator=rng, dtype=torch.float64) * 2 - 1
+    points = points[points[:, 0].abs() > 0.05]
+    left = (points[:, 0] < 0).long()
+    labels = (1 - left).tolist()
+    nearest, distance = nearest_minima(descend(double_well, points, settings), minima, chunk=7)
+    assert (distance < settings.merge_distance).all()
+    left_minimum = int(torch.argmin(minima[:, 0]))
+    assert ((nearest == left_minimum) == left.bool()).all()  # each point descends into its own side's well
+
+    _, split = merge_tree(energies[kept], barriers, threshold=0.5)  # the pass rises 1 above both: two basins
+    basin_of = [split[i] for i in nearest.tolist()]
+    assert len(set(split)) == 2 and basin_purity(basin_of, labels) == 1.0
+    # Mixed labels on the right: every other right-hand point is relabelled 0; the right basin's majority is
+    # whichever is commoner there, the left stays pure.
+    mixed = [0 if is_left or k % 2 else 1 for k, is_left in enumerate(left.tolist())]
+    right = [m for m, is_left in zip(mixed, left.tolist(), strict=True) if not is_left]
+    expected = (int(left.sum()) + max(right.count(0), right.count(1))) / len(mixed)
+    assert basin_purity(basin_of, mixed) == pytest.approx(expected) and expected < 1
+    _, joined = merge_tree(energies[kept], barriers, threshold=10.0)  # a generous threshold: one basin
+    one = [joined[i] for i in nearest.tolist()]
+    assert basin_purity(one, labels) == pytest.approx(max(labels.count(0), labels.count(1)) / len(labels))
+
+
+class BrightnessNetwork(torch.nn.Module):
+    """A stand-in classifier network: its one feature is the image's mean; 'bright' above 0, 'dark' below,
+    more confident the further the mean is from 0."""
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().mean(dim=(1, 2, 3))[:, None]
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-10 * features, 10 * features], dim=1)
+
+    def parameters(self, recurse: bool = True):
+        return iter([torch.zeros(1)])
+
+
+def test_minima_are_named_with_their_confidence_and_summarised():
+    from progressive.eval.classifier import TrainedClassifier, name_classes
+
+    classifier = TrainedClassifier(BrightnessNetwork(), ["dark", "bright"], 1.0, 0.0, "stand-in")
+    means = [0.8, -0.6, 0.05, 0.9]  # confident bright, confident dark, unsure bright, confident bright
+    images = torch.stack([torch.full((3, 4, 4), m) for m in means])
+    named = name_classes(classifier, images)
+    assert [n for n, _ in named] == ["bright", "dark", "bright", "bright"]
+    assert named[2][1] == pytest.approx(1 / (1 + np.exp(-1.0))) and min(named[0][1], named[1][1]) > 0.99
+    summary = naming_summary(named, threshold=0.9)
+    assert summary == {"threshold": 0.9, "minima": 4, "confident": 3, "named_share": 0.75, "classes": 2,
+                       "classes_confident": 2, "counts": {"bright": 3, "dark": 1}}  # fmt: skip
+    assert naming_summary(named[2:3], 0.9)["classes_confident"] == 0
+
+
+def test_the_graph_draws_a_thumbnail_and_caption_under_each_minimum(tmp_path):
+    pytest.importorskip("matplotlib")
+    energies = torch.tensor([-2.0, -1.0, -1.5])
+    barriers = torch.tensor([[-2.0, 0.0, -1.2], [0.0, -1.0, 0.5], [-1.2, 0.5, -1.5]])
+    merges, basins = merge_tree(energies, barriers, threshold=0.4)
+    gray = [np.full((16, 16), 60 * i, dtype=np.uint8) for i in range(3)]
+    path = tmp_path / "graph.png"
+    plot_disconnectivity(energies.tolist(), merges, [1, 2, 3], str(path), gray, ["a\n0.99", "b\n0.50", "c"], basins)
+    from PIL import Image
+
+    width, height = Image.open(path).size
+    assert width > 300 and height > 400  # the thumbnails and captions under the axis are inside the picture
+
+
+# ----------------------------------------------------------------------------- the command on a labelled run
+
+TINY = [
+    "--preset", "tiny", "--res", "16", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
+    "--workers", "0", "--tick-kimg", "0.24", "--snapshot-kimg", "1", "--checkpoint-kimg", "1", "--kimg", "0.24",
+]  # fmt: skip
+
+
+def write_bars_idx(folder: Path, split: str, count: int, seed: int) -> None:
+    """Fashion-MNIST's IDX files of `count` 28x28 images, each a horizontal bar (label 0) or a vertical one (1)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 30, (count, 28, 28)).astype(np.uint8)
+    labels = (np.arange(count) % 2).astype(np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        at = rng.integers(4, 20)
+        image[at : at + 3, 4:-4] = 255 if label == 0 else image[at : at + 3, 4:-4]
+        image[4:-4, at : at + 3] = 255 if label == 1 else image[4:-4, at : at + 3]
+    for kind, array, magic in (("images-idx3", images, 0x803), ("labels-idx1", labels, 0x801)):
+        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+        (folder / f"{split}-{kind}-ubyte").write_bytes(header + array.tobytes())
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory) -> dict[str, Path]:
+    """A 16x16 tiny grayscale run trained for 240 images on a labelled Fashion-MNIST-format LMDB of bars."""
+    from conftest import run_train_main
+
+    root = tmp_path_factory.mktemp("labelled-landscape")
+    (root / "idx").mkdir()
+    write_bars_idx(root / "idx", "train", 64, seed=0)
+    write_bars_idx(root / "idx", "t10k", 16, seed=1)
+    data = root / "bars.lmdb"
+    command = [sys.executable, "-m", "datasets_prep", "build", f"fashion-mnist:{root / 'idx'}", str(data),
+               "--max-res", "32", "--workers", "1", "--no-progress"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    assert run_train_main([*TINY, "--data", str(data), "--out", str(root / "runs")]) == 0
+    return {"data": data, "checkpoint": root / "runs" / "00000-tiny-16" / "checkpoints" / "checkpoint-000000240.pt"}
+
+
+def test_the_command_names_minima_and_measures_the_basins_purity(labelled_run, build_shapes_lmdb, tmp_path, capsys):
+    from PIL import Image
+
+    from progressive.cli import energy_landscape
+
+    small = ["--count", "6", "--descent-steps", "10", "--path-steps", "5", "--path-points", "4", "--purity-images",
+             "20", "--real-images", "8", "--batch", "4", "--classifier-cache", str(tmp_path / "cache")]  # fmt: skip
+    for space in ("image", "latent"):
+        out = tmp_path / space
+        args = [str(labelled_run["checkpoint"]), "--out", str(out), "--space", space, *small]
+        assert energy_landscape.main(args) == 0
+        report = json.loads((out / "landscape.json").read_text())
+        minima, naming, purity = report["minima"], report["naming"], report["purity"]
+        assert report["skipped"] == {} and 1 <= len(minima) <= 6
+        assert all(m["class"] in naming["classifier"]["classes"] and 0.1 <= m["confidence"] <= 1 for m in minima)
+        confident = sum(m["confidence"] >= 0.9 for m in minima)
+        assert naming["confident"] == confident and naming["named_share"] == confident / len(minima)
+        assert 1 <= naming["classes"] <= len(minima) and naming["classes_confident"] <= naming["classes"]
+        assert 0 <= naming["confident_real"] <= 1 and naming["real_images"] == 8
+        assert purity["images"] == 20 and purity["basins"] == report["basins"] == len(purity["per_basin"])
+        assert sum(b["images"] for b in purity["per_basin"]) == 20 == sum(m["training_images"] for m in minima)
+        majority = sum(max(b["counts"].values()) for b in purity["per_basin"])
+        assert purity["purity"] == pytest.approx(majority / 20) and purity["one_basin"] == 0.5  # labels alternate
+        assert purity["one_basin"] <= purity["purity"] <= purity["purity_minima"] <= 1
+        assert Image.open(out / "minima.png").mode == "L"  # a grayscale run's minima
+        if importlib.util.find_spec("matplotlib") is not None:
+            assert Image.open(out / "disconnectivity.png").size[1] > 400
+        printed = capsys.readouterr().out
+        line = next(line for line in printed.splitlines() if line.startswith("figure 11: "))
+        assert "named with confidence >= 0.9" in line and "real test images" in line and "basin purity" in line
+    # Without labels the rest is written, and the summary line says why there are no names and no purity.
+    shapes = build_shapes_lmdb(tmp_path / "shapes.lmdb", 12, max_res=16, holdout=4)
+    args = [str(labelled_run["checkpoint"]), "--out", str(tmp_path / "unlabelled"), "--data", str(shapes), *small]
+    assert energy_landscape.main(args) == 0
+    report = json.loads((tmp_path / "unlabelled" / "landscape.json").read_text())
+    assert report["naming"] is None and report["purity"] is None and "class" not in report["minima"][0]
+    assert report["skipped"] == {"naming": f"{shapes} has no class labels", "purity": f"{shapes} has no class labels"}
+    captured = capsys.readouterr()
+    assert f"figure 11: minima not named ({shapes} has no class labels); no basin purity" in captured.out
+    assert "note: minima not named, no basin purity" in captured.err
+    assert energy_landscape.main([str(labelled_run["checkpoint"]), "--purity-images", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --purity-images must be >= 0 and --real-images >= 1"

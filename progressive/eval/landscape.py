@@ -15,15 +15,21 @@
    two minima they join: the paper's "sequentially group images if the energy barrier between two minima
    satisfies some threshold".
 
+4. **What the basins hold** (Figure 11 on a labelled set). Labelled points (training images) descend with the
+   same settings and join the basin of the nearest minimum found (root-mean-square distance); the basins' purity
+   is the share of points whose basin's most common class is their own. A classifier names each minimum.
+
 Everything takes an energy function on a batch of points (B, ...) -> (B,), so it runs on a trained energy
 model, on E(g(z)), or on a hand-written energy (the tests check it against analytic minima and barriers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 EnergyFunction = Callable[[torch.Tensor], torch.Tensor]
@@ -72,6 +78,39 @@ def descend(energy: EnergyFunction, start: torch.Tensor, settings: LandscapeSett
 def rms_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Root-mean-square distance between every row of a (N, ...) and of b (M, ...): (N, M)."""
     return torch.cdist(a.flatten(1).double(), b.flatten(1).double()) / a[0].numel() ** 0.5
+
+
+def descend_in_batches(
+    energy: EnergyFunction,
+    starts: torch.Tensor,  # (N, ...) points to descend
+    settings: LandscapeSettings,
+    batch_size: int,  # starts descended together: bounds the memory of the energy's backward pass
+    seed: int = 0,  # batch k draws its Langevin noise from seed + k
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the ends of `descend` from every start (N, ...), their energies (N,)), `batch_size` starts at a time.
+
+    With N <= batch_size it is `descend(energy, starts, settings, seed)` itself, so results do not depend on it.
+    """
+    ends, energies = [], []
+    for k, start in enumerate(range(0, len(starts), batch_size)):
+        end = descend(energy, starts[start : start + batch_size], settings, seed=seed + k)
+        ends.append(end)
+        energies.append(energy_and_gradient(energy, end)[0])
+    return torch.cat(ends), torch.cat(energies)
+
+
+def nearest_minima(points: torch.Tensor, minima: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of each point's nearest minimum (N,) int64, the root-mean-square distance to it (N,) float64).
+
+    `chunk` points at a time: the distances are computed in float64, which for large images is large.
+    """
+    indices, distances = [], []
+    for start in range(0, len(points), chunk):
+        gaps = rms_distance(points[start : start + chunk], minima)
+        distance, index = gaps.min(dim=1)
+        indices.append(index.cpu())
+        distances.append(distance.cpu())
+    return torch.cat(indices), torch.cat(distances)
 
 
 def merge_minima(points: torch.Tensor, energies: torch.Tensor, distance: float) -> tuple[list[int], list[int]]:
@@ -166,19 +205,83 @@ def merge_tree(energies: torch.Tensor, barriers: torch.Tensor, threshold: float)
     return merges, [find(basin, i) for i in range(count)]
 
 
-def plot_disconnectivity(energies: list[float], merges: list[Merge], sizes: list[int], path: str) -> None:
+def class_histograms(groups: Sequence[int], labels: Sequence[int], classes: int) -> dict[int, list[int]]:
+    """How many points of each class every group holds: {group: [count of class 0, class 1, ...]}, groups sorted.
+
+    groups[i] is point i's group (its basin, or its minimum), labels[i] its class in 0..classes-1.
+    """
+    assert len(groups) == len(labels), f"{len(groups)} groups for {len(labels)} labels"
+    counts: dict[int, list[int]] = {}
+    for group, label in zip(groups, labels, strict=True):
+        assert 0 <= int(label) < classes, f"label {label} outside 0..{classes - 1}"
+        counts.setdefault(int(group), [0] * classes)[int(label)] += 1
+    return dict(sorted(counts.items()))
+
+
+def basin_purity(groups: Sequence[int], labels: Sequence[int]) -> float:
+    """Purity of a partition of labelled points: sum over groups b of (size_b / N) (majority_b / size_b), i.e.
+    (sum_b majority_b) / N, where majority_b is the count of group b's most common class.
+
+    1 when every group holds a single class; one group for all points gives the largest class's share, the
+    floor any partition reaches.
+    """
+    assert len(groups) == len(labels) > 0, "need one group per label, and at least one point"
+    per_group: dict[int, Counter] = {}
+    for group, label in zip(groups, labels, strict=True):
+        per_group.setdefault(int(group), Counter())[int(label)] += 1
+    return sum(max(counter.values()) for counter in per_group.values()) / len(labels)
+
+
+def naming_summary(named: Sequence[tuple[str, float]], threshold: float) -> dict:
+    """What a classifier says of the minima, from (class name, confidence) per minimum: how many are named with
+    confidence >= threshold and their share, how many distinct classes all minima and the confident ones show,
+    and the count of each class."""
+    confident = [name for name, confidence in named if confidence >= threshold]
+    return {
+        "threshold": threshold,
+        "minima": len(named),
+        "confident": len(confident),
+        "named_share": len(confident) / len(named) if named else 0.0,
+        "classes": len({name for name, _ in named}),
+        "classes_confident": len(set(confident)),
+        "counts": dict(Counter(name for name, _ in named).most_common()),
+    }
+
+
+THUMBNAIL_POINTS = 40.0  # width of each minimum's thumbnail in the graph, in points (columns are 54 points apart)
+
+
+def plot_disconnectivity(
+    energies: list[float],  # each minimum's energy
+    merges: list[Merge],  # merge_tree's merges, lowest first
+    sizes: list[int],  # starts that ended at each minimum: the circles' areas
+    path: str,  # the PNG to write
+    thumbnails: Sequence[np.ndarray] | None = None,  # each minimum's image, uint8 (H, W) gray or (H, W, 3)
+    captions: Sequence[str] | None = None,  # a short line or two under each thumbnail (its class, confidence)
+    basins: Sequence[int] | None = None,  # each minimum's basin: circles and thumbnail frames coloured by it
+) -> None:
     """Draw the graph (matplotlib, an optional extra): one column per minimum ordered by energy, a vertical line
-    from each minimum up to where it merges, a horizontal line at each merge, circles sized by basin members."""
+    from each minimum up to where it merges, a horizontal line at each merge, circles sized by members; under
+    the axis, each minimum's thumbnail and caption in its column (Figure 11 of the paper)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     count = len(energies)
-    column = {index: position for position, index in enumerate(sorted(range(count), key=lambda i: energies[i]))}
+    order = sorted(range(count), key=lambda i: energies[i])
+    column = {index: position for position, index in enumerate(order)}
     x = {i: float(column[i]) for i in range(count)}
     top = {i: energies[i] for i in range(count)}
-    figure, axes = plt.subplots(figsize=(max(4.0, 0.5 * count + 2), 4))
+    palette = plt.get_cmap("tab10").colors
+    basin_rank = {b: k for k, b in enumerate(sorted(set(basins)))} if basins is not None else {}
+
+    def colour(i: int):
+        return palette[basin_rank[basins[i]] % len(palette)] if basins is not None else "tab:blue"
+
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.75 * count + 1.5), 4))
     for merge in merges:
         for side in (merge.lower, merge.higher):
             axes.plot([x[side], x[side]], [top[side], merge.height], color="black", linewidth=1)
@@ -186,10 +289,43 @@ def plot_disconnectivity(energies: list[float], merges: list[Merge], sizes: list
         x[merge.lower] = (x[merge.lower] + x[merge.higher]) / 2
         top[merge.lower] = merge.height
     for i in range(count):
-        axes.scatter([column[i]], [energies[i]], s=20 + 20 * sizes[i], color="tab:blue", zorder=3)
-    axes.set_xticks(range(count), [str(i) for i in sorted(range(count), key=lambda i: energies[i])])
-    axes.set_xlabel("minimum (by energy)")
+        axes.scatter([column[i]], [energies[i]], s=20 + 20 * sizes[i], color=colour(i), zorder=3)
+    axes.set_xticks(range(count), [str(i) for i in order])
+    axes.set_xlim(-0.6, count - 0.4)
+    axes.set_xlabel("minimum (by energy)", labelpad=4)
     axes.set_ylabel("energy")
+    below = 20.0  # points under the axis where the thumbnails start: below the tick labels
+    for i in range(count) if thumbnails is not None else ():
+        picture = thumbnails[i]
+        zoom = THUMBNAIL_POINTS / picture.shape[1]
+        gray = {"cmap": "gray", "norm": Normalize(0, 255)} if picture.ndim == 2 else {}  # black is 0, not the min
+        image = OffsetImage(picture, zoom=zoom, interpolation="nearest", **gray)
+        box = AnnotationBbox(
+            image,
+            (column[i], 0.0),
+            xycoords=("data", "axes fraction"),
+            xybox=(0.0, -below),
+            boxcoords="offset points",
+            box_alignment=(0.5, 1.0),
+            pad=0.1,
+            annotation_clip=False,
+            bboxprops={"edgecolor": colour(i), "linewidth": 1.5},
+        )
+        axes.add_artist(box)
+        if captions is not None:
+            axes.annotate(
+                captions[i],
+                (column[i], 0.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(0.0, -below - zoom * picture.shape[0] - 4),
+                textcoords="offset points",
+                ha="center",
+                va="top",
+                fontsize=6,
+                annotation_clip=False,
+            )
+    if thumbnails is not None:
+        axes.xaxis.set_label_position("top")  # the thumbnails take the space under the axis
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(figure)
