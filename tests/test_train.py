@@ -135,6 +135,7 @@ def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path
         (["--data", "{corrupt}"], "corrupt"),
         (["--resume", "latest"], "no checkpoint"),
         (["--metrics", "recon,fidd"], "unknown metrics ['fidd']"),
+        (["--metrics", "recon,classifier"], "--metrics classifier needs the domain classifier"),
         (["--recipe", "nope"], "unknown recipe 'nope'"),
         (["--energy-penalty", "-1"], "energy_penalty must be a finite number >= 0"),
         (["--logvar-bound", "nan"], "logvar_bound must be a finite number >= 0"),

@@ -229,11 +229,14 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
                 schedule["batch_sizes"] = {**base, **_table(",".join(per_resolution))}
         except ValueError as error:
             raise BadInput(f"--batch {args.batch!r} is not auto, legacy, N or R:N,R:N ({error})") from error
-    from progressive.eval.metrics import METRIC_NAMES
+    from progressive.eval.metrics import METRIC_NAMES, NEEDS_CLASSIFIER
 
     unknown = [m for m in values.get("metrics", []) if m not in METRIC_NAMES]
     if unknown:
         raise BadInput(f"unknown metrics {unknown}; expected some of {', '.join(METRIC_NAMES)}")
+    judged = [m for m in values.get("metrics", []) if m in NEEDS_CLASSIFIER]
+    if judged:  # the trainer loads no classifier: these run after training, with triangle-evaluate
+        raise BadInput(f"--metrics {','.join(judged)} needs the domain classifier; run it with triangle-evaluate")
     try:
         parse_report_to(values.get("report_to", config.report_to))
     except ValueError as error:
