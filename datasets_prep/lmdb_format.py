@@ -256,7 +256,9 @@ def _check_metadata(metadata: dict, path: str) -> None:
     names = metadata.get("class_names")
     if names is not None and (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)):
         raise bad("class_names", "null or a list of names")
-    if metadata.get("channels", 3) not in (1, 3):
+    channels = metadata.get("channels", 3)
+    # `true in (1, 3)` holds in Python (and 1.0 == 1): only the integers 1 and 3 are a channel count.
+    if type(channels) is not int or channels not in (1, 3):
         raise bad("channels", "1 or 3")
 
 

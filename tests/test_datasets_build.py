@@ -446,6 +446,7 @@ def test_a_build_on_a_full_disk_is_one_line_and_resumes(tmp_path):
         ("complete", None),
         ("class_names", "T-shirt"),
         ("channels", 2),
+        ("channels", True),  # equal to 1 in Python, but not a channel count
     ],
 )
 def test_a_malformed_metadata_record_is_named(tmp_path, capsys, field, value):

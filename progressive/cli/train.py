@@ -257,12 +257,10 @@ def data_channels(config: TrainConfig) -> int:
     from datasets_prep.lmdb_format import read_metadata
 
     try:
-        channels = read_metadata(config.data).get("channels", 3)
+        # read_metadata checks the field (1 or 3) and fills in 3 for LMDBs built before it existed.
+        return read_metadata(config.data)["channels"]
     except ValueError as error:
         raise BadInput(str(error)) from error
-    if isinstance(channels, bool) or channels not in (1, 3):
-        raise BadInput(f"{config.data}: metadata field 'channels' is {channels!r}, expected 1 or 3")
-    return channels
 
 
 def with_data_channels(config: TrainConfig) -> TrainConfig:
