@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lmdb
 import pytest
 import torch
 from torch import nn
@@ -22,6 +23,15 @@ def _build_shapes_lmdb(out: Path, images: int, max_res: int, holdout: int, seed:
                "--max-res", str(max_res), "--holdout", str(holdout), "--workers", "1"]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
     return out
+
+
+def lmdb_pairs(path) -> dict[bytes, bytes]:
+    """Every key and value of the LMDB at `path`: two builds are the same when these are."""
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        pairs = dict(txn.cursor())
+    env.close()
+    return pairs
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import time
 
 import lmdb
 import pytest
+from conftest import lmdb_pairs
 
 from datasets_prep.__main__ import main
 from datasets_prep.lmdb_format import META_KEY
@@ -19,14 +20,6 @@ from datasets_prep.reader import LMDBImageDataset
 SOURCE = "synthetic:shapes?n=1200&seed=5"
 ARGUMENTS = ["--max-res", "16", "--holdout", "10", "--commit-every", "16", "--workers", "2", "--no-progress"]
 KILL_AFTER = 64  # items committed before the kill: well inside the 1200
-
-
-def all_pairs(path) -> dict[bytes, bytes]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        pairs = dict(txn.cursor())
-    env.close()
-    return pairs
 
 
 def committed_items(path) -> int:
@@ -44,7 +37,7 @@ def committed_items(path) -> int:
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("resume") / "reference"
     assert main(["build", SOURCE, str(out), *ARGUMENTS]) == 0
-    return all_pairs(out)
+    return lmdb_pairs(out)
 
 
 def start_and_stop_build(out, stop_signal: int) -> subprocess.CompletedProcess:
@@ -73,14 +66,14 @@ def test_interrupted_build_resumes_to_identical_contents(tmp_path, uninterrupted
     else:
         assert stopped.returncode == 130 and "--resume" in stopped.stderr, stopped.stderr
 
-    partial = json.loads(all_pairs(out)[META_KEY])
+    partial = json.loads(lmdb_pairs(out)[META_KEY])
     assert not partial["complete"] and KILL_AFTER <= partial["build"]["next_item"] < 1200
     with pytest.raises(ValueError, match="interrupted build"):
         LMDBImageDataset(out, resolution=16)
     assert main(["build", SOURCE, str(out), *ARGUMENTS]) == 2  # exists: needs --resume
 
     assert main(["build", SOURCE, str(out), *ARGUMENTS, "--resume"]) == 0
-    resumed = all_pairs(out)
+    resumed = lmdb_pairs(out)
     assert resumed.keys() == uninterrupted.keys()
     assert all(resumed[key] == value for key, value in uninterrupted.items())
     assert main(["verify", str(out), "--full", "--no-progress"]) == 0

@@ -9,6 +9,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from conftest import lmdb_pairs
 from PIL import Image
 
 from datasets_prep import build as build_module
@@ -177,14 +178,6 @@ def test_a_missing_folder_names_the_package(tmp_path, capsys):
     assert "nowhere is not a folder" in error and "apt-get install dataset-fashion-mnist" in error
 
 
-def all_pairs(path) -> dict[bytes, bytes]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        pairs = dict(txn.cursor())
-    env.close()
-    return pairs
-
-
 def interrupt_after(monkeypatch, windows: int) -> None:
     """Make builds stop as Ctrl-C stops them, once `windows` windows are committed."""
     real_commit, commits = build_module._commit, []
@@ -208,7 +201,7 @@ def test_labels_and_gray_survive_an_interrupted_build(tmp_path, monkeypatch):
     with pytest.raises(DatasetFormatError, match="interrupted build"):
         read_labels(tmp_path / "db", "train")
     assert run_cli("build", source, tmp_path / "db", *arguments, "--resume") == 0
-    assert all_pairs(tmp_path / "db") == all_pairs(tmp_path / "straight")
+    assert lmdb_pairs(tmp_path / "db") == lmdb_pairs(tmp_path / "straight")
     assert read_metadata(tmp_path / "db")["channels"] == 1
 
 
