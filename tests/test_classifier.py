@@ -233,5 +233,5 @@ def test_fashion_mnist_protocol_prints_the_published_anchors(gray_run, tmp_path,
     assert report["fid_real"]["source"].endswith("(holdout)") and report["protocol"]["paper"] == {}
     assert report["protocol"]["baselines"]["fid"]["WGAN"] == 21.5
     printed = capsys.readouterr().out
-    assert "VAE 43.6, 2-stage VAE 29.3, WGAN 21.5, LSGAN 30.7, NS-GAN 26.5" in printed
+    assert "published: VAE 43.6, 2-stage VAE 29.3, WGAN 21.5, LSGAN 30.7, NS-GAN 26.5" in printed
     assert "Lucic et al. 2018" in printed and "note: image size:" in printed

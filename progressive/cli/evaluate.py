@@ -302,7 +302,9 @@ def evaluate(args: argparse.Namespace) -> int:
                 continue
             baselines = ", ".join(f"{n} {v}" for n, v in anchors.items())
             paper = report["protocol"]["paper"].get(key)
-            beside = f"paper (ours) {paper}; its baselines: {baselines}" if paper is not None else baselines
+            beside = (
+                f"paper (ours) {paper}; its baselines: {baselines}" if paper is not None else f"published: {baselines}"
+            )
             print(f"{key:<24} {metrics[key]:.6g}   {beside}")
         for key, source in protocol.get("sources", {}).items():
             print(f"note: {key} published: {source}")
