@@ -194,7 +194,7 @@ class TrainedClassifier:
     """A trained SmallClassifier and what is known about it; `outputs` feeds the classifier metrics."""
 
     network: SmallClassifier  # in eval mode
-    class_names: list[str]  # one per class: the dataset's names, else "0", "1", ...
+    class_names: list[str]  # one per class: the dataset's metadata `class_names`
     test_accuracy: float  # on the dataset's holdout split, measured right after training
     train_seconds: float  # how long training took (on the machine that trained it)
     digest: str  # the cache key: dataset fingerprint, settings, version
@@ -272,8 +272,8 @@ def dataset_labels(lmdb_path: str | os.PathLike) -> tuple[dict, dict[str, torch.
     if any(value is None for value in labels.values()):
         raise ClassifierUnavailable(f"{lmdb_path} has no class labels, so no classifier")
     tensors = {split: torch.as_tensor(np.asarray(value), dtype=torch.int64) for split, value in labels.items()}
-    names = metadata["class_names"] or [str(i) for i in range(int(max(t.max() for t in tensors.values())) + 1)]
-    return metadata, tensors, list(names)
+    # Labels exist only beside class names (read_labels gives None without them), and every label is below their count.
+    return metadata, tensors, list(metadata["class_names"])
 
 
 def dataset_tensor(lmdb_path: str | os.PathLike, split: str, channels: int) -> torch.Tensor:
