@@ -47,6 +47,7 @@ from progressive.eval.landscape import (
     plot_disconnectivity,
 )
 from progressive.eval.metrics import CONFIDENT, confident_share, seeded_latents
+from progressive.nets.layers import as_rgb
 from progressive.objective import energy_from_output
 from progressive.pretrained import TrainedRun
 
@@ -114,19 +115,18 @@ class Labels:
     class_names: list[str]  # one per class
 
 
-def dataset_labels(run: TrainedRun, data: str | None) -> tuple[Labels | None, str]:
-    """(the labels of --data or the run's LMDB, ""), or (None, why there are none)."""
+def training_labels(run: TrainedRun, data: str | None) -> tuple[Labels | None, str]:
+    """(the training split's labels of --data or the run's LMDB, ""), or (None, why there are none)."""
     from datasets_prep.lmdb_format import read_metadata
     from datasets_prep.reader import read_labels
 
     source = data or run.config.data
     if source is None:
         return None, "the run's synthetic shapes have no class labels; pass --data LABELLED.lmdb"
-    names = read_metadata(source)["class_names"]
-    train = read_labels(source, "train")
-    if names is None or train is None:
+    train = read_labels(source, "train")  # None exactly when the metadata has no class_names
+    if train is None:
         return None, f"{source} has no class labels"
-    return Labels(source, np.asarray(train, dtype=np.int64), list(names)), ""
+    return Labels(source, train, list(read_metadata(source)["class_names"])), ""
 
 
 def load_classifier(labels: Labels, cache: str | None, device: torch.device):
@@ -260,18 +260,18 @@ def map_landscape(args: argparse.Namespace) -> int:
     generator = run.generator_ema
     channels = run.models.image_channels
     latents = seeded_latents(range(args.seed, args.seed + args.count), run.models.latent_dim).to(device)
-    labels, no_labels = dataset_labels(run, args.data)
+    labels, no_labels = training_labels(run, args.data)
     seconds: dict[str, float] = {}
 
     def image_energy(x: torch.Tensor) -> torch.Tensor:
         # A grayscale run's images are one channel repeated: its image space is that channel, so the descent and
         # the bands stay among gray images (E itself takes three channels).
-        return energy_from_output(run.models.energy(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x), form)
+        return energy_from_output(run.models.energy(as_rgb(x)), form)
 
     def as_images(points: torch.Tensor) -> torch.Tensor:
         """Points of the descent space as (B, 3, R, R) images: g(z) in latent space."""
         with torch.no_grad():
-            return generator(points).float() if args.space == "latent" else points.expand(-1, 3, -1, -1).float()
+            return generator(points).float() if args.space == "latent" else as_rgb(points).float()
 
     def to_space(images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, R, R) as starting points: mu(x) of the inference model in latent space."""
