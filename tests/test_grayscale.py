@@ -98,7 +98,7 @@ def _png_mode(path: Path) -> str:
         return image.mode
 
 
-def test_a_grayscale_dataset_trains_resumes_and_exports_grayscale(tmp_path, gray_lmdb, capsys):
+def test_a_grayscale_dataset_trains_resumes_and_exports_grayscale(tmp_path, gray_lmdb, capsys, monkeypatch):
     out = tmp_path / "runs"
     # The dry run already shows the channels read from the data.
     assert train([*TINY, "--data", str(gray_lmdb), "--out", str(out), "--dry-run"]) == 0
@@ -146,6 +146,16 @@ def test_a_grayscale_dataset_trains_resumes_and_exports_grayscale(tmp_path, gray
     recon_folder = tmp_path / "recon-folder"
     assert export.main(["reconstruct", str(run_dir), "--images", str(colour), "--out", str(recon_folder)]) == 0
     assert {_png_mode(p) for p in recon_folder.iterdir()} == {"L"}
+    # The energy summary's noise is gray noise, as triangle-evaluate's energy/auroc_noise for gray data.
+    noises, draw = [], export.noise_images
+
+    def recorded(*args):
+        noises.append(draw(*args))
+        return noises[-1]
+
+    monkeypatch.setattr(export, "noise_images", recorded)
+    assert export.main(["energy", str(run_dir), "--count", "4", "--device", "cpu"]) == 0
+    assert noises and all(_is_gray(noise) for noise in noises) and "real < noise" in capsys.readouterr().out
     video, strip = tmp_path / "loop.gif", tmp_path / "strip.png"
     args = [str(run_dir), "--out", str(video), "--seconds", "0.5", "--fps", "4", "--strip", str(strip)]
     assert export_video.main([*args, "--strip-frames", "2", "--device", "cpu"]) == 0

@@ -240,9 +240,14 @@ def export_energies(args: argparse.Namespace) -> int:
     generated = generate_images(run.generator_ema, count, run.models.latent_dim, args.batch, args.seed, device)
     generated_energy = torch.cat([energies(run.models.energy, images, form) for images in generated])
     noise_generator = torch.Generator().manual_seed(args.seed)
+    # Noise in the run's own mode (gray for a grayscale run), as triangle-evaluate's energy/auroc_noise: colour noise
+    # differs from every image a grayscale run has seen by its colour alone. A colour run draws what it always drew.
+    channels = run.models.image_channels
     noise_energy = torch.cat(
         [
-            energies(run.models.energy, noise_images(len(part), run.resolution, noise_generator).to(device), form)
+            energies(
+                run.models.energy, noise_images(len(part), run.resolution, noise_generator, channels).to(device), form
+            )
             for part in torch.arange(count).split(args.batch)
         ]
     )
