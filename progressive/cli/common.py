@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from progressive.io import write_atomically
 from progressive.pretrained import TrainedRun, load_trained
 from progressive.train.checkpoint import CheckpointError, find_checkpoint
 from progressive.train.schedule import blend_reals
+
+if TYPE_CHECKING:
+    from progressive.eval.classifier import TrainedClassifier
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -98,6 +102,20 @@ def choose_generator(run: TrainedRun, which: str) -> torch.nn.Module:
     if which == "trained":
         return run.models.generator
     raise BadInput(f"generator must be 'ema' or 'trained', got {which!r}")
+
+
+def load_classifier(source: str, cache: str | None, device: torch.device) -> TrainedClassifier:
+    """The domain classifier of the LMDB `source`, from the cache or trained now (minutes on a CPU for
+    Fashion-MNIST), announced in one line; ClassifierUnavailable when the dataset cannot give one (the caller
+    skips or refuses), BadInput for a cache entry whose weights do not match their recorded SHA-256."""
+    from progressive.eval.classifier import ClassifierCacheError, load_or_train_classifier
+
+    try:
+        classifier = load_or_train_classifier(source, cache, device=device)
+    except ClassifierCacheError as error:
+        raise BadInput(str(error)) from error
+    print(f"classifier {classifier.path}: test accuracy {classifier.test_accuracy:.4f}", flush=True)
+    return classifier
 
 
 # ----------------------------------------------------------------------------- reading images

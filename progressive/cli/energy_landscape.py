@@ -32,7 +32,17 @@ from torchvision.utils import make_grid
 
 from datasets_prep.pixels import signed_to_pixels
 from progressive.cli.checks import BadInput, check_writable_folder
-from progressive.cli.common import dataset_images, load_run, pick_device, positive, run_directory, run_main, save_png
+from progressive.cli.common import (
+    dataset_images,
+    load_classifier,
+    load_run,
+    pick_device,
+    positive,
+    run_directory,
+    run_main,
+    save_png,
+)
+from progressive.eval.classifier import ClassifierUnavailable
 from progressive.eval.landscape import (
     LandscapeSettings,
     barrier_matrix,
@@ -127,22 +137,6 @@ def training_labels(run: TrainedRun, data: str | None) -> tuple[Labels | None, s
     if train is None:
         return None, f"{source} has no class labels"
     return Labels(source, train, list(read_metadata(source)["class_names"])), ""
-
-
-def load_classifier(labels: Labels, cache: str | None, device: torch.device):
-    """The dataset's classifier (cached, or trained now: minutes on a CPU for Fashion-MNIST); None, with a note,
-    when the dataset cannot give one (no holdout split, no 32x32 images)."""
-    from progressive.eval.classifier import ClassifierCacheError, ClassifierUnavailable, load_or_train_classifier
-
-    try:
-        classifier = load_or_train_classifier(labels.source, cache, device=device)
-    except ClassifierUnavailable as error:
-        print(f"note: minima not named: {error}", file=sys.stderr)
-        return None
-    except ClassifierCacheError as error:
-        raise BadInput(str(error)) from error
-    print(f"classifier {classifier.path}: test accuracy {classifier.test_accuracy:.4f}", flush=True)
-    return classifier
 
 
 def name_minima(classifier, pictures: torch.Tensor, run: TrainedRun, args, device: torch.device) -> dict:
@@ -312,9 +306,11 @@ def map_landscape(args: argparse.Namespace) -> int:
         print(f"note: minima not named, no basin purity: {no_labels}", file=sys.stderr)
     else:
         started = time.perf_counter()
-        classifier = load_classifier(labels, args.classifier_cache, device)
-        if classifier is None:
-            skipped["naming"] = "the dataset cannot give a classifier"
+        try:
+            classifier = load_classifier(labels.source, args.classifier_cache, device)
+        except ClassifierUnavailable as error:  # labels, but no holdout split or no 32x32 images to train it on
+            skipped["naming"] = str(error)
+            print(f"note: minima not named: {error}", file=sys.stderr)
         else:
             naming = name_minima(classifier, pictures, run, args, device)
         seconds["naming"] = time.perf_counter() - started

@@ -32,6 +32,7 @@ from datasets_prep.lmdb_format import read_metadata
 from progressive.cli.checks import BadInput, check_output_suffix
 from progressive.cli.common import (
     dataset_images,
+    load_classifier,
     load_run,
     pick_device,
     positive,
@@ -39,12 +40,7 @@ from progressive.cli.common import (
     run_main,
     write_atomically,
 )
-from progressive.eval.classifier import (
-    ClassifierCacheError,
-    ClassifierUnavailable,
-    TrainedClassifier,
-    load_or_train_classifier,
-)
+from progressive.eval.classifier import ClassifierUnavailable, TrainedClassifier
 from progressive.eval.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
 from progressive.eval.metrics import (
     METRIC_NAMES,
@@ -353,13 +349,7 @@ def _classifier(args, run, device) -> TrainedClassifier:
     source = args.data or run.config.data
     if source is None:
         raise ClassifierUnavailable("the run's synthetic shapes have no labels; pass --data LABELLED.lmdb")
-    cache = args.classifier_cache or args.stats_cache
-    try:
-        classifier = load_or_train_classifier(source, cache, device=device)
-    except ClassifierCacheError as error:
-        raise BadInput(str(error)) from error
-    print(f"classifier {classifier.path}: test accuracy {classifier.test_accuracy:.4f}", flush=True)
-    return classifier
+    return load_classifier(source, args.classifier_cache or args.stats_cache, device)
 
 
 def _data_channels(source: str | None, held_out) -> int:
