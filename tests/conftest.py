@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import lmdb
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -23,6 +24,11 @@ def _build_shapes_lmdb(out: Path, images: int, max_res: int, holdout: int, seed:
                "--max-res", str(max_res), "--holdout", str(holdout), "--workers", "1"]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
     return out
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    """An IDX file (Fashion-MNIST's format): big-endian int32 magic and dimensions, then the uint8 values."""
+    return np.array([magic, *array.shape], dtype=">i4").tobytes() + array.astype(np.uint8).tobytes()
 
 
 def lmdb_pairs(path) -> dict[bytes, bytes]:
@@ -52,6 +58,14 @@ def _accelerate_command(args: list[str], processes: int = 2) -> tuple[list[str],
 def accelerate_command():
     """accelerate_command(args, processes=2): (`accelerate launch` of launch/train.py on CPU processes, its env)."""
     return _accelerate_command
+
+
+# A 16x16 tiny run of 240 images (4x4, the 8x8 fade and stable phase, the 16x16 fade and stable phase), one tick
+# and one checkpoint, at the end: the trained run the export, evaluation, classifier and landscape tests read.
+TINY_RUN = [
+    "--preset", "tiny", "--res", "16", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
+    "--workers", "0", "--tick-kimg", "0.24", "--snapshot-kimg", "1", "--checkpoint-kimg", "1", "--kimg", "0.24",
+]  # fmt: skip
 
 
 def run_train_main(args: list[str]) -> int:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import StandInInception, run_train_main
+from conftest import TINY_RUN as TINY
+from conftest import StandInInception, idx_bytes, run_train_main
 
 from progressive.cli import evaluate
 from progressive.eval import classifier as classifier_module
@@ -48,11 +49,6 @@ def bar_images(count: int, seed: int, side: int = 28) -> tuple[np.ndarray, np.nd
     return images, labels
 
 
-def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture(scope="module")
 def labelled_lmdb(tmp_path_factory) -> Path:
     """A Fashion-MNIST-format LMDB (grayscale, 10 class names, labels 0..2) of 96 train and 48 holdout images."""
@@ -61,8 +57,8 @@ def labelled_lmdb(tmp_path_factory) -> Path:
     idx.mkdir()
     for split, count, seed in (("train", 96, 0), ("t10k", 48, 1)):
         images, labels = bar_images(count, seed)
-        write_idx(idx / f"{split}-images-idx3-ubyte", images, 0x803)
-        write_idx(idx / f"{split}-labels-idx1-ubyte", labels, 0x801)
+        (idx / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(images, 0x803))
+        (idx / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(labels, 0x801))
     out = root / "bars.lmdb"
     command = [sys.executable, "-m", "datasets_prep", "build", f"fashion-mnist:{idx}", str(out), "--max-res", "32",
                "--workers", "1", "--no-progress"]  # fmt: skip
@@ -163,11 +159,6 @@ def test_the_command_prints_accuracy_and_cache_and_refuses_unlabelled_data(
 
 
 # ----------------------------------------------------------------------------- triangle-evaluate
-
-TINY = [
-    "--preset", "tiny", "--res", "16", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
-    "--workers", "0", "--tick-kimg", "0.24", "--snapshot-kimg", "1", "--checkpoint-kimg", "1", "--kimg", "0.24",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
+from conftest import TINY_RUN as TINY
 from conftest import run_train_main
 from PIL import Image
 
@@ -19,10 +20,6 @@ from progressive.cli import evaluate, export, export_video
 from progressive.eval.metrics import energies
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--preset", "tiny", "--res", "16", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
-    "--workers", "0", "--tick-kimg", "0.24", "--snapshot-kimg", "1", "--checkpoint-kimg", "1", "--kimg", "0.24",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
-from conftest import lmdb_pairs
+from conftest import idx_bytes, lmdb_pairs
 from PIL import Image
 
 from datasets_prep import build as build_module
@@ -28,11 +28,6 @@ FILES = {  # split -> (images file, labels file), without .gz
 
 def run_cli(*args) -> int:
     return main([*map(str, args), "--no-progress"] if args[0] in ("build", "verify") else list(map(str, args)))
-
-
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    """An IDX file: big-endian int32 magic and dimensions, then the uint8 values."""
-    return np.array([magic, *array.shape], dtype=">i4").tobytes() + array.astype(np.uint8).tobytes()
 
 
 def make_fashion_dir(folder, compressed: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:

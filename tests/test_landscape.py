@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_RUN as TINY
+from conftest import idx_bytes, run_train_main
 
 from progressive.eval.landscape import (
     LandscapeSettings,
@@ -206,11 +208,6 @@ def test_the_graph_draws_a_thumbnail_and_caption_under_each_minimum(tmp_path):
 
 # ----------------------------------------------------------------------------- the command on a labelled run
 
-TINY = [
-    "--preset", "tiny", "--res", "16", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
-    "--workers", "0", "--tick-kimg", "0.24", "--snapshot-kimg", "1", "--checkpoint-kimg", "1", "--kimg", "0.24",
-]  # fmt: skip
-
 
 def write_bars_idx(folder: Path, split: str, count: int, seed: int) -> None:
     """Fashion-MNIST's IDX files of `count` 28x28 images, each a horizontal bar (label 0) or a vertical one (1)."""
@@ -222,15 +219,12 @@ def write_bars_idx(folder: Path, split: str, count: int, seed: int) -> None:
         image[at : at + 3, 4:-4] = 255 if label == 0 else image[at : at + 3, 4:-4]
         image[4:-4, at : at + 3] = 255 if label == 1 else image[4:-4, at : at + 3]
     for kind, array, magic in (("images-idx3", images, 0x803), ("labels-idx1", labels, 0x801)):
-        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-        (folder / f"{split}-{kind}-ubyte").write_bytes(header + array.tobytes())
+        (folder / f"{split}-{kind}-ubyte").write_bytes(idx_bytes(array, magic))
 
 
 @pytest.fixture(scope="module")
 def labelled_run(tmp_path_factory) -> dict[str, Path]:
     """A 16x16 tiny grayscale run trained for 240 images on a labelled Fashion-MNIST-format LMDB of bars."""
-    from conftest import run_train_main
-
     root = tmp_path_factory.mktemp("labelled-landscape")
     (root / "idx").mkdir()
     write_bars_idx(root / "idx", "train", 64, seed=0)
