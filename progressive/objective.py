@@ -238,11 +238,6 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
 # ----------------------------------------------------------------------------- the energy step's negatives
 
 
-def image_channels(generator: nn.Module) -> int:
-    """How many distinct channels the generator draws: 1 for a grayscale run (three identical channels), else 3."""
-    return getattr(bare(generator), "image_channels", 3)
-
-
 def in_channel_mode(t: torch.Tensor, channels: int) -> torch.Tensor:
     """t (B, 3, R, R) as an image of `channels` distinct channels: its channel mean, three times, when 1."""
     return t if channels == 3 else t.mean(dim=1, keepdim=True).expand_as(t)
@@ -363,10 +358,10 @@ def triangle_step(
         negatives = [
             x_fake_const
             if config.langevin_steps == 0
-            else langevin_refine(energy, x_fake_const, config, image_channels(generator))
+            else langevin_refine(energy, x_fake_const, config, models.image_channels)
         ]
         if config.noise_negatives != 0:
-            negatives.append(uniform_noise_like(x_fake_const, image_channels(generator)))
+            negatives.append(uniform_noise_like(x_fake_const, models.image_channels))
         energies = energy_from_output(energy(torch.cat([x, *negatives])), config.energy_form)
         energy_real, energy_fake = energies[:batch].mean(), energies[batch : 2 * batch].mean()
         loss_energy = energy_real - energy_fake
@@ -488,7 +483,6 @@ __all__ = [
     "bound_logvar",
     "posterior",
     "energy_from_output",
-    "image_channels",
     "in_channel_mode",
     "kl_to_prior",
     "langevin_refine",
