@@ -404,3 +404,23 @@ def test_fid_kid_and_is_agree_with_torch_fidelity_on_the_same_features():
     assert inception_score(logits, splits=10) == pytest.approx(
         (isc["inception_score_mean"], isc["inception_score_std"]), rel=1e-9
     )
+
+
+def test_posterior_metrics_measure_the_codes_distance_from_the_prior_by_hand():
+    from progressive.eval.metrics import posterior_metrics
+
+    codes = torch.tensor([[1.0, 0.0, 5.0], [3.0, 0.0, 5.0], [1.0, 2.0, 5.0], [3.0, 2.0, 5.0]])
+    by_image = dict(zip((float(i) for i in range(4)), codes, strict=True))
+
+    def inference(images):  # each "image" carries its index in its first pixel
+        mu = torch.stack([by_image[float(v)] for v in images[:, 0, 0, 0]])
+        return mu, torch.zeros_like(mu)
+
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    result = posterior_metrics(inference, [images[:3], images[3:]])
+    variance = 4.0 / 3.0  # unbiased, both varying units; the third unit is constant at 5
+    frechet = (2.0**2 + 1.0**2 + 5.0**2) + 2 * (variance + 1 - 2 * math.sqrt(variance)) + (0 + 1 - 0)
+    assert result["posterior/frechet_prior"] == pytest.approx(frechet, rel=1e-9)
+    assert result["posterior/mean_norm"] == pytest.approx(math.sqrt(30.0))
+    assert result["posterior/active_units"] == 2
+    assert result["posterior/largest_variance"] == pytest.approx(variance)

@@ -555,6 +555,36 @@ def reconstruction_metrics(
     return reconstruction_summary(torch.cat(errors))
 
 
+# A latent unit is active when its posterior mean varies across images by more than this (Burda et al. 2016).
+ACTIVE_UNIT_VARIANCE = 0.01
+
+
+def posterior_metrics(
+    inference: nn.Module,  # q(z|x) at the stage evaluated
+    real_batches: Iterable[torch.Tensor],  # held-out images, on the network's device
+) -> dict[str, float]:
+    """How far the codes of held-out images lie from the prior N(0, I) that samples are drawn from.
+
+    The Fréchet distance between the Gaussian fit of the posterior means mu(x) and N(0, I), the norm of their
+    mean, and the active units. A generator reconstructs from codes like these but samples from the prior: when
+    the two are far apart, prior samples land where reconstruction never trained it ("holes").
+    """
+    means = [inference(images)[0].float().cpu() for images in real_batches]
+    if not means:
+        raise ValueError("posterior statistics need at least one image")
+    mu = torch.cat(means).double()
+    if mu.shape[0] < 2:
+        raise ValueError("posterior statistics need at least two images")
+    prior = FeatureStatistics(np.zeros(mu.shape[1]), np.eye(mu.shape[1]), count=mu.shape[0])
+    variances = mu.var(dim=0)
+    return {
+        "posterior/frechet_prior": frechet_distance(feature_statistics(mu), prior),
+        "posterior/mean_norm": float(mu.mean(dim=0).norm()),
+        "posterior/active_units": int((variances > ACTIVE_UNIT_VARIANCE).sum()),
+        "posterior/largest_variance": float(variances.max()),
+    }
+
+
 @torch.no_grad()
 def energies(energy: nn.Module, images: torch.Tensor, energy_form: str) -> torch.Tensor:
     """E(x) of each image (B,) on the CPU, from the energy network's raw output and the run's energy form."""
@@ -642,6 +672,10 @@ def _recon(m: MetricInputs) -> dict[str, float]:
     return reconstruction_metrics(bare(m.models.inference), bare(m.models.generator), m.reals())
 
 
+def _posterior(m: MetricInputs) -> dict[str, float]:
+    return posterior_metrics(bare(m.models.inference), m.reals())
+
+
 def _swd(m: MetricInputs) -> dict[str, float]:
     return multiscale_swd(m.reals(), m.generated(m.samples), m.resolution, m.swd_patches, seed=m.seed)
 
@@ -691,6 +725,7 @@ class Metric:
 # Every metric, by the name --metrics takes (docs/evaluation.md explains each).
 METRICS: dict[str, Metric] = {
     "recon": Metric(_recon),
+    "posterior": Metric(_posterior),
     "swd": Metric(_swd),
     "energy": Metric(_energy),
     "diversity": Metric(_diversity),
