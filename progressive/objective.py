@@ -6,7 +6,9 @@ every term below to the paper.
 
 One iteration on a real batch x (B images):
   1. z ~ N(0, I), x_fake = G(z) once.
-  2. Energy step:     L_E = mean E(x) - mean E(stopgrad x_fake) + w_pen * mean over both of E^2.
+  2. Energy step:     L_E = mean E(x) - mean E(stopgrad x_fake) + w_pen * mean over both of E^2;
+                      two options outside D, off in every recipe: x_fake refined by L Langevin steps on E
+                      (langevin_steps), and uniform noise u as more negatives, + w_u (mean E(x) - mean E(u)).
   3. Inference step:  L_I = w_rec * sum||G(z_hat) - x||^2 / B + w_kl * KL(q(z|x) || N(0, I))
                             + w_lat * NLL(z | I(stopgrad x_fake)),   z_hat = mu(x) + exp(s(x)/2) * eps1,
                       with the log-variance s softly bounded to (-c, c) when logvar_bound c > 0.
