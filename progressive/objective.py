@@ -265,8 +265,10 @@ def langevin_refine(energy: nn.Module, images: torch.Tensor, config: TriangleCon
         with torch.enable_grad():
             total = energy_from_output(bare(energy)(x), config.energy_form).sum()
             (gradient,) = torch.autograd.grad(total, x)
-        step = config.langevin_noise * torch.randn_like(x) - config.langevin_step_size * gradient
-        x = (x.detach() + in_channel_mode(step, channels)).clamp_(-1.0, 1.0)
+        # Noise drawn per distinct channel: sigma per pixel in a grayscale run too (a channel mean would shrink it).
+        noise = torch.randn(x.shape[0], channels, *x.shape[2:], device=x.device, dtype=x.dtype).expand_as(x)
+        step = config.langevin_noise * noise - config.langevin_step_size * in_channel_mode(gradient, channels)
+        x = (x.detach() + step).clamp_(-1.0, 1.0)
     return x
 
 

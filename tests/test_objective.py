@@ -483,3 +483,12 @@ def test_langevin_steps_without_noise_are_gradient_descent_on_the_energy():
     with torch.no_grad():
         assert (net(refined) < net(images)).all()  # every image's energy went down
     assert not refined.requires_grad and images.grad is None
+
+
+def test_langevin_noise_has_its_stated_size_in_a_grayscale_run_too():
+    flat = lambda t: t.sum(dim=(1, 2, 3)) * 0.0  # noqa: E731  (no gradient: the step is the noise alone)
+    config = TriangleConfig(langevin_steps=1, langevin_noise=0.1)
+    torch.manual_seed(0)
+    for channels in (1, 3):
+        moved = langevin_refine(flat, torch.zeros(64, 3, 32, 32), config, channels=channels)
+        assert moved.std().item() == pytest.approx(0.1, rel=0.03)
