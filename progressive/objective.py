@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from progressive.models import bare
+from progressive.nets.layers import as_rgb
 from progressive.updates import TriangleOptimizers, Update, plain_update
 
 ENERGY_FORMS = ("identity", "softplus", "tanh", "sigmoid")
@@ -242,13 +243,13 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
 
 def in_channel_mode(t: torch.Tensor, channels: int) -> torch.Tensor:
     """t (B, 3, R, R) as an image of `channels` distinct channels: its channel mean, three times, when 1."""
-    return t if channels == 3 else t.mean(dim=1, keepdim=True).expand_as(t)
+    return t if channels == 3 else as_rgb(t.mean(dim=1, keepdim=True))
 
 
 def uniform_noise_like(images: torch.Tensor, channels: int) -> torch.Tensor:
     """Uniform noise in [-1, 1] of the images' shape, in their channel mode (grey noise for a grayscale run)."""
     noise = torch.rand(images.shape[0], channels, *images.shape[2:], device=images.device, dtype=images.dtype)
-    return (noise * 2.0 - 1.0).expand_as(images)
+    return as_rgb(noise * 2.0 - 1.0)
 
 
 def langevin_refine(energy: nn.Module, images: torch.Tensor, config: TriangleConfig, channels: int = 3) -> torch.Tensor:
@@ -266,7 +267,7 @@ def langevin_refine(energy: nn.Module, images: torch.Tensor, config: TriangleCon
             total = energy_from_output(bare(energy)(x), config.energy_form).sum()
             (gradient,) = torch.autograd.grad(total, x)
         # Noise drawn per distinct channel: sigma per pixel in a grayscale run too (a channel mean would shrink it).
-        noise = torch.randn(x.shape[0], channels, *x.shape[2:], device=x.device, dtype=x.dtype).expand_as(x)
+        noise = as_rgb(torch.randn(x.shape[0], channels, *x.shape[2:], device=x.device, dtype=x.dtype))
         step = config.langevin_noise * noise - config.langevin_step_size * in_channel_mode(gradient, channels)
         x = (x.detach() + step).clamp_(-1.0, 1.0)
     return x
