@@ -86,6 +86,38 @@ def make_loader(dataset: Dataset, sampler: StreamBatchSampler, workers: int, pin
     )
 
 
+class WorkerLost(RuntimeError):
+    """A DataLoader worker died (killed, out of memory): its batches are gone; the last checkpoint is intact."""
+
+
+def loader_batches(loader: DataLoader) -> Iterator[torch.Tensor]:
+    """The batches of `loader`, reporting a dead worker as `WorkerLost`, at the `next()` that misses its batch.
+
+    PyTorch learns of a dead worker two ways: a SIGCHLD handler that raises its RuntimeError asynchronously,
+    wherever the main thread happens to be (even inside the code that reports the first failure), and a
+    liveness check at `next()` while it waits for a batch (every few seconds). Only the second is kept: the
+    handler goes back to the default once the iterator exists (torch installs it, once per process, when
+    the first iterator with workers starts), so a worker's death is one exception, raised here.
+    """
+    iterator = iter(loader)
+    if loader.num_workers > 0 and hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    while True:
+        try:
+            batch = next(iterator)
+        except (ConnectionError, EOFError) as error:  # the worker died while handing over a batch
+            raise WorkerLost(f"lost the connection to a DataLoader worker ({error})") from error
+        except RuntimeError as error:  # torch's "DataLoader worker (pid(s) ...) exited unexpectedly"
+            # The iterator's worker processes (a private attribute of torch's iterator, the only place they are
+            # listed): a RuntimeError while one of them is dead is that death; any other is not ours to rename.
+            dead = [worker.pid for worker in getattr(iterator, "_workers", []) if not worker.is_alive()]
+            if not dead:
+                raise
+            message = (str(error).strip().splitlines() or [""])[-1].rstrip(". ")
+            raise WorkerLost(message or f"DataLoader worker(s) {dead} exited unexpectedly") from error
+        yield batch
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """Let a DataLoader worker outlive Ctrl-C and pre-emption signals sent to the whole process group.
 

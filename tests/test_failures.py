@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,3 +173,30 @@ def test_damaged_page_structure_is_a_listed_problem(shapes8, tmp_path):
         verify = run_tool("-m", "datasets_prep", "verify", data)
         assert verify.returncode == 1, verify.stderr
         assert seen in verify.stdout and "1 problem(s)" in verify.stdout and not verify.stderr
+
+
+class _DiesAtSecondBatch(torch.utils.data.Dataset):
+    """Eight numbers; the worker that loads index 4 (the second batch of four) kills itself, a second after
+    starting it, by when the first batch has left its queue's feeder thread."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        if index == 4:
+            time.sleep(1)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return torch.tensor(float(index))
+
+
+def test_a_dead_worker_is_one_worker_lost_at_next():
+    from progressive.data import WorkerLost, loader_batches
+
+    loader = torch.utils.data.DataLoader(_DiesAtSecondBatch(), batch_size=4, num_workers=1)
+    batches = loader_batches(loader)
+    assert next(batches).tolist() == [0.0, 1.0, 2.0, 3.0]
+    started = time.monotonic()
+    with pytest.raises(WorkerLost, match="DataLoader worker"):
+        next(batches)
+    assert time.monotonic() - started < DEADLINE_S
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL  # nothing left to raise it again, elsewhere

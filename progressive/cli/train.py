@@ -487,6 +487,7 @@ def train_in(
     """Train in `run_dir` (chosen and locked by the main process) until done, stopped or failed; the exit code."""
     from torch._dynamo.exc import FailOnRecompileLimitHit
 
+    from progressive.data import WorkerLost
     from progressive.train.loop import NonFiniteError, Stopped
 
     main_process = accelerator.is_main_process
@@ -525,15 +526,10 @@ def train_in(
         detail = (str(error).strip().splitlines() or [""])[0]
         message = f"--compile {config.compile}: recompilation budget exhausted ({detail}); checkpoints written are "
         return report(main_process, message + "intact: continue with --resume latest --compile no", EXIT_FAILED)
-    except (ConnectionError, EOFError) as error:  # e.g. a DataLoader worker died while handing over a batch
-        message = f"lost the connection to a DataLoader worker ({error}); continue with --resume latest"
-        return report(True, message, EXIT_FAILED)  # the rank whose worker died is the one that knows
+    except WorkerLost as error:  # the rank whose worker died is the one that knows
+        return report(True, f"{error}; continue with --resume latest", EXIT_FAILED)
     except OSError as error:  # a full disk or a lost file system while writing; the last checkpoint is intact
         return report(main_process, f"{original_message(error)}; continue with --resume latest", EXIT_FAILED)
-    except RuntimeError as error:  # PyTorch's own report of a dead worker ("... exited unexpectedly", "... killed")
-        if "DataLoader worker" not in str(error):
-            raise
-        return report(True, f"{original_message(error).rstrip('. ')}; continue with --resume latest", EXIT_FAILED)
     except Stopped as stop:
         log.info("%s; continue with --resume latest", stop)
         accelerator.end_training()

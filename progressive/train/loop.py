@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from progressive.data import STOP_SIGNALS, StreamBatchSampler, make_loader
+from progressive.data import STOP_SIGNALS, StreamBatchSampler, loader_batches, make_loader
 from progressive.models import bare, set_network_stage, update_ema
 from progressive.nets.layers import batch_statistics_over_processes, global_batch_norms, running_statistics_frozen
 from progressive.objective import STAT_NAMES, triangle_step
@@ -217,7 +217,7 @@ class Trainer:
             world_size=self.world,
         )
         loader = make_loader(self.dataset, sampler, self.config.workers, pin_memory=self.device.type == "cuda")
-        return iter(loader)
+        return loader_batches(loader)
 
     def _real_batch(self, batch: torch.Tensor, stage: Stage, noise: IterationNoise) -> torch.Tensor:
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
