@@ -387,7 +387,7 @@ def test_bench_refuses_no_workers(capsys):
 def test_limit_on_a_huge_synthetic_source_lists_only_what_it_builds(tmp_path):
     command = [sys.executable, "-m", "datasets_prep", "build", "synthetic:shapes?n=100000000", str(tmp_path / "db"),
                "--max-res", "8", "--limit", "2", "--workers", "1", "--no-progress"]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, timeout=60)  # a listing of 1e8 items would not fit
+    subprocess.run(command, check=True, capture_output=True, timeout=180)  # a listing of 1e8 items would not fit
     assert read_metadata(tmp_path / "db")["count"] == {"train": 2, "holdout": 0}
 
 

@@ -31,9 +31,9 @@ def test_simultaneous_starts_each_get_their_own_number(tmp_path):
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(timeout=60)
+        worker.join(timeout=180)
     assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
-    names = sorted(made.get(timeout=5) for _ in range(20))
+    names = sorted(made.get(timeout=60) for _ in range(20))
     assert names == [f"{n:05d}-race" for n in range(20)]
 
 
@@ -63,7 +63,7 @@ def test_second_run_in_a_busy_directory_is_refused_and_a_dead_runs_lock_is_recov
         assert not second.stdout
     finally:
         first.kill()
-        first.wait(timeout=60)
+        first.wait(timeout=180)
 
     # kill -9 left its lock file (and here a temporary file of a save); the next resume takes over.
     run_dir = out / "00000-tiny-8"

@@ -293,7 +293,7 @@ def test_ctrl_c_checkpoints_at_the_iteration_boundary_and_resume_is_exact(tmp_pa
             break
     lines += process.stdout.readlines()
     output = "".join(lines)
-    assert process.wait(timeout=120) == 128 + signal.SIGINT, output
+    assert process.wait(timeout=300) == 128 + signal.SIGINT, output
     assert "stopped by SIGINT at" in output and "continue with --resume latest" in output
     state = _final_checkpoint(stopped)
     assert 48 <= state["images_shown"] < 240  # a checkpoint where it stopped, not at the end
@@ -417,7 +417,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_iteration(tmp_pa
             os.kill(int(workers[0]), signal.SIGTERM)
             break
     lines += launcher.stdout.readlines()
-    launcher.wait(timeout=120)
+    launcher.wait(timeout=300)
     output = "".join(lines)
     assert output.count("stopped by SIGTERM at") == 1, output[-3000:]  # logged once, by rank 0
     state = _final_checkpoint(out)
@@ -448,13 +448,13 @@ def test_two_machines_simulated_on_one_stop_on_sigterm_and_resume(tmp_path, lmdb
             break
     for node in nodes:  # what a scheduler does at the end of a job's time: SIGTERM to each node's launcher
         node.send_signal(signal.SIGTERM)
-    outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert "stopped by SIGTERM at" in outputs[0], outputs[0][-3000:]
     stopped_at = _final_checkpoint(out)["images_shown"]
     assert 48 <= stopped_at < 100_000
 
     nodes = [launch(rank, "--kimg", f"{(stopped_at + 8) / 1000}", "--resume", "latest") for rank in (0, 1)]
-    outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:]
     state = _final_checkpoint(out)
     assert state["images_shown"] == stopped_at + 8 and len(state["rank_digests"]) == 2
