@@ -1,6 +1,13 @@
-"""Shared test settings and helpers.
+"""Shared test settings, helpers and fixtures.
 
 One intra-op thread: tiny networks run fastest that way, and suites share 2 cores.
+
+The tests sit in folders that mirror the package (tests/train/ for progressive/train/, tests/datasets_prep/ for
+datasets_prep/, ...) and are imported with --import-mode=importlib (setup.cfg), so two folders may hold files of
+the same name and no folder shadows the package it mirrors. Test modules import the helpers below as
+`from conftest import ...`: pytest loads this file as `tests.conftest`, and it registers itself under the plain name
+too, so there is one module, not two copies. Never `tests.*`: torch-fidelity installs a top-level package of that
+name (docs/evaluation.md).
 """
 
 import os
@@ -15,6 +22,8 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+
+sys.modules.setdefault("conftest", sys.modules[__name__])
 
 torch.set_num_threads(1)
 

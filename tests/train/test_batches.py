@@ -1,10 +1,9 @@
 """Batch sizes fitted to a GPU's memory (`--batch auto`), the legacy table, and the documented tables."""
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import run_train_main
+from conftest import ROOT, run_train_main
 
 from progressive.cli.train import main
 from progressive.nets.layers import resolutions
@@ -13,7 +12,6 @@ from progressive.train.batches import fitted_batch_sizes, memory_table, usable_g
 from progressive.train.checkpoint import saved_schedule
 from progressive.train.schedule import LEGACY_BATCH_SIZES, ScheduleConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 CELEBAHQ = ScheduleConfig.for_preset("celebahq")
 MEMORY = preset("celebahq").memory
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, idx_bytes, run_train_main
 from conftest import TINY_RUN as TINY
-from conftest import idx_bytes, run_train_main
 
 from progressive.eval.landscape import (
     LandscapeSettings,
@@ -232,7 +232,7 @@ def labelled_run(tmp_path_factory) -> dict[str, Path]:
     data = root / "bars.lmdb"
     command = [sys.executable, "-m", "datasets_prep", "build", f"fashion-mnist:{root / 'idx'}", str(data),
                "--max-res", "32", "--workers", "1", "--no-progress"]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
     assert run_train_main([*TINY, "--data", str(data), "--out", str(root / "runs")]) == 0
     return {"data": data, "checkpoint": root / "runs" / "00000-tiny-16" / "checkpoints" / "checkpoint-000000240.pt"}
 

@@ -19,8 +19,6 @@ from PIL import Image
 from progressive.cli import evaluate, export, export_video
 from progressive.eval.metrics import energies
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, build_shapes_lmdb) -> dict[str, Path]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, StandInInception, idx_bytes, run_train_main
 from conftest import TINY_RUN as TINY
-from conftest import StandInInception, idx_bytes, run_train_main
 
 from progressive.cli import evaluate
 from progressive.eval import classifier as classifier_module
@@ -28,7 +28,6 @@ from progressive.eval.classifier import (
     train_classifier,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ClassifierSettings(epochs=3, batch_size=16, width=8, feature_dim=16)  # seconds, not minutes
 
 

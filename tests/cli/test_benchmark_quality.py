@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from progressive.objective import recipe_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _benchmark_module():

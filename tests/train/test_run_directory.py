@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from datasets_prep.locking import DirectoryBusy, DirectoryLock
 from progressive.train.checkpoint import list_checkpoints
 from progressive.train.run_directory import create_run_directory
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "launch" / "train.py"), "--preset", "tiny", "--res", "8", "--workers", "0"]
 
 

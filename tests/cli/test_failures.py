@@ -15,8 +15,7 @@ from pathlib import Path
 import lmdb
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 # Far above the few seconds these runs need to fail, also on a machine busy with another training (tenfold
 # slower); a hang is what exceeds it.

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from conftest import run_train_main as train
 
 from progressive.objective import recipe_config
 from progressive.train.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_atomically
 
-ROOT = Path(__file__).resolve().parents[1]
 # 4x4 stable, 8x8 fade + stable, 16x16 fade + stable: two resolution changes in 240 images.
 TINY = [
     "--preset", "tiny", "--res", "16", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
