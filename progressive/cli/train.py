@@ -34,6 +34,7 @@ from progressive.presets import PRESETS, default_preset
 from progressive.train.batches import choose_batch_sizes, smallest_gpu_memory_gib
 from progressive.train.checkpoint import (
     CheckpointError,
+    ConfigurationMismatch,
     load_checkpoint,
     remove_stale_temporaries,
     resolve_resume,
@@ -429,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint_path is not None:
             try:
                 trainer.load_state_dict(state, checkpoint_path)
-            except CheckpointError as error:
-                if args.batch and "schedule.batch_size" in str(error):
+            except ConfigurationMismatch as error:
+                if args.batch and {"schedule.batch_size", "schedule.batch_sizes"} & set(error.changes):
                     raise CheckpointError(f"{error} (without --batch, a resumed run keeps its batch sizes)") from error
                 raise
             except (KeyError, RuntimeError, TypeError) as error:  # a missing entry, a tensor of another shape

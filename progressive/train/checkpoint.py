@@ -26,6 +26,15 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, of another kind, or incompatible with the run."""
 
 
+class ConfigurationMismatch(CheckpointError):
+    """A checkpoint trained with another configuration; `changes` is {key: (saved, current)}, nested keys 'a.b'."""
+
+    def __init__(self, source: Path, changes: dict[str, tuple[Any, Any]]):
+        listed = "; ".join(f"{key}: {a!r} -> {b!r}" for key, (a, b) in changes.items())
+        super().__init__(f"{source} was trained with a different configuration: {listed}")
+        self.changes = changes
+
+
 @dataclass
 class CheckpointContents:
     """What a checkpoint holds: the one description of its layout, written by the trainer and read by resumption

@@ -186,8 +186,8 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
 }
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'key: saved -> current' for every value that differs, ignoring RESUMABLE_CHANGES.
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved, current)} for every value that differs, ignoring RESUMABLE_CHANGES; nested keys as 'a.b'.
 
     Both sides are compared as JSON (so per-resolution tables compare equal whatever their key type);
     values missing from `saved` that ADDED_LATER knows take their older-behaviour value.
@@ -196,17 +196,20 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     saved = {**ADDED_LATER[""], **saved}
     if isinstance(saved.get("objective"), dict):
         saved["objective"] = {**ADDED_LATER["objective"], **saved["objective"]}
-    differences = []
+    changes: dict[str, tuple[Any, Any]] = {}
     for key in sorted(set(saved) | set(current)):
         if key in RESUMABLE_CHANGES:
             continue
         a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
         if isinstance(a, dict) and isinstance(b, dict):
-            differences += [
-                f"{key}.{inner}: {a.get(inner, '<missing>')!r} -> {b.get(inner, '<missing>')!r}"
-                for inner in sorted(set(a) | set(b))
-                if a.get(inner, "<missing>") != b.get(inner, "<missing>")
-            ]
+            for inner in sorted(set(a) | set(b)):
+                if a.get(inner, "<missing>") != b.get(inner, "<missing>"):
+                    changes[f"{key}.{inner}"] = (a.get(inner, "<missing>"), b.get(inner, "<missing>"))
         elif a != b:
-            differences.append(f"{key}: {a!r} -> {b!r}")
-    return differences
+            changes[key] = (a, b)
+    return changes
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key: saved -> current' for every value that differs (config_changes), for messages."""
+    return [f"{key}: {a!r} -> {b!r}" for key, (a, b) in config_changes(saved, current).items()]

@@ -32,12 +32,13 @@ from progressive.objective import STAT_NAMES, triangle_step
 from progressive.train.checkpoint import (
     CheckpointContents,
     CheckpointError,
+    ConfigurationMismatch,
     checkpoint_name,
     prune_checkpoints,
     save_atomically,
 )
 from progressive.train.compile import recompilation_budget
-from progressive.train.config import TrainConfig, config_differences
+from progressive.train.config import TrainConfig, config_changes
 from progressive.train.noise import IterationNoise, draw_noise
 from progressive.train.optim import apply_learning_rates
 from progressive.train.prepare import prepare_training
@@ -160,9 +161,9 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
         """Restore a checkpoint after checking it belongs to this configuration and dataset."""
         saved = CheckpointContents.from_dict(state)
-        differences = config_differences(json.loads(saved.config), self.config.to_dict())
-        if differences:
-            raise CheckpointError(f"{source} was trained with a different configuration: " + "; ".join(differences))
+        changes = config_changes(json.loads(saved.config), self.config.to_dict())
+        if changes:
+            raise ConfigurationMismatch(source, changes)
         if saved.dataset_fingerprint != self.dataset.fingerprint:
             raise CheckpointError(
                 f"{source} was trained on dataset {saved.dataset_fingerprint}, not {self.dataset.fingerprint}"
