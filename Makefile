@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
-.PHONY: demo test lint install install-dev install-video clean
+.PHONY: demo test test-quick lint install install-dev install-video clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ lint: $(VENV)/.installed-dev
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The inner loop: the tests not marked slow (about a minute on 2 cores); `make test` runs them all.
+test-quick: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

@@ -8,6 +8,9 @@ the same name and no folder shadows the package it mirrors. Test modules import 
 `from conftest import ...`: pytest loads this file as `tests.conftest`, and it registers itself under the plain name
 too, so there is one module, not two copies. Never `tests.*`: torch-fidelity installs a top-level package of that
 name (docs/evaluation.md).
+
+Tests that take more than about 5 s on 2 cores are marked `slow`: `python -m pytest -m "not slow"` is the quick
+inner loop, `make test` runs everything.
 """
 
 import os
@@ -20,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from progressive.train.checkpoint import list_checkpoints, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,12 +74,61 @@ def accelerate_command():
     return _accelerate_command
 
 
-# A 16x16 tiny run of 240 images (4x4, the 8x8 fade and stable phase, the 16x16 fade and stable phase), one tick
-# and one checkpoint, at the end: the trained run the export, evaluation, classifier and landscape tests read.
-TINY_RUN = [
+# The tiny preset trained to 16x16: 4x4 stable, 8x8 fade + stable, 16x16 fade + stable, 48 images each, so two
+# resolution changes in 240 images; a tick every 48 images, snapshots and checkpoints every 96. Tests add --data,
+# --out and --kimg (and override other flags: the last one given counts).
+TINY = [
     "--preset", "tiny", "--res", "16", "--fade-images", "48", "--stable-images", "48", "--batch", "4",
-    "--workers", "0", "--tick-kimg", "0.24", "--snapshot-kimg", "1", "--checkpoint-kimg", "1", "--kimg", "0.24",
+    "--workers", "0", "--tick-kimg", "0.048", "--snapshot-kimg", "0.096", "--checkpoint-kimg", "0.096",
 ]  # fmt: skip
+
+# TINY trained to its end (240 images) with one tick, one snapshot and one checkpoint, all at the end: the trained
+# run the export, evaluation, classifier and landscape tests read (checkpoint-000000240.pt is its only checkpoint).
+TINY_RUN = [*TINY, "--tick-kimg", "0.24", "--snapshot-kimg", "1", "--checkpoint-kimg", "1", "--kimg", "0.24"]
+
+
+@pytest.fixture(scope="session")
+def lmdb16(tmp_path_factory) -> Path:
+    """48 synthetic shapes up to 16x16, 8 of them held out: the data of the TINY runs. Built once per session;
+    tests only read it (those that damage data copy it first)."""
+    return _build_shapes_lmdb(tmp_path_factory.mktemp("data") / "shapes16.lmdb", 48, max_res=16, holdout=8)
+
+
+@pytest.fixture(scope="session")
+def unlabelled16(tmp_path_factory) -> Path:
+    """12 synthetic shapes up to 16x16, 4 held out: a small dataset without class labels (read only)."""
+    return _build_shapes_lmdb(tmp_path_factory.mktemp("data") / "unlabelled16.lmdb", 12, max_res=16, holdout=4)
+
+
+@pytest.fixture(scope="session")
+def unlabelled32(tmp_path_factory) -> Path:
+    """12 synthetic shapes up to 32x32, 4 held out: a small dataset without class labels (read only)."""
+    return _build_shapes_lmdb(tmp_path_factory.mktemp("data") / "unlabelled32.lmdb", 12, max_res=32, holdout=4)
+
+
+def final_checkpoint(out: Path, images: int | None = None) -> dict:
+    """The newest run's last checkpoint under the root of runs `out`, or its checkpoint at `images` images shown."""
+    runs = sorted(p for p in out.iterdir() if p.is_dir() and p.name[:5].isdigit())
+    if images is not None:
+        return load_checkpoint(runs[-1] / "checkpoints" / f"checkpoint-{images:09d}.pt")
+    return load_checkpoint(list_checkpoints(runs[-1] / "checkpoints")[-1])
+
+
+def assert_same_training_state(a: dict, b: dict, atol: float = 0.0) -> None:
+    """Two checkpoints at the same image count with the same weights and moving average (up to `atol`)."""
+    assert a["images_shown"] == b["images_shown"]
+    for group in ("networks",):
+        for name in a[group]:
+            for key, value in a[group][name].items():
+                torch.testing.assert_close(value, b[group][name][key], rtol=0, atol=atol, msg=f"{group}.{name}.{key}")
+    for key, value in a["generator_ema"].items():
+        torch.testing.assert_close(value, b["generator_ema"][key], rtol=0, atol=atol, msg=f"generator_ema.{key}")
+
+
+def is_gray(images: torch.Tensor) -> bool:
+    """Whether images (B, 3, H, W) have three exactly equal channels."""
+    assert images.ndim == 4 and images.shape[1] == 3, f"expected (B, 3, H, W), got {tuple(images.shape)}"
+    return torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2])
 
 
 def run_train_main(args: list[str]) -> int:

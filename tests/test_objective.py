@@ -277,6 +277,7 @@ def test_bad_input_is_rejected_with_what_was_expected():
         TriangleConfig(kl_reduction="max")
 
 
+@pytest.mark.slow
 def test_short_training_run_reduces_reconstruction_error():
     torch.manual_seed(0)
     models = build_models("cifar10-tiny")

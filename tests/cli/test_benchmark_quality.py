@@ -45,6 +45,7 @@ def cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
+@pytest.mark.slow
 def test_two_configurations_give_tables_grids_and_json_and_a_second_run_skips_them(tmp_path, lmdb8, capsys):
     out = tmp_path / "quality"
     train_args = "--fade-images 16 --stable-images 16 --batch 4 --workers 0 --tick-kimg 0.016"

@@ -21,10 +21,10 @@ from progressive.eval.metrics import energies
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, build_shapes_lmdb) -> dict[str, Path]:
-    """A 16x16 tiny run trained for 240 images on a shapes LMDB with 8 held-out images."""
+def trained(tmp_path_factory, lmdb16) -> dict[str, Path]:
+    """A 16x16 tiny run trained for 240 images on the shapes LMDB with 8 held-out images (conftest's lmdb16)."""
     root = tmp_path_factory.mktemp("exports")
-    data = build_shapes_lmdb(root / "shapes16.lmdb", 48, max_res=16, holdout=8)
+    data = lmdb16
     assert run_train_main([*TINY, "--data", str(data), "--out", str(root / "runs")]) == 0
     run_dir = root / "runs" / "00000-tiny-16"
     images = root / "images"
@@ -255,6 +255,7 @@ def test_evaluate_refuses_fid_without_weights_and_unknown_metrics(trained, tmp_p
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_console_scripts_are_installed_and_answer_help():
     for script in (
         "triangle-export-video",

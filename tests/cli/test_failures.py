@@ -80,6 +80,7 @@ def shapes8(build_shapes_lmdb, tmp_path_factory):
     return build_shapes_lmdb(tmp_path_factory.mktemp("data") / "shapes8", images=256, max_res=8, holdout=0)
 
 
+@pytest.mark.slow
 def test_damaged_image_ends_the_run_with_one_line(shapes8, tmp_path):
     data = tmp_path / "damaged"
     subprocess.run(["cp", "-r", str(shapes8), str(data)], check=True)
@@ -93,6 +94,7 @@ def test_damaged_image_ends_the_run_with_one_line(shapes8, tmp_path):
     assert last.startswith("error: ") and "train image 100 at 8x8" in last and "verify --full" in last
 
 
+@pytest.mark.slow
 def test_failed_checkpoint_write_ends_the_run(shapes8, tmp_path):
     def small_files_only():  # a disk that takes the logs and snapshots, but no checkpoint (about 110 kB here)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so a write past the limit fails instead of killing
@@ -110,6 +112,7 @@ def test_failed_checkpoint_write_ends_the_run(shapes8, tmp_path):
     assert not list((tmp_path / "runs").glob("*/checkpoints/*"))  # no partial file left behind
 
 
+@pytest.mark.slow
 def test_killed_worker_ends_the_run(shapes8, tmp_path):
     command = train_command(shapes8, tmp_path / "runs", "--kimg", "50", "--tick-kimg", "0.1")
     process = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -127,6 +130,7 @@ def test_killed_worker_ends_the_run(shapes8, tmp_path):
     assert any(how in last for how in ("exited unexpectedly", "killed by signal", "lost the connection to"))
 
 
+@pytest.mark.slow
 def test_killed_worker_of_one_rank_ends_every_rank(shapes8, tmp_path, accelerate_command):
     command, env = accelerate_command(train_args(shapes8, tmp_path / "runs", "--kimg", "50", "--tick-kimg", "0.1"))
     launcher = subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -145,6 +149,7 @@ def run_tool(*args, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [0.9, 40_000], ids=["90-percent", "40-kB"])
 def test_truncated_lmdb_is_one_line_for_every_reader(shapes8, tmp_path, keep):
     data = tmp_path / "truncated"
@@ -193,6 +198,7 @@ class _DiesAtSecondBatch(torch.utils.data.Dataset):
         return torch.tensor(float(index))
 
 
+@pytest.mark.slow
 def test_a_dead_worker_is_one_worker_lost_at_next():
     from progressive.data import WorkerLost, loader_batches
 

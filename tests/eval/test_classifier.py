@@ -136,22 +136,22 @@ def test_load_or_train_caches_by_dataset_and_settings_and_checks_the_weights(lab
         load_or_train_classifier(labelled_lmdb, cache, settings=FAST)
 
 
-def test_an_unlabelled_dataset_has_no_classifier(build_shapes_lmdb, tmp_path):
-    shapes = build_shapes_lmdb(tmp_path / "shapes.lmdb", 12, max_res=32, holdout=4)
+def test_an_unlabelled_dataset_has_no_classifier(unlabelled32, unlabelled16, tmp_path):
+    shapes = unlabelled32
     with pytest.raises(ClassifierUnavailable, match="no class labels"):
         load_or_train_classifier(shapes, tmp_path / "cache")
-    small = build_shapes_lmdb(tmp_path / "shapes16.lmdb", 12, max_res=16, holdout=4)
+    small = unlabelled16
     with pytest.raises(ClassifierUnavailable, match="no 32x32 images"):
         load_or_train_classifier(small, tmp_path / "cache")
 
 
 def test_the_command_prints_accuracy_and_cache_and_refuses_unlabelled_data(
-    labelled_lmdb, build_shapes_lmdb, tmp_path, capsys
+    labelled_lmdb, unlabelled32, tmp_path, capsys
 ):
     assert classifier_module.main([str(labelled_lmdb), "--cache", str(tmp_path), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "test accuracy " in printed and f"cache {tmp_path}" in printed
-    shapes = build_shapes_lmdb(tmp_path / "shapes.lmdb", 12, max_res=32, holdout=4)
+    shapes = unlabelled32
     assert classifier_module.main([str(shapes), "--cache", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "no class labels" in err
@@ -190,12 +190,12 @@ def test_evaluate_classifier_and_energy_on_a_labelled_gray_set(gray_run, tmp_pat
 
 
 def test_evaluate_without_labels_skips_the_classifier_or_refuses_it_by_name(
-    gray_run, build_shapes_lmdb, tmp_path, capsys, monkeypatch
+    gray_run, unlabelled16, tmp_path, capsys, monkeypatch
 ):
     from progressive.eval import inception
 
     monkeypatch.setattr(inception, "bundled_inception_file", lambda: None)
-    shapes = build_shapes_lmdb(tmp_path / "shapes.lmdb", 12, max_res=16, holdout=4)
+    shapes = unlabelled16
     out = tmp_path / "e.json"
     base = [str(gray_run), "--data", str(shapes), "--out", str(out), "--swd-patches", "8"]
     assert evaluate.main([*base, "--metrics", "classifier"]) == 2

@@ -237,7 +237,8 @@ def labelled_run(tmp_path_factory) -> dict[str, Path]:
     return {"data": data, "checkpoint": root / "runs" / "00000-tiny-16" / "checkpoints" / "checkpoint-000000240.pt"}
 
 
-def test_the_command_names_minima_and_measures_the_basins_purity(labelled_run, build_shapes_lmdb, tmp_path, capsys):
+@pytest.mark.slow
+def test_the_command_names_minima_and_measures_the_basins_purity(labelled_run, unlabelled16, tmp_path, capsys):
     from PIL import Image
 
     from progressive.cli import energy_landscape
@@ -268,7 +269,7 @@ def test_the_command_names_minima_and_measures_the_basins_purity(labelled_run, b
         line = next(line for line in printed.splitlines() if line.startswith("figure 11: "))
         assert "named with confidence >= 0.9" in line and "real test images" in line and "basin purity" in line
     # Without labels the rest is written, and the summary line says why there are no names and no purity.
-    shapes = build_shapes_lmdb(tmp_path / "shapes.lmdb", 12, max_res=16, holdout=4)
+    shapes = unlabelled16
     args = [str(labelled_run["checkpoint"]), "--out", str(tmp_path / "unlabelled"), "--data", str(shapes), *small]
     assert energy_landscape.main(args) == 0
     report = json.loads((tmp_path / "unlabelled" / "landscape.json").read_text())

@@ -44,6 +44,7 @@ def all_outputs(generator, energy, inference, z, x):
     return {"generator": generator(z), "energy": energy(x), "mu": mu, "logvar": logvar}
 
 
+@pytest.mark.slow
 def test_every_resolution_and_alpha_gives_finite_outputs_of_the_right_shape():
     torch.manual_seed(0)
     models = build_models("tiny1024")

@@ -114,6 +114,7 @@ def test_bad_batch_input_is_one_line_and_exit_2(capsys, monkeypatch, flags, prec
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_training_writes_the_fitted_batches_and_a_resumed_run_keeps_them(tmp_path, capsys):
     # celebahq's networks trained at 4x4 only, on a pretend GPU that fits 4 images (CPU: the fit is by the flag).
     def train(*flags: str) -> int:

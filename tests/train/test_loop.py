@@ -1,9 +1,6 @@
-"""Pieces of the training loop: data order, noise, loss scaling per network, moving average, config."""
+"""Pieces of the training loop: data order, noise, loss scaling per network, moving average."""
 
 from __future__ import annotations
-
-import json
-import math
 
 import pytest
 import torch
@@ -12,8 +9,7 @@ from torch import nn
 from progressive.data import StreamBatchSampler
 from progressive.models import update_ema
 from progressive.objective import TriangleConfig
-from progressive.train.config import config_differences, merge_config, preset_config
-from progressive.train.health import health_warnings, record_extremes, sample_diversity
+from progressive.train.config import preset_config
 from progressive.train.loop import ema_beta
 from progressive.train.noise import draw_noise
 from progressive.updates import GuardedUpdate
@@ -115,49 +111,3 @@ def test_moving_average_has_the_configured_half_life():
     for _ in range(10):
         update_ema(average, current, beta)
     torch.testing.assert_close(average.weight, torch.full((2, 2), 0.5))
-
-
-def test_configuration_round_trips_through_json_and_names_differences():
-    config = preset_config("demo")
-    restored = merge_config(preset_config("demo"), json.loads(config.to_json()))
-    assert restored == config
-    changed = merge_config(config, {"seed": 5, "objective": {"weight_kl": 2.0}, "kimg": 99.0})
-    differences = config_differences(config.to_dict(), changed.to_dict())
-    assert differences == ["objective.weight_kl: 1.0 -> 2.0", "seed: 0 -> 5"]  # kimg may change on resume
-    with pytest.raises(ValueError, match="unknown TriangleConfig keys: weight_klx"):
-        merge_config(config, {"objective": {"weight_klx": 1}})
-
-
-def _tick(**changes) -> dict[str, float]:
-    values = {"energy_abs_max": 5.0, "logvar_min": -4.0, "logvar_max": 1.0, "latent_nll": 80.0}
-    return {**values, "sample_spread": 0.4, "data_spread": 0.5, **changes}
-
-
-def test_health_warnings_name_each_statistic_out_of_its_range():
-    objective = TriangleConfig()
-    assert health_warnings(_tick(), 64, objective) == []
-    assert sample_diversity(_tick()) == pytest.approx(0.8)
-    cases = {
-        "energies reach |E| = 2e+03": _tick(energy_abs_max=2e3),
-        "posterior log-variance spans [-12": _tick(logvar_min=-12.0),
-        "per latent dimension": _tick(latent_nll=64 * 11.0),
-        "samples collapse": _tick(sample_spread=0.01),
-    }
-    for message, values in cases.items():
-        (warning,) = health_warnings(values, 64, objective)
-        assert message in warning, warning
-    assert len(health_warnings(_tick(energy_abs_max=float("nan"), logvar_max=float("inf")), 64, objective)) == 2
-    # One image per process gives no spread: diversity is not measured, so it neither warns nor counts.
-    unmeasured = _tick(sample_spread=0.0, data_spread=0.0)
-    assert math.isnan(sample_diversity(unmeasured)) and health_warnings(unmeasured, 64, objective) == []
-    # Without the latent term (the VAE part alone) the latent NLL is not trained, so it is not judged.
-    assert health_warnings(_tick(latent_nll=64 * 11.0), 64, objective.replace(weight_latent=0.0)) == []
-
-
-def test_run_extremes_keep_the_worst_tick():
-    health: dict[str, float] = {}
-    record_extremes(health, _tick())
-    record_extremes(health, _tick(energy_abs_max=9.0, logvar_min=-2.0, sample_spread=0.1))
-    record_extremes(health, _tick(energy_abs_max=3.0, logvar_max=2.5))
-    record_extremes(health, _tick(sample_spread=0.0, data_spread=0.0))  # diversity not measured: ignored
-    assert health == {"energy_abs_max": 9.0, "logvar_min": -4.0, "logvar_max": 2.5, "diversity_min": 0.2}

@@ -47,6 +47,7 @@ def test_lock_refuses_a_second_holder_and_is_free_again_after_release(tmp_path):
     second.release()
 
 
+@pytest.mark.slow
 def test_second_run_in_a_busy_directory_is_refused_and_a_dead_runs_lock_is_recovered(tmp_path):
     out = tmp_path / "runs"
     first = subprocess.Popen([*TRAIN, "--out", str(out), "--kimg", "100", "--checkpoint-kimg", "0.1"], cwd=ROOT,
@@ -78,6 +79,7 @@ def test_second_run_in_a_busy_directory_is_refused_and_a_dead_runs_lock_is_recov
     assert sorted(p.name for p in out.iterdir()) == ["00000-tiny-8"]
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_outside_a_run_starts_a_run_under_out(tmp_path):
     out = tmp_path / "runs"
     assert subprocess.run([*TRAIN, "--out", str(out), "--kimg", "0.02"], cwd=ROOT, capture_output=True).returncode == 0

@@ -1,0 +1,59 @@
+"""Resuming a run: exactly where it stopped (mid-fade), refused with what differs, or refused in one line for a
+damaged checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+from conftest import TINY, assert_same_training_state, final_checkpoint
+from conftest import run_train_main as train
+
+from progressive.train.checkpoint import list_checkpoints, load_checkpoint
+
+
+def test_resume_mid_fade_equals_an_uninterrupted_run(tmp_path, lmdb16):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(straight), "--kimg", "0.24"]) == 0
+    # Stop at 168 images: half-way through the 16x16 fade-in.
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(interrupted), "--kimg", "0.168"]) == 0
+    assert final_checkpoint(interrupted)["images_shown"] == 168
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(interrupted), "--kimg", "0.24", "--resume", "latest"]) == 0
+    assert [p.name for p in interrupted.iterdir() if p.name[:5].isdigit()] == ["00000-tiny-16"]  # same run dir
+    a, b = final_checkpoint(straight), final_checkpoint(interrupted)
+    assert_same_training_state(a, b)
+    for name in a["optimizers"]:
+        for index, state in a["optimizers"][name]["state"].items():
+            for key, value in state.items():
+                torch.testing.assert_close(value, b["optimizers"][name]["state"][index][key], rtol=0, atol=0)
+
+
+def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path, lmdb16, capsys):
+    out = tmp_path / "runs"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.1"]) == 0
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--resume", "latest", "--weight-kl", "2"]) == 2
+    assert "objective.weight_kl: 1.0 -> 2.0" in capsys.readouterr().err
+    assert train([*TINY, "--out", str(out), "--resume", "latest"]) == 2  # synthetic data instead of the LMDB
+    assert "was trained on dataset" in capsys.readouterr().err
+    assert len(list(out.iterdir())) == 1  # nothing new was written
+    # The same data under another path (moved, or spelled relative instead of absolute) is the same dataset.
+    moved = shutil.copytree(lmdb16, tmp_path / "elsewhere" / "data")
+    assert train([*TINY, "--data", str(moved), "--out", str(out), "--resume", "latest", "--kimg", "0.104"]) == 0
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_line_exit_2(tmp_path, lmdb16, capsys):
+    out = tmp_path / "runs"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.1"]) == 0
+    checkpoint = list_checkpoints(out / "00000-tiny-16" / "checkpoints")[-1]
+    state = load_checkpoint(checkpoint)
+    missing, reshaped = dict(state), dict(state)
+    missing["networks"] = {k: v for k, v in state["networks"].items() if k != "energy"}
+    reshaped["generator_ema"] = {k: v[..., :1] if v.ndim else v for k, v in state["generator_ema"].items()}
+    capsys.readouterr()
+    for name, damaged, kind in [("missing", missing, "KeyError"), ("reshaped", reshaped, "RuntimeError")]:
+        path = tmp_path / f"{name}.pt"
+        torch.save(damaged, path)
+        assert train([*TINY, "--data", str(lmdb16), "--out", str(tmp_path / name), "--resume", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: checkpoint {path} is damaged or incomplete: {kind}: ") and "\n" not in err
+        assert not (tmp_path / name).exists()
