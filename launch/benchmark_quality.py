@@ -6,12 +6,12 @@
     python launch/benchmark_quality.py --data data/emoji32.lmdb --configs triangle eps1=triangle,energy_penalty=1
 
 Every configuration is trained once per seed with launch/train.py on the same data and schedule (one row after
-another, each in its own process); its final checkpoint is then evaluated with launch/evaluate.py's metrics on
-the held-out images. Prints a Markdown table with one line per configuration (mean ± standard deviation over its
-seeds) and one with a line per (configuration, seed), and writes under --out: one run directory per row
-(runs/NAME-seedS), its training and evaluation log (NAME-seedS.log), its final sample and reconstruction grids
-(NAME-seedS-samples.png, NAME-seedS-reconstructions.png), the evaluations' JSON files, every figure in
-results.json and the two tables in results.md.
+another, each in its own process); its final checkpoint is then evaluated with evaluate_run
+(progressive/eval/evaluation.py, the core of triangle-evaluate) on the held-out images. Prints a Markdown table with
+one line per configuration (mean ± standard deviation over its seeds) and one with a line per (configuration, seed),
+and writes under --out: one run directory per row (runs/NAME-seedS), its training and evaluation log (NAME-seedS.log),
+its final sample and reconstruction grids (NAME-seedS-samples.png, NAME-seedS-reconstructions.png), the evaluations'
+JSON files, every figure in results.json and the two tables in results.md.
 
 Resuming: results.json is rewritten (atomically) as soon as a row is done. A later invocation with the same --out
 skips the rows already done under the same settings (data, preset, res, kimg, train-args, the configuration's
@@ -59,12 +59,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets_prep.lmdb_format import DatasetFormatError, read_metadata
-from progressive.cli import evaluate
 from progressive.cli.checks import EXIT_BAD_INPUT
 from progressive.cli.common import positive
+from progressive.errors import BadInput
 from progressive.eval import inception
+from progressive.eval.evaluation import PROTOCOLS, EvaluationOptions, evaluate_run
 from progressive.io import write_atomically
 from progressive.objective import RECIPES, TriangleConfig
+from progressive.pretrained import open_trained, pick_device
 from progressive.train.checkpoint import CheckpointContents, load_checkpoint, newest_in_directory
 
 TRAIN = Path(__file__).with_name("train.py")
@@ -318,47 +320,69 @@ def train(configuration: Configuration, seed: int, args: argparse.Namespace, out
     return code, (run_dirs[-1] if run_dirs else runs), (time.time() - start) / 60
 
 
-def evaluation_commands(
+def evaluation_plans(
     checkpoint: Path,  # the checkpoint evaluated
     objective: TriangleConfig,  # what the row trains: networks it does not train get no figures
     evaluation: dict,  # evaluation_settings
     labelled: bool,  # the dataset has class labels
     classifier_cache: str | None,  # --classifier-cache
-    prefix: Path,  # OUT/NAME-seedS: the JSON files are PREFIX-evaluation-*.json
-) -> list[list[str]]:
-    """triangle-evaluate's argument lists for one row. Two runs, because its --images sets the held-out images of
-    every metric: recon, the classifier and FID on all (--recon-images) test images with --samples samples, and
-    swd, diversity and energy on --images test images and as many samples (the CPU cost of these grows fast)."""
+    prefix: Path,  # OUT/NAME-seedS: the reports are PREFIX-evaluation-*.json
+) -> list[tuple[EvaluationOptions, Path]]:
+    """evaluate_run's options for one row, each with the JSON file its report goes to. Two evaluations, because
+    `images` sets the held-out images of every metric: recon, the classifier and FID on all (--recon-images) test
+    images with --samples samples, and swd, diversity and energy on --images test images and as many samples (the
+    CPU cost of these grows fast)."""
     full = ["recon"] * objective.trains_inference + ["classifier"] * labelled + ["fid"] * evaluation["fid"]
     subset = ["swd", "diversity"] + ["energy"] * objective.trains_energy
-    commands = []
+    plans = []
     if full:
-        command = [str(checkpoint), "--metrics", ",".join(full), "--images", str(evaluation["recon_images"])]
-        command += ["--samples", str(evaluation["samples"]), "--out", f"{prefix}-evaluation-all.json"]
+        options = EvaluationOptions(
+            metrics=",".join(full),
+            images=evaluation["recon_images"],
+            samples=evaluation["samples"],
+            classifier_cache=classifier_cache if labelled else None,
+        )
         if evaluation["fid"]:  # Lucic et al.: samples against the test images, not the training images
-            command += ["--fid-split", "holdout", "--fid-real-images", str(evaluation["recon_images"])]
-            command += ["--fid-samples", str(evaluation["samples"])]
-            command += ["--inception", evaluation["inception"]] if evaluation["inception"] else []
-        command += ["--classifier-cache", classifier_cache] if classifier_cache and labelled else []
-        commands.append(command)
-    command = [str(checkpoint), "--metrics", ",".join(subset), "--images", str(evaluation["images"])]
-    commands.append(command + ["--out", f"{prefix}-evaluation-subset.json"])
-    return commands
+            options = dataclasses.replace(
+                options,
+                fid_split="holdout",
+                fid_real_images=evaluation["recon_images"],
+                fid_samples=evaluation["samples"],
+                inception=evaluation["inception"],
+            )
+        plans.append((options, Path(f"{prefix}-evaluation-all.json")))
+    options = EvaluationOptions(metrics=",".join(subset), images=evaluation["images"])
+    plans.append((options, Path(f"{prefix}-evaluation-subset.json")))
+    return plans
 
 
 class EvaluationFailed(Exception):
-    """triangle-evaluate refused a row: (its exit code, its error line)."""
+    """evaluate_run refused a row: (exit code, its error line)."""
 
 
-def run_evaluation(command: list[str], log: Path) -> dict:
-    """One triangle-evaluate run in this process, its output appended to the row's log; its report."""
+def evaluate_flags(checkpoint: Path, options: EvaluationOptions) -> list[str]:
+    """triangle-evaluate's arguments for the same evaluation: its flags are EvaluationOptions' fields, one for one."""
+    flags = [str(checkpoint)]
+    for option in dataclasses.fields(options):
+        value = getattr(options, option.name)
+        if value != option.default:
+            flag = "--" + option.name.replace("_", "-")
+            flags += [flag] if value is True else [flag, str(value)]
+    return flags
+
+
+def run_evaluation(checkpoint: Path, options: EvaluationOptions, report_path: Path, log: Path) -> dict:
+    """One evaluation in this process, its output appended to the row's log, its report written beside it."""
     with open(log, "a") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
-        print(f"$ triangle-evaluate {shlex.join(command)}", flush=True)
-        code = evaluate.main(command)
-    if code != 0:
-        errors = [line for line in log.read_text().splitlines() if line.startswith("error: ")]
-        raise EvaluationFailed(code, errors[-1] if errors else f"triangle-evaluate exited {code}")
-    return json.loads(Path(command[command.index("--out") + 1]).read_text())
+        print(f"$ triangle-evaluate {shlex.join(evaluate_flags(checkpoint, options))}", flush=True)  # to reproduce
+        try:
+            report = evaluate_run(open_trained(checkpoint, pick_device()), options)
+        except (BadInput, DatasetFormatError) as error:
+            message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            print(f"error: {message}", flush=True)
+            raise EvaluationFailed(EXIT_BAD_INPUT, f"error: {message}") from error
+    write_atomically(report_path, lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
+    return report
 
 
 def measure(
@@ -371,7 +395,7 @@ def measure(
     facts: DataFacts,  # of --data
 ) -> dict:
     """A trained row's figures: training health from its checkpoint, held-out metrics, grids copied beside the
-    table. EvaluationFailed when triangle-evaluate refuses it."""
+    table. EvaluationFailed when evaluate_run refuses it."""
     label = row_label(configuration.name, seed)
     row: dict = {}
     checkpoint = newest_in_directory(run_dir)
@@ -382,11 +406,9 @@ def measure(
     row["nonfinite"] = sum(saved.skipped.values())
     row["health"] = saved.health
     objective = TriangleConfig(**json.loads(saved.config)["objective"])
-    commands = evaluation_commands(
-        checkpoint, objective, evaluation, facts.labelled, args.classifier_cache, out / label
-    )
-    print(describe_evaluation(configuration, seed, commands), flush=True)
-    reports = [run_evaluation(command, out / f"{label}.log") for command in commands]
+    plans = evaluation_plans(checkpoint, objective, evaluation, facts.labelled, args.classifier_cache, out / label)
+    print(describe_evaluation(configuration, seed, [options for options, _ in plans]), flush=True)
+    reports = [run_evaluation(checkpoint, options, path, out / f"{label}.log") for options, path in plans]
     row["metrics"] = {key: value for report in reports for key, value in report["metrics"].items()}
     row["held_out"] = [report["held_out"] for report in reports]
     row["inception"] = next((report["inception"] for report in reports if report["inception"]), None)
@@ -397,18 +419,14 @@ def measure(
     return row
 
 
-def describe_evaluation(configuration: Configuration, seed: int, commands: list[list[str]]) -> str:
+def describe_evaluation(configuration: Configuration, seed: int, plans: list[EvaluationOptions]) -> str:
     """The evaluation step's progress line: which metrics on how many held-out images and samples."""
-
-    def option(command: list[str], name: str, default: str) -> str:
-        return command[command.index(name) + 1] if name in command else default
-
     parts = []
-    for command in commands:
-        images = option(command, "--images", "?")
-        metrics = option(command, "--metrics", "?")
-        samples = "" if metrics == "recon" else f", {option(command, '--samples', images)} samples"  # none for recon
-        parts.append(f"{metrics} on {images} held-out images{samples}")
+    for options in plans:
+        samples = (
+            "" if options.metrics == "recon" else f", {options.samples or options.images} samples"
+        )  # none for recon
+        parts.append(f"{options.metrics} on {options.images} held-out images{samples}")
     return f"  evaluating {configuration.name} seed {seed}: {'; '.join(parts)} ..."
 
 
@@ -530,7 +548,7 @@ def notes(rows: list[dict]) -> list[str]:
         )
     fid_rows = [row for row in rows if value(row, ("metrics", "fid")) is not None]
     if fid_rows and any(row.get("data_source", "").startswith("fashion-mnist:") for row in fid_rows):
-        protocol = evaluate.PROTOCOLS["fashion-mnist"]
+        protocol = PROTOCOLS["fashion-mnist"]
         anchors = ", ".join(f"{name} {fid}" for name, fid in protocol["baselines"]["fid"].items())
         lines.append(f"FID published for Fashion-MNIST at 28x28 with TensorFlow's Inception: {anchors} "
                      f"({protocol['sources']['fid']})")  # fmt: skip

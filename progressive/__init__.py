@@ -8,9 +8,10 @@ Layout (docs/architecture.md has the module graph):
     nets/       -- layers, progressive networks, the paper's reference networks.
     data        -- synthetic images, the deterministic batch stream and its loader.
     train/      -- configuration, schedule, optimisers, noise, checkpoints, health, the loop.
-    eval/       -- metrics, Inception features, interpolation videos, energy landscapes.
+    eval/       -- `evaluate_run(run)`, metrics, real-image sources, Inception features, videos, energy landscapes.
     io          -- atomic file writes.
-    pretrained  -- `load_trained(path)`: a trained run for Python code.
+    errors      -- `BadInput`: a problem the user can fix, one line.
+    pretrained  -- `load_trained(path)`, `open_trained(path, device)`: a trained run for Python code.
     cli/        -- the command-line programs (`main(argv)`).
 """
 

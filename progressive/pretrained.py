@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from progressive.errors import BadInput
 from progressive.models import TriangleModels
 from progressive.presets import build_models
-from progressive.train.checkpoint import CheckpointContents, find_checkpoint, load_checkpoint
+from progressive.train.checkpoint import CheckpointContents, CheckpointError, find_checkpoint, load_checkpoint
 from progressive.train.config import TrainConfig, merge_config, preset_config
 from progressive.train.schedule import Stage, stage_at
 
@@ -65,3 +66,31 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
         dataset_fingerprint=saved.dataset_fingerprint,
         path=path,
     )
+
+
+def open_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> TrainedRun:
+    """`load_trained` for evaluation and export: every network frozen (no gradients), and every problem with the
+    file one `BadInput` line (a missing or foreign checkpoint, or one whose contents do not fit its configuration)."""
+    try:
+        run = load_trained(checkpoint, device)
+    except CheckpointError as error:
+        raise BadInput(str(error)) from error
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:  # contents that do not fit their configuration
+        detail = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        raise BadInput(f"{find_checkpoint(checkpoint)} cannot be loaded: {detail}") from error
+    for net in (*run.models.networks().values(), run.generator_ema):
+        net.requires_grad_(False)
+    return run
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """ "auto": the GPU when there is one, else the CPU; otherwise the named device (BadInput if unusable)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise BadInput(f"--device {name!r}: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {name}: no CUDA device is available")
+    return device

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from progressive.errors import BadInput
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "BadInput", "check_output_suffix", "check_writable_folder"]
+
 EXIT_FAILED = 1  # something went wrong that is not the input's fault (a full disk during a write)
 EXIT_BAD_INPUT = 2
-
-
-class BadInput(Exception):
-    """Anything the user can fix; reported as one line with exit code 2."""
 
 
 def check_output_suffix(path: str, suffixes: tuple[str, ...], option: str) -> Path:

@@ -33,10 +33,8 @@ from torchvision.utils import make_grid
 from datasets_prep.pixels import signed_to_pixels
 from progressive.cli.checks import BadInput, check_writable_folder
 from progressive.cli.common import (
-    dataset_images,
     load_classifier,
     load_run,
-    pick_device,
     positive,
     run_directory,
     run_main,
@@ -57,9 +55,10 @@ from progressive.eval.landscape import (
     plot_disconnectivity,
 )
 from progressive.eval.metrics import CONFIDENT, confident_share, seeded_latents
+from progressive.eval.sources import dataset_images
 from progressive.nets.layers import as_rgb
 from progressive.objective import energy_from_output
-from progressive.pretrained import TrainedRun
+from progressive.pretrained import TrainedRun, pick_device
 
 PLOTS_EXTRA = "pip install 'divergence-triangle[plots]'"
 # The purity images' Langevin noise (batch k: seed + PURITY_SEED + k) is drawn apart from the starts' (seed + k).

@@ -29,12 +29,8 @@ from torchvision.utils import make_grid
 
 from progressive.cli.checks import BadInput, check_output_suffix, check_writable_folder
 from progressive.cli.common import (
-    RealImages,
     choose_generator,
-    dataset_images,
-    folder_images,
     load_run,
-    pick_device,
     positive,
     run_main,
     save_png,
@@ -51,6 +47,8 @@ from progressive.eval.metrics import (
     per_image_mse,
     reconstruction_summary,
 )
+from progressive.eval.sources import RealImages, dataset_images, folder_images
+from progressive.pretrained import pick_device
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -24,13 +24,12 @@ from progressive.cli.checks import BadInput, check_output_suffix, check_writable
 from progressive.cli.common import (
     choose_generator,
     load_run,
-    pick_device,
     positive,
-    read_image,
     run_directory,
     run_main,
     save_png,
 )
+from progressive.eval.sources import read_image
 from progressive.eval.video import (
     EASINGS,
     INTERPOLATIONS,
@@ -43,6 +42,7 @@ from progressive.eval.video import (
     segment,
     write_video,
 )
+from progressive.pretrained import pick_device
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import nn
 
+from progressive.errors import BadInput
 from progressive.eval.inception import default_cache_directory, file_digest
 from progressive.eval.metrics import batches, predicted_classes
 from progressive.io import write_atomically
@@ -43,7 +44,7 @@ class ClassifierUnavailable(ValueError):
     """The dataset cannot give a classifier (no labels, no holdout split, no 32x32 images): the message says why."""
 
 
-class ClassifierCacheError(ValueError):
+class ClassifierCacheError(BadInput, ValueError):
     """A cached classifier's weights file does not match the SHA-256 recorded beside it."""
 
 

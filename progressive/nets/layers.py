@@ -270,6 +270,25 @@ def downsample2(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
+def blend_reals(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Real images at resolution r as the networks see them mid-fade.
+
+    (1 - alpha) * upsample_nearest(avg_pool2(x)) + alpha * x; x itself when alpha == 1. Average pooling
+    of the result equals average pooling of x, so the downward models' old path sees the same r/2 images.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if alpha == 1:
+        return x
+    assert x.ndim == 4 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0, (
+        f"expected images (B, C, H, W) with even H and W, got {tuple(x.shape)}"
+    )
+    coarse = upsample2(downsample2(x))
+    if alpha == 0:
+        return coarse
+    return (1.0 - alpha) * coarse + alpha * x
+
+
 def fade_in(alpha: float, old_path: Callable[[], torch.Tensor], new_path: Callable[[], torch.Tensor]) -> torch.Tensor:
     """(1 - alpha) * old_path() + alpha * new_path(), evaluating only the paths with a non-zero weight.
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from progressive.nets.layers import check_resolution_range, downsample2, is_power_of_two, resolutions, upsample2
+from progressive.nets.layers import blend_reals, check_resolution_range, is_power_of_two, resolutions
 from progressive.objective import TriangleConfig
 from progressive.presets import PRESETS
 
@@ -181,25 +179,6 @@ def stage_at(schedule: ScheduleConfig, images_shown: int, objective: TriangleCon
 def schedule_table(schedule: ScheduleConfig, objective: TriangleConfig | None = None) -> list[Stage]:
     """One Stage per non-empty phase, as it is when the phase begins (for printing a dry run)."""
     return [_stage(schedule, phase, phase[2], objective) for phase in _phases(schedule)]
-
-
-def blend_reals(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Real images at resolution r as the networks see them mid-fade.
-
-    (1 - alpha) * upsample_nearest(avg_pool2(x)) + alpha * x; x itself when alpha == 1. Average pooling
-    of the result equals average pooling of x, so the downward models' old path sees the same r/2 images.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if alpha == 1:
-        return x
-    assert x.ndim == 4 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0, (
-        f"expected images (B, C, H, W) with even H and W, got {tuple(x.shape)}"
-    )
-    coarse = upsample2(downsample2(x))
-    if alpha == 0:
-        return coarse
-    return (1.0 - alpha) * coarse + alpha * x
 
 
 __all__ = ["LEGACY_BATCH_SIZES", "PHASES", "ScheduleConfig", "Stage", "blend_reals", "schedule_table", "stage_at"]

@@ -202,27 +202,29 @@ def test_the_summary_is_mean_and_sample_std_over_seeds():
     assert cells(table_lines(text)[0][2])[header.index("FID")] == "42.2 (1 of 3)"
 
 
-def test_evaluation_commands_split_all_test_images_from_the_energy_subset(tmp_path):
+def test_evaluation_plans_split_all_test_images_from_the_energy_subset(tmp_path):
     module = _benchmark_module()
     settings = {"version": 2, "images": 256, "recon_images": 10_000, "samples": 10_000, "fid": True, "inception": None}
-    full, subset = module.evaluation_commands(
+    (full, full_path), (subset, subset_path) = module.evaluation_plans(
         tmp_path / "c.pt", recipe_config("triangle"), settings, True, "cache", tmp_path / "triangle-seed0"
     )
-    assert full[full.index("--metrics") + 1] == "recon,classifier,fid" and full[full.index("--images") + 1] == "10000"
-    assert full[full.index("--fid-split") + 1] == "holdout" and full[full.index("--fid-samples") + 1] == "10000"
-    assert full[full.index("--classifier-cache") + 1] == "cache" and full[full.index("--samples") + 1] == "10000"
-    assert subset[subset.index("--metrics") + 1] == "swd,diversity,energy" and "256" in subset
-    assert "--samples" not in subset  # as many samples as held-out images
+    assert full.metrics == "recon,classifier,fid" and full.images == 10_000
+    assert full.fid_split == "holdout" and full.fid_samples == 10_000 and full.fid_real_images == 10_000
+    assert full.classifier_cache == "cache" and full.samples == 10_000
+    assert subset.metrics == "swd,diversity,energy" and subset.images == 256
+    assert subset.samples is None  # as many samples as held-out images
+    assert full_path.name == "triangle-seed0-evaluation-all.json"
+    assert subset_path.name == "triangle-seed0-evaluation-subset.json"
     # Without labels and FID, E and G alone have nothing to measure on all test images; the VAE part no energy.
     no_fid = {**settings, "fid": False}
-    (subset,) = module.evaluation_commands(
+    ((subset, _),) = module.evaluation_plans(
         tmp_path / "c.pt", recipe_config("adversarial"), no_fid, False, None, tmp_path / "a"
     )
-    assert subset[subset.index("--metrics") + 1] == "swd,diversity,energy"
-    full, subset = module.evaluation_commands(
+    assert subset.metrics == "swd,diversity,energy"
+    (full, _), (subset, _) = module.evaluation_plans(
         tmp_path / "c.pt", recipe_config("vae"), no_fid, False, None, tmp_path / "v"
     )
-    assert full[full.index("--metrics") + 1] == "recon" and subset[subset.index("--metrics") + 1] == "swd,diversity"
+    assert full.metrics == "recon" and subset.metrics == "swd,diversity"
     # A row evaluated with FID serves a request without it, not the other way round.
     assert module.evaluation_done(settings, no_fid) and not module.evaluation_done(no_fid, settings)
     assert not module.evaluation_done({**settings, "images": 128}, no_fid)

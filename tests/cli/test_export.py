@@ -294,7 +294,7 @@ def test_exports_read_images_as_the_builder_stores_them(tmp_path):
     """Transparency on white, EXIF orientation, centre crop: an export's input is what training saw."""
     from datasets_prep.__main__ import main as datasets_main
     from datasets_prep.reader import LMDBImageDataset
-    from progressive.cli.common import read_image
+    from progressive.eval.sources import read_image
 
     folder = tmp_path / "pictures"
     folder.mkdir()
@@ -373,7 +373,7 @@ def test_reconstruct_saves_each_images_latent(trained, tmp_path):
     run = load_trained(trained["checkpoint"])
     assert saved["mu"].shape == saved["logvar"].shape == (8, run.models.latent_dim) and len(saved["names"]) == 8
     with torch.no_grad():  # the first image's latent, encoded again
-        from progressive.cli.common import dataset_images
+        from progressive.eval.sources import dataset_images
 
         first = next(dataset_images(run, None, "holdout", 1).batches(1, torch.device("cpu")))
         mu, _ = run.models.inference(first)

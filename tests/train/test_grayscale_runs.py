@@ -18,7 +18,8 @@ from PIL import Image
 from datasets_prep.__main__ import main as datasets_main
 from datasets_prep.lmdb_format import META_KEY, read_metadata
 from progressive.cli import export, export_video
-from progressive.cli.common import as_gray, save_png
+from progressive.cli.common import save_png
+from progressive.eval.sources import as_gray
 from progressive.hub import PretrainedTriangle
 from progressive.pretrained import load_trained
 from progressive.train.checkpoint import list_checkpoints, load_checkpoint
