@@ -735,6 +735,20 @@ METRICS: dict[str, Metric] = {
     "classifier": Metric(_classifier, needs_classifier=True),
 }
 METRIC_NAMES = tuple(METRICS)
+
+
+def count_label(count: int) -> str:
+    """How a metric's name states how many images it saw: 256 -> "256", 10000 -> "10k" (stylegan2-ada's fid50k)."""
+    return f"{count // 1000}k" if count >= 1000 and count % 1000 == 0 else str(count)
+
+
+def with_protocol(key: str, count: int) -> str:
+    """A figure's key with the count of images it was measured on in its group's name: "fid" -> "fid256",
+    "recon/mse" -> "recon256/mse". The trainer logs these, so that a 256-image FID is never read as a 10k one."""
+    group, _, rest = key.partition("/")
+    return f"{group}{count_label(count)}" + (f"/{rest}" if rest else "")
+
+
 NEEDS_INCEPTION = tuple(name for name, metric in METRICS.items() if metric.needs_inception)
 NEEDS_CLASSIFIER = tuple(name for name, metric in METRICS.items() if metric.needs_classifier)
 

@@ -434,7 +434,7 @@ class Trainer:
         """Run `config.metrics` on the main process and log them (`metrics/...` in the trackers)."""
         if not self.accelerator.is_main_process:
             return
-        from progressive.eval.metrics import evaluate_metric
+        from progressive.eval.metrics import evaluate_metric, with_protocol
 
         if self.inception is None and {"fid", "kid", "is"} & set(self.config.metrics):
             from progressive.eval.inception import load_inception
@@ -442,10 +442,10 @@ class Trainer:
             self.inception = load_inception(self.config.inception, self.device)
         self._set_stage(stage)
         real = self._fixed_reals(stage, self.config.metric_images)
-        scores: dict[str, float] = {}
+        figures: dict[str, float] = {}
         with running_statistics_frozen(self.batch_norms_with_ema):  # as in write_snapshot
             for name in self.config.metrics:
-                scores |= evaluate_metric(
+                figures |= evaluate_metric(
                     name,
                     self.models,
                     self.ema,
@@ -454,6 +454,8 @@ class Trainer:
                     seed=self.config.seed,
                     inception=self.inception,
                 )
+        # Named with the count of held-out images (and as many samples) they saw: fid256, recon256/mse, ...
+        scores = {with_protocol(key, len(real)): value for key, value in figures.items()}
         log.info(
             "metrics at kimg %.2f: %s",
             self.state.images_shown / 1000,

@@ -13,9 +13,9 @@ from progressive.pretrained import open_trained
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, build_shapes_lmdb):
+def checkpoint(tmp_path_factory, lmdb16):
     root = tmp_path_factory.mktemp("evaluation")
-    data = build_shapes_lmdb(root / "shapes16.lmdb", 48, max_res=16, holdout=8)
+    data = lmdb16
     assert run_train_main([*TINY, "--data", str(data), "--out", str(root / "runs")]) == 0
     return root / "runs" / "00000-tiny-16" / "checkpoints" / "checkpoint-000000240.pt"
 

@@ -424,3 +424,10 @@ def test_posterior_metrics_measure_the_codes_distance_from_the_prior_by_hand():
     assert result["posterior/mean_norm"] == pytest.approx(math.sqrt(30.0))
     assert result["posterior/active_units"] == 2
     assert result["posterior/largest_variance"] == pytest.approx(variance)
+
+
+def test_training_figures_carry_their_image_count_in_the_name():
+    from progressive.eval.metrics import with_protocol
+
+    assert with_protocol("fid", 256) == "fid256" and with_protocol("fid", 10_000) == "fid10k"
+    assert with_protocol("recon/mse", 1000) == "recon1k/mse" and with_protocol("swd/16", 1500) == "swd1500/16"

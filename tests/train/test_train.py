@@ -53,7 +53,8 @@ def test_run_writes_config_log_events_snapshots_and_checkpoints(tmp_path, lmdb16
     assert config["objective"] == dataclasses.asdict(recipe_config("triangle"))
     log = (run_dir / "log.txt").read_text()
     assert "res   16" in log and "sec/kimg" in log
-    assert log.count("metrics at kimg") == 2 and "recon/mse" in log and "energy/auroc" in log
+    # Named with the 8 held-out images (and 8 samples) they saw, never as the commands' 10k figures.
+    assert log.count("metrics at kimg") == 2 and "recon8/mse" in log and "energy8/auroc" in log
     assert list(run_dir.glob("tensorboard/events.out.tfevents.*"))
     snapshots = {p.name for p in (run_dir / "snapshots").iterdir()}
     assert {"reals.png", "samples-000000240.png", "reconstructions-000000240.png"} <= snapshots
