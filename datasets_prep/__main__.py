@@ -115,7 +115,7 @@ def run_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         summary = build_dataset(source, args.out, settings, options)
     except BuildInterrupted as interrupted:
@@ -126,6 +126,8 @@ def run_build(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    finally:  # a caller in the same process (the tests, a notebook) keeps its own SIGTERM behaviour afterwards
+        signal.signal(signal.SIGTERM, previous)
     count = summary.metadata["count"]
     rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
     print(

@@ -17,9 +17,12 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing import Pool
+from multiprocessing.pool import Pool as WorkerPool
 from pathlib import Path
 
 import lmdb
@@ -213,11 +216,30 @@ def _channels(metadata: dict) -> int:
     return 1 if metadata["channels"] == 1 or (written and metadata["build"].get("all_gray", False)) else 3
 
 
+# Blocked while the pool forks its workers, so none of them can take a stop signal with the main process's handler
+# (which raises KeyboardInterrupt) before _start_worker has set its own: Pool's exit terminates its workers with
+# SIGTERM at once, and a worker interrupted while starting can hold a queue lock both sides then wait on for ever.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _start_worker() -> None:
     # Ctrl-C reaches the whole process group; only the main process reacts (keeps what is committed, reports).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # inherited blocked from the main process
     use_build_pixel_limit()
+
+
+@contextmanager
+def _worker_pool(workers: int) -> Iterator[WorkerPool]:
+    """A Pool whose workers start with the stop signals blocked until their own handlers are set (above)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        pool = Pool(workers, initializer=_start_worker)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal that arrived meanwhile is delivered here
+    with pool:
+        yield pool
 
 
 def write_report(env: lmdb.Environment, out: Path, source: Source, metadata: dict) -> Path:
@@ -313,6 +335,8 @@ def _run_windows(
     first = metadata["build"]["next_item"]
     size = _window_size(settings, options)
     windows = [list(range(start, min(start + size, len(source)))) for start in range(first, len(source), size)]
+    if not windows:  # a complete build resumed: nothing to do, no workers to start and stop
+        return
     work = partial(process_item, settings=settings)
     progress = tqdm(
         total=len(source),
@@ -322,14 +346,14 @@ def _run_windows(
         disable=None if options.progress else True,  # None: shown on terminals, hidden in logs and pipes
         smoothing=0.1,
     )
-    with Pool(options.workers, initializer=_start_worker) as pool, progress:
+    with _worker_pool(options.workers) as pool, progress:
 
         def submit(positions: list[int]):
             items = source.for_worker([source.items[p] for p in positions])
             return pool.map_async(work, items, chunksize=max(1, len(items) // (4 * options.workers)))
 
         # Keep the next window queued while this one is committed, so workers never wait for the writer.
-        pending = submit(windows[0]) if windows else None
+        pending = submit(windows[0])
         for number, window in enumerate(windows):
             following = submit(windows[number + 1]) if number + 1 < len(windows) else None
             outcomes = pending.get()

@@ -200,6 +200,32 @@ def test_existing_output_overwrite_and_resume_of_complete_build(tmp_path, capsys
     assert read_metadata(out)["fingerprint"] != first["fingerprint"]
 
 
+def test_a_complete_build_resumed_starts_no_workers_and_the_sigterm_handler_is_restored(tmp_path, monkeypatch):
+    out = tmp_path / "db"
+    assert run_cli("build", "synthetic:shapes?n=6", out, "--max-res", 8, "--workers", 1) == 0
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the build's handler does not outlive it
+
+    def no_pool(workers):
+        raise AssertionError("a pool was started for a build with nothing left to do")
+
+    monkeypatch.setattr(build_module, "_worker_pool", no_pool)
+    assert run_cli("build", "synthetic:shapes?n=6", out, "--max-res", 8, "--workers", 1, "--resume") == 0
+
+
+def test_pool_workers_start_with_their_own_stop_handlers_and_nothing_blocked():
+    # The main process blocks the stop signals only while forking; the workers unblock them once their handlers
+    # are set, so a terminate() right after the start cannot reach a worker still running the parent's handler.
+    with build_module._worker_pool(2) as pool:
+        blocked = pool.apply(signal.pthread_sigmask, (signal.SIG_BLOCK, []))
+        term, interrupt = (
+            pool.apply(signal.getsignal, (signal.SIGTERM,)),
+            pool.apply(signal.getsignal, (signal.SIGINT,)),
+        )
+    assert not {signal.SIGINT, signal.SIGTERM} & set(blocked)
+    assert term == signal.SIG_DFL and interrupt == signal.SIG_IGN
+    assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the main process
+
+
 def test_synthetic_raw_format_is_exact_and_holdout_comes_first(tmp_path):
     out = tmp_path / "db"
     arguments = ["--max-res", 16, "--min-res", 8, "--format", "raw", "--holdout", 3, "--workers", 2]
