@@ -1,4 +1,6 @@
-"""What the export and evaluation commands share: loading a run, reading images, writing files, reporting errors.
+"""What the export and evaluation commands share: announcing a loaded run, writing PNGs, reporting errors.
+
+Reading real images is progressive/eval/sources.py's; opening a run is progressive/pretrained.py's (`open_trained`).
 
 Every problem the user can fix becomes `BadInput`, reported by `run_main` as one `error: ...` line on stderr
 with exit code 2. Outputs are written to a temporary file and renamed, so a failure never damages a file
@@ -25,8 +27,6 @@ from progressive.pretrained import TrainedRun, open_trained
 
 if TYPE_CHECKING:
     from progressive.eval.classifier import TrainedClassifier
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def run_main(body: Callable[[], int]) -> int:
