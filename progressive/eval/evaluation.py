@@ -37,7 +37,7 @@ from progressive.eval.metrics import (
     generate_images,
     image_channels,
 )
-from progressive.eval.sources import RealImages, TrainedRun, dataset_images
+from progressive.eval.sources import EvaluatedRun, RealImages, dataset_images
 
 ALWAYS = ("recon", "swd", "energy", "diversity")
 AUTO_INCEPTION = ("fid", "is")  # KID only when asked for: 100 subsets of 1000 features take minutes on a CPU
@@ -169,7 +169,7 @@ def _stderr(line: str) -> None:
 
 
 def evaluate_run(
-    run: TrainedRun,  # open_trained(a checkpoint file, a run directory or a root of runs (its newest), device)
+    run: EvaluatedRun,  # open_trained(a checkpoint file, a run directory or a root of runs (its newest), device)
     options: EvaluationOptions | None = None,  # what to measure (default: EvaluationOptions())
     *,
     progress: Callable[[str], None] | None = _stdout,  # status lines ("[1/4] recon ..."); None: quiet
@@ -316,7 +316,7 @@ def protocol_report(name: str, protocol: dict, run, inception, metrics: dict[str
     }
 
 
-def _classifier(options: EvaluationOptions, run: TrainedRun, device, say) -> TrainedClassifier:
+def _classifier(options: EvaluationOptions, run: EvaluatedRun, device, say) -> TrainedClassifier:
     """The dataset's classifier, from the cache or trained now; ClassifierUnavailable when it has no labels."""
     source = options.data or run.config.data
     if source is None:
@@ -334,7 +334,7 @@ def _data_channels(source: str | None, held_out) -> int:
     return image_channels(next(held_out.batches(64, torch.device("cpu"))))
 
 
-def _real_statistics(options: EvaluationOptions, run: TrainedRun, fid_real: RealImages, inception, device):
+def _real_statistics(options: EvaluationOptions, run: EvaluatedRun, fid_real: RealImages, inception, device):
     """Feature statistics of the FID reals, from the cache when this dataset, stage and network were seen."""
     cache = None if options.no_stats_cache else StatisticsCache(Path(options.stats_cache or default_cache_directory()))
     key = dict(

@@ -23,7 +23,7 @@ from progressive.models import TriangleModels
 from progressive.nets.layers import blend_reals
 
 
-class TrainedRun(Protocol):
+class EvaluatedRun(Protocol):
     """What evaluation reads of a trained run. progressive.pretrained.TrainedRun is one (`open_trained` loads it);
     named here by its shape, because evaluation sits below the training code that checkpoints come from."""
 
@@ -103,7 +103,7 @@ class RealImages:
             yield blend_reals(images, self.alpha).to(device)
 
 
-def folder_images(folder: str, run: TrainedRun) -> RealImages:
+def folder_images(folder: str, run: EvaluatedRun) -> RealImages:
     """The images of a folder, resized to the run's resolution."""
     files = image_files(folder)
     for file in files:  # every file is checked before any work starts
@@ -118,7 +118,7 @@ def folder_images(folder: str, run: TrainedRun) -> RealImages:
     )
 
 
-def dataset_images(run: TrainedRun, data: str | None, split: str, limit: int | None) -> RealImages:
+def dataset_images(run: EvaluatedRun, data: str | None, split: str, limit: int | None) -> RealImages:
     """The first `limit` images (all if None) of `split` of the LMDB `data`, else of the run's own data.
 
     A run trained on the built-in synthetic shapes has no stored split: its "holdout" images are shapes
