@@ -228,6 +228,7 @@ def training_settings(configuration: Configuration, seed: int, args: argparse.Na
         "seed": seed,  # this row's seed
         "train_args": shlex.split(args.train_args),  # as launch/train.py receives them
         "recipe": configuration.recipe,  # objective recipe
+        "recipe_values": dict(RECIPES[configuration.recipe]),  # what it meant: a recipe redefined is trained again
         "changes": configuration.changes,  # objective values on top of it
     }
 

@@ -266,3 +266,16 @@ def test_data_without_a_holdout_split_is_refused(tmp_path, build_shapes_lmdb, ca
     data = build_shapes_lmdb(tmp_path / "no-holdout.lmdb", 8, max_res=4, holdout=0)
     assert _benchmark_module().main(["--data", str(data), "--out", str(tmp_path / "q")]) == 2
     assert "has no holdout split" in capsys.readouterr().err
+
+
+def test_a_redefined_recipe_trains_its_rows_again(tmp_path, lmdb8, monkeypatch):
+    module = _benchmark_module()
+    args = module.build_parser().parse_args(["--data", str(lmdb8)])
+    facts = module.data_facts(str(lmdb8))
+    triangle = module.parse_configuration("triangle")
+    done, evaluation = module.training_settings(triangle, 0, args, facts), module.evaluation_settings(args, facts)
+    row = {"settings": {"train": done, "evaluate": evaluation}, "metrics": {}}
+    assert module.plan_row(row, done, evaluation) == ("skip", "")
+    monkeypatch.setitem(module.RECIPES, "triangle", {**module.RECIPES["triangle"], "weight_recon": 0.5})
+    action, why = module.plan_row(row, module.training_settings(triangle, 0, args, facts), evaluation)
+    assert action == "train" and "recipe_values" in why
