@@ -7,8 +7,9 @@ every term below to the paper.
 One iteration on a real batch x (B images):
   1. z ~ N(0, I), x_fake = G(z) once.
   2. Energy step:     L_E = mean E(x) - mean E(stopgrad x_fake) + w_pen * mean over both of E^2;
-                      two options outside D, off in every recipe: x_fake refined by L Langevin steps on E
-                      (langevin_steps), and uniform noise u as more negatives, + w_u (mean E(x) - mean E(u)).
+                      two options outside D: uniform noise u as more negatives, + w_u (mean E(x) - mean E(u))
+                      (noise_negatives; 1 in the named recipes, 0 in `reference`), and x_fake refined by L
+                      Langevin steps on E (langevin_steps; off in every recipe).
   3. Inference step:  L_I = w_rec * sum||G(z_hat) - x||^2 / B + w_kl * KL(q(z|x) || N(0, I))
                             + w_lat * NLL(z | I(stopgrad x_fake)),   z_hat = mu(x) + exp(s(x)/2) * eps1,
                       with the log-variance s softly bounded to (-c, c) when logvar_bound c > 0.
@@ -131,12 +132,13 @@ class TriangleConfig:
 # Named configurations (docs/objective.md). Each is a set of changes to TriangleConfig's defaults, which are
 # the reference code's values. "triangle" is the default of the training program.
 _STABLE: dict[str, Any] = {
-    "weight_recon": 50.0,  # 1 / (2 sigma^2), sigma = 0.1; the reference's 1 is sigma^2 = 0.5, noisier than the data
+    "weight_recon": 5.0,  # 1 / (2 sigma^2), sigma = 0.32; the reference's 1 is sigma^2 = 0.5, noisier than the data
     "kl_reduction": "sum",  # the exact KL of D, not 1/d of it
     "weight_latent": 1.0,  # D's weight of -log q(z|G(z)) (the reference's 0.1 weakens what keeps samples diverse)
     "weight_energy": 10.0,  # the generator sees f = 10 s(x): a bounded s, yet an energy that still moves G
     "energy_penalty": 0.1,  # not in D: pulls |E| towards 1 / (2 * 0.1) = 5 at most, without a gradient penalty
     "logvar_bound": 5.0,  # q's log-variance in (-5, 5): the latent NLL cannot explode through a vanishing variance
+    "noise_negatives": 1.0,  # not in D: uniform noise joins L_E's negatives, so noise gets a higher energy than data
 }
 DEFAULT_RECIPE = "triangle"  # what launch/train.py trains without --recipe
 _NO_ENERGY: dict[str, Any] = {"weight_energy": 0.0}
@@ -148,7 +150,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "vae": {**_STABLE, **_NO_ENERGY, "weight_latent": 0.0},
     # Section 3.2.1's wake-sleep: G by KL(Q||P) on real images (wake: reconstruction), I by KL(P||Q) on dreams
     # (sleep: the NLL of z under q(z|G(z)) only). Two objectives, not one.
-    "wake-sleep": {**_STABLE, **_NO_ENERGY, **_NO_VAE, "weight_recon_generator": 50.0, "weight_latent_generator": 0.0},
+    "wake-sleep": {**_STABLE, **_NO_ENERGY, **_NO_VAE, "weight_recon_generator": 5.0, "weight_latent_generator": 0.0},
     # Section 3.2.2, the tractable ACD: max over E, min over G and I of KL(P||Pi) - KL(Q||Pi); G's entropy comes
     # through I's latent NLL on generated images (eq. 18). No reconstruction, no KL to the prior.
     "acd": {**_STABLE, **_NO_VAE},

@@ -20,7 +20,7 @@ def test_trackers_get_scalars_images_and_the_configuration(tmp_path, lmdb16, cap
     assert {"loss/energy", "terms/recon_inference", "health/sample_spread"} <= set(events.Tags()["scalars"])
     assert {"samples", "reconstructions", "reals"} <= set(events.Tags()["images"])
     (hparams,) = run_dir.glob("tensorboard/*/hparams.yml")
-    assert "objective.weight_recon: 50.0" in hparams.read_text()
+    assert "objective.weight_recon: 5.0" in hparams.read_text()
     log = (run_dir / "log.txt").read_text()
     assert "generator: " in log and " parameters (4: " in log and "generator average: half-life 10,000 images" in log
 
