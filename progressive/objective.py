@@ -325,13 +325,15 @@ def triangle_step(
     eps: tuple[torch.Tensor, torch.Tensor] | None = None,
     config: TriangleConfig | None = None,
     *,
+    noise_images: torch.Tensor | None = None,
     update: Update = plain_update,
     check_range: bool = True,
 ) -> torch.Tensor:
     """One joint iteration (module docstring); returns the STATISTICS values, in order, as one float32 tensor.
 
     Stays on the device: no host synchronisation unless `check_range` (one per call).
-    `update` turns each network's loss into its parameter update (see `plain_update`).
+    `noise_images` (B, 3, R, R) in [-1, 1] are the uniform-noise negatives when `noise_negatives` is on (drawn here
+    when None, like z and eps). `update` turns each network's loss into its parameter update (see `plain_update`).
     """
     config = config or TriangleConfig()
     validate_batch(x, check_range=check_range)
@@ -368,7 +370,11 @@ def triangle_step(
             else langevin_refine(energy, x_fake_const, config, models.image_channels)
         ]
         if config.noise_negatives != 0:
-            negatives.append(uniform_noise_like(x_fake_const, models.image_channels))
+            if noise_images is None:
+                noise_images = uniform_noise_like(x_fake_const, models.image_channels)
+            if noise_images.shape != x.shape:
+                raise ValueError(f"expected noise_images of shape {tuple(x.shape)}, got {tuple(noise_images.shape)}")
+            negatives.append(noise_images)
         energies = energy_from_output(energy(torch.cat([x, *negatives])), config.energy_form)
         energy_real, energy_fake = energies[:batch].mean(), energies[batch : 2 * batch].mean()
         loss_energy = energy_real - energy_fake
@@ -465,13 +471,15 @@ def train_step(
     z: torch.Tensor | None = None,
     eps: tuple[torch.Tensor, torch.Tensor] | None = None,
     config: TriangleConfig | None = None,
+    noise_images: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One joint iteration of the divergence triangle; returns its losses and statistics as floats.
 
-    With explicit `z` (N, latent_dim) and `eps` (a pair of (B, latent_dim) tensors) it is deterministic.
+    With explicit `z` (N, latent_dim), `eps` (a pair of (B, latent_dim) tensors) and, when `noise_negatives` is on,
+    `noise_images` (B, 3, R, R) it is deterministic.
     Trainers that must avoid a host sync per step call `triangle_step` instead.
     """
-    return stats_to_dict(triangle_step(models, optimizers, x, z, eps, config))
+    return stats_to_dict(triangle_step(models, optimizers, x, z, eps, config, noise_images=noise_images))
 
 
 def stats_to_dict(stats: torch.Tensor) -> dict[str, float]:

@@ -283,6 +283,9 @@ class Trainer:
                 self.models.latent_dim,
                 self.rank,
                 self.world,
+                noise_images=(self.config.image_channels, stage.resolution)
+                if config.objective.noise_negatives
+                else None,
             )
             x = self._real_batch(next(batches), stage, noise)
 
@@ -294,6 +297,7 @@ class Trainer:
                     x,
                     z=noise.z,
                     eps=noise.eps,
+                    noise_images=noise.noise_images,
                     config=config.objective,
                     update=self.update,
                     check_range=check_range,

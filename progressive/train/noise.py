@@ -1,4 +1,5 @@
-"""All randomness of one iteration from (seed, images_shown): latents, reparameterisation noise and flips.
+"""All randomness of one iteration from (seed, images_shown): latents, reparameterisation noise, flips and the
+uniform-noise negatives of the energy step.
 
 Drawn for the whole global batch and sliced to this rank, as the data is, so N processes see exactly
 what one process with the global batch would, and a resumed run draws what an uninterrupted one did.
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from progressive.nets.layers import as_rgb
 
 
 def iteration_seed(seed: int, images_shown: int) -> int:
@@ -23,10 +26,18 @@ class IterationNoise:
     z: torch.Tensor
     eps: tuple[torch.Tensor, torch.Tensor]
     flip: torch.Tensor
+    noise_images: torch.Tensor | None = None  # uniform in [-1, 1], (B, 3, R, R) in the run's channel mode, or None
 
 
 def draw_noise(
-    generator: torch.Generator, seed: int, images_shown: int, global_batch: int, latent_dim: int, rank: int, world: int
+    generator: torch.Generator,
+    seed: int,
+    images_shown: int,
+    global_batch: int,
+    latent_dim: int,
+    rank: int,
+    world: int,
+    noise_images: tuple[int, int] | None = None,  # (channels, resolution) of the noise negatives, when they are on
 ) -> IterationNoise:
     """Noise for the whole global batch from (seed, images_shown), sliced to this rank (as the data is)."""
     generator.manual_seed(iteration_seed(seed, images_shown))
@@ -35,4 +46,9 @@ def draw_noise(
     flip = torch.rand(global_batch, generator=generator, device=device) < 0.5
     local = global_batch // world
     part = slice(rank * local, (rank + 1) * local)
-    return IterationNoise(z=full[0, part], eps=(full[1, part], full[2, part]), flip=flip[part])
+    images = None
+    if noise_images is not None:  # drawn after the rest, so z, eps and flips are the same with or without them
+        channels, resolution = noise_images
+        uniform = torch.rand(global_batch, channels, resolution, resolution, generator=generator, device=device)
+        images = as_rgb(uniform[part] * 2.0 - 1.0)
+    return IterationNoise(z=full[0, part], eps=(full[1, part], full[2, part]), flip=flip[part], noise_images=images)

@@ -111,3 +111,16 @@ def test_moving_average_has_the_configured_half_life():
     for _ in range(10):
         update_ema(average, current, beta)
     torch.testing.assert_close(average.weight, torch.full((2, 2), 0.5))
+
+
+def test_noise_negatives_come_from_the_iteration_seed_and_are_sliced_like_the_batch():
+    from progressive.train.noise import draw_noise
+
+    generator = torch.Generator()
+    whole = draw_noise(generator, 3, 96, 4, 8, 0, 1, noise_images=(1, 8))
+    halves = [draw_noise(generator, 3, 96, 4, 8, rank, 2, noise_images=(1, 8)) for rank in (0, 1)]
+    assert whole.noise_images.shape == (4, 3, 8, 8) and whole.noise_images.abs().max() <= 1
+    assert torch.equal(whole.noise_images[:, 0], whole.noise_images[:, 2])  # gray noise for a grayscale run
+    assert torch.equal(torch.cat([h.noise_images for h in halves]), whole.noise_images)
+    without = draw_noise(generator, 3, 96, 4, 8, 0, 1)
+    assert without.noise_images is None and torch.equal(without.z, whole.z) and torch.equal(without.flip, whole.flip)

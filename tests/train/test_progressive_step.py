@@ -109,8 +109,9 @@ def test_speed_paths_compute_what_the_plain_ones_do():
     for step in range(3):
         x = blend_reals(shapes_tensor(4, 16, seed=step), 0.5)
         z, eps = torch.randn(4, fused.latent_dim), (torch.randn(4, fused.latent_dim), torch.randn(4, fused.latent_dim))
-        train_step(fused, fused_optimizers, x, z, eps, config)
-        train_step(plain, plain_optimizers, x, z, eps, config)
+        noise = torch.rand_like(x) * 2 - 1  # the energy step's noise negatives, the same for both
+        train_step(fused, fused_optimizers, x, z, eps, config, noise)
+        train_step(plain, plain_optimizers, x, z, eps, config, noise)
     for name, net in fused.networks().items():
         for (key, a), b in zip(net.named_parameters(), plain.networks()[name].parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
@@ -144,8 +145,9 @@ def test_channels_last_trains_as_the_default_memory_format():
     for step in range(3):
         x = blend_reals(shapes_tensor(4, 16, seed=step), 0.5)
         z, eps = torch.randn(4, plain.latent_dim), (torch.randn(4, plain.latent_dim), torch.randn(4, plain.latent_dim))
-        train_step(plain, plain_optimizers, x, z, eps, config)
-        train_step(nhwc, nhwc_optimizers, x.contiguous(memory_format=torch.channels_last), z, eps, config)
+        noise = torch.rand_like(x) * 2 - 1  # the energy step's noise negatives, the same for both
+        train_step(plain, plain_optimizers, x, z, eps, config, noise)
+        train_step(nhwc, nhwc_optimizers, x.contiguous(memory_format=torch.channels_last), z, eps, config, noise)
     for name, net in nhwc.networks().items():
         convolutions = [p for p in net.parameters() if p.ndim == 4]
         assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)  # it stayed NHWC
