@@ -248,10 +248,22 @@ def in_channel_mode(t: torch.Tensor, channels: int) -> torch.Tensor:
     return t if channels == 3 else as_rgb(t.mean(dim=1, keepdim=True))
 
 
+def uniform_noise(
+    batch: int,
+    channels: int,  # the run's channel mode: 1 gives grey noise, shown as three equal channels
+    resolution: int,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,  # None: the global one
+) -> torch.Tensor:
+    """(batch, 3, resolution, resolution) uniform noise in [-1, 1]: the energy step's noise negatives."""
+    noise = torch.rand(batch, channels, resolution, resolution, generator=generator, device=device, dtype=dtype)
+    return as_rgb(noise * 2.0 - 1.0)
+
+
 def uniform_noise_like(images: torch.Tensor, channels: int) -> torch.Tensor:
     """Uniform noise in [-1, 1] of the images' shape, in their channel mode (grey noise for a grayscale run)."""
-    noise = torch.rand(images.shape[0], channels, *images.shape[2:], device=images.device, dtype=images.dtype)
-    return as_rgb(noise * 2.0 - 1.0)
+    return uniform_noise(images.shape[0], channels, images.shape[-1], images.device, images.dtype)
 
 
 def langevin_refine(energy: nn.Module, images: torch.Tensor, config: TriangleConfig, channels: int = 3) -> torch.Tensor:

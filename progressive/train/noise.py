@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from progressive.nets.layers import as_rgb
+from progressive.objective import uniform_noise
 
 
 def iteration_seed(seed: int, images_shown: int) -> int:
@@ -49,6 +49,5 @@ def draw_noise(
     images = None
     if noise_images is not None:  # drawn after the rest, so z, eps and flips are the same with or without them
         channels, resolution = noise_images
-        uniform = torch.rand(global_batch, channels, resolution, resolution, generator=generator, device=device)
-        images = as_rgb(uniform[part] * 2.0 - 1.0)
+        images = uniform_noise(global_batch, channels, resolution, device, generator=generator)[part]
     return IterationNoise(z=full[0, part], eps=(full[1, part], full[2, part]), flip=flip[part], noise_images=images)
