@@ -1,4 +1,5 @@
-"""Writing a file so that a crash at any moment leaves either the old file or the complete new one.
+"""Writing a file so that a crash at any moment leaves either the old file or the complete new one, and checking
+before any work that an output folder can be written.
 
 The bytes go to a hidden temporary file beside the target (same directory, so the rename is atomic; same
 suffix, so writers that choose the format by it still do), which is renamed over the target when complete.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from progressive.errors import BadInput
 
 TEMPORARY_MARK = ".tmp-"  # in the name of every temporary file (followed by the writer's process id)
 
@@ -40,3 +43,20 @@ def write_atomically(path: Path, write: Callable[[Path], None], durable: bool = 
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def check_writable_folder(folder: Path, option: str, given: str) -> None:
+    """BadInput unless `folder` exists or can be created, and files can be written in it. Creates nothing.
+
+    Writes (then removes) a probe file in the nearest folder that exists: a real write, unlike a permission
+    check, also catches read-only file systems, and works for root.
+    """
+    existing = next(a for a in (folder.absolute(), *folder.absolute().parents) if a.exists())
+    if not existing.is_dir():
+        raise BadInput(f"{option} {given}: {existing} is a file, not a folder")
+    probe = existing / f".write-probe-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise BadInput(f"{option} {given}: cannot write in {existing} ({error.strerror})") from error

@@ -6,10 +6,10 @@ code 2; outputs are checked to be writable before any work starts.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from progressive.errors import BadInput
+from progressive.io import check_writable_folder
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "BadInput", "check_output_suffix", "check_writable_folder"]
 
@@ -28,20 +28,3 @@ def check_output_suffix(path: str, suffixes: tuple[str, ...], option: str) -> Pa
         raise BadInput(f"{option} {path} is a directory; give a file ending in {' or '.join(suffixes)}")
     check_writable_folder(Path(path).parent, option, path)
     return Path(path)
-
-
-def check_writable_folder(folder: Path, option: str, given: str) -> None:
-    """BadInput unless `folder` exists or can be created, and files can be written in it. Creates nothing.
-
-    Writes (then removes) a probe file in the nearest folder that exists: a real write, unlike a permission
-    check, also catches read-only file systems, and works for root.
-    """
-    existing = next(a for a in (folder.absolute(), *folder.absolute().parents) if a.exists())
-    if not existing.is_dir():
-        raise BadInput(f"{option} {given}: {existing} is a file, not a folder")
-    probe = existing / f".write-probe-{os.getpid()}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise BadInput(f"{option} {given}: cannot write in {existing} ({error.strerror})") from error

@@ -24,6 +24,7 @@ from datasets_prep.pixels import signed_to_pixels
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
 from progressive.io import write_atomically
 from progressive.pretrained import TrainedRun, open_trained
+from progressive.train.checkpoint import run_directory_of
 
 if TYPE_CHECKING:
     from progressive.eval.classifier import TrainedClassifier
@@ -56,8 +57,8 @@ def load_run(text: str, device: torch.device) -> TrainedRun:
 
 
 def run_directory(checkpoint: Path) -> Path:
-    """The run directory a checkpoint belongs to (the parent of checkpoints/)."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    """Where a command writes beside a checkpoint: its run directory, else the folder that holds it."""
+    return run_directory_of(checkpoint) or checkpoint.parent
 
 
 def choose_generator(run: TrainedRun, which: str) -> torch.nn.Module:

@@ -17,12 +17,32 @@ from accelerate.utils import gather_object
 
 from progressive.nets.layers import resolutions
 from progressive.presets import PeakMemory, preset
-from progressive.train.schedule import ScheduleConfig
+from progressive.train.schedule import LEGACY_BATCH_SIZES, ScheduleConfig
 
 # The fraction of a GPU's memory the model's peak may reach, and what is kept aside first (the CUDA context,
 # cuDNN workspaces): the allocator reserves more than the tensors it holds, and the model is an estimate.
 USABLE_FRACTION = 0.9
 RESERVED_GIB = 1.0
+
+
+def apply_batch_flag(schedule: ScheduleConfig, text: str) -> ScheduleConfig:
+    """The schedule with the batch sizes of `--batch TEXT`: "legacy" (progressive GANs' 16 GB table), N (every
+    resolution), R:N,R:N (those resolutions, over the schedule's table) or both; "auto" leaves it as it is (the
+    fitting is choose_batch_sizes'). ValueError naming what is wrong."""
+    if text == "auto":
+        return schedule
+    parts = text.split(",")
+    default = [p for p in parts if ":" not in p]
+    per_resolution = [p.partition(":") for p in parts if ":" in p]
+    if len(default) > 1:
+        raise ValueError("more than one batch size without a resolution")
+    batch_size, batch_sizes = schedule.batch_size, dict(schedule.batch_sizes)
+    if default == ["legacy"]:
+        batch_size, batch_sizes = 16, dict(LEGACY_BATCH_SIZES)
+    elif default:
+        batch_size, batch_sizes = int(default[0]), {}
+    batch_sizes.update({int(resolution): int(batch) for resolution, _, batch in per_resolution})
+    return dataclasses.replace(schedule, batch_size=batch_size, batch_sizes=batch_sizes)
 
 
 def device_memory_gib(device: torch.device) -> float | None:

@@ -131,6 +131,12 @@ def load_checkpoint(path: Path | str, map_location: torch.device | str = "cpu") 
     return state
 
 
+def run_directory_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint file belongs to (the parent of its checkpoints/ folder); None for a checkpoint
+    kept elsewhere."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
 def run_directories(root: Path) -> list[Path]:
     """Auto-numbered run directories under `root` (NNNNN-name), in numeric order."""
     if not root.is_dir():

@@ -68,6 +68,19 @@ class Stopped(Exception):
 # ----------------------------------------------------------------------------- moving average of the generator
 
 
+def check_checkpoint_belongs(
+    state: dict[str, Any], config: TrainConfig, dataset_fingerprint: str, source: Path
+) -> None:
+    """ConfigurationMismatch unless a loaded checkpoint was trained with `config` (RESUMABLE_CHANGES aside),
+    CheckpointError unless on the dataset of `dataset_fingerprint`; KeyError for a damaged one."""
+    saved = CheckpointContents.from_dict(state)
+    changes = config_changes(json.loads(saved.config), config.to_dict())
+    if changes:
+        raise ConfigurationMismatch(source, changes)
+    if saved.dataset_fingerprint != dataset_fingerprint:
+        raise CheckpointError(f"{source} was trained on dataset {saved.dataset_fingerprint}, not {dataset_fingerprint}")
+
+
 def ema_beta(config: TrainConfig, batch: int, images_shown: int) -> float:
     """Per-iteration decay giving a half-life of `ema_kimg` thousand images.
 
@@ -160,14 +173,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
         """Restore a checkpoint after checking it belongs to this configuration and dataset."""
+        check_checkpoint_belongs(state, self.config, self.dataset.fingerprint, source)
         saved = CheckpointContents.from_dict(state)
-        changes = config_changes(json.loads(saved.config), self.config.to_dict())
-        if changes:
-            raise ConfigurationMismatch(source, changes)
-        if saved.dataset_fingerprint != self.dataset.fingerprint:
-            raise CheckpointError(
-                f"{source} was trained on dataset {saved.dataset_fingerprint}, not {self.dataset.fingerprint}"
-            )
         for name, net in self.models.networks().items():
             bare(net).load_state_dict(saved.networks[name])
         self.ema.load_state_dict(saved.generator_ema)
