@@ -1,5 +1,5 @@
 """`triangle-train --dry-run`: the resolved configuration, the phase table and, from measured speeds
-(`launch/benchmark_train.py --json`), the projected training time."""
+(`launch/benchmark_train.py --json`), the projected training time; as text, or with --json as one JSON object."""
 
 from __future__ import annotations
 
@@ -32,46 +32,75 @@ def read_throughput(path: str) -> dict[str, Any]:
     return throughput
 
 
-def print_dry_run(config: TrainConfig, throughput: dict | None = None) -> None:
-    """The configuration, the schedule and, given measured images/s per resolution, the projected wall time."""
-    print(config.to_json())
+def dry_run_plan(config: TrainConfig, throughput: dict | None = None, notes: list[str] | None = None) -> dict:
+    """What a dry run reports, as JSON values: the resolved configuration, one entry per phase (with its projected
+    hours where `throughput` measured its resolution), the length, the projected total and the batch notes."""
     speed = throughput["images_per_second"] if throughput else {}
     measured_batch = throughput["batch_sizes"] if throughput else {}
-    other_batch = set()  # resolutions whose speed was measured at another batch than this schedule's
-    print(
-        f"\n{'phase':>6} {'res':>5} {'batch':>6} {'start kimg':>11} {'end kimg':>9}  learning rates at start (E, I, G)"
-        + ("   hours" if speed else "")
-    )
-    total_seconds, unmeasured = 0.0, set()
+    phases = []
     for stage in schedule_table(config.schedule, config.objective):
         end_images = min(stage.phase_end_images or config.total_images, config.total_images)
-        end = f"{stage.phase_end_images / 1000:9.3f}" if stage.phase_end_images is not None else "      end"
-        rates = ", ".join(f"{stage.learning_rates[n]:.2e}" for n in ("energy", "inference", "generator"))
-        hours = ""
+        images = max(end_images - stage.phase_start_images, 0)
+        phase = {
+            "phase": stage.phase,
+            "resolution": stage.resolution,
+            "batch_size": stage.batch_size,
+            "start_kimg": stage.phase_start_images / 1000,
+            "end_kimg": None if stage.phase_end_images is None else stage.phase_end_images / 1000,  # None: the end
+            "learning_rates": dict(stage.learning_rates),
+        }
         if speed:
-            images = max(end_images - stage.phase_start_images, 0)
-            if stage.resolution in speed:
-                total_seconds += images / speed[stage.resolution]
-                hours = f"  {images / speed[stage.resolution] / 3600:6.2f}"
-                if measured_batch.get(stage.resolution, stage.batch_size) != stage.batch_size:
-                    other_batch.add(stage.resolution)
-                    hours += f" (measured at batch {measured_batch[stage.resolution]})"
-            elif images:
-                unmeasured.add(stage.resolution)
-                hours = "       ?"
+            phase["hours"] = images / speed[stage.resolution] / 3600 if stage.resolution in speed else None
+            phase["trained_images"] = images
+            phase["measured_batch_size"] = measured_batch.get(stage.resolution, stage.batch_size)
+        phases.append(phase)
+    plan: dict[str, Any] = {"config": config.to_dict(), "phases": phases, "training_kimg": config.total_images / 1000}
+    if speed:
+        plan["projected_hours"] = sum(p["hours"] for p in phases if p["hours"] is not None)
+        plan["unmeasured_resolutions"] = sorted(
+            {p["resolution"] for p in phases if p["hours"] is None and p["trained_images"]}
+        )
+        plan["throughput"] = {key: throughput.get(key) for key in ("device", "processes", "mixed_precision")}
+    plan["notes"] = list(notes or [])
+    return plan
+
+
+def print_dry_run(plan: dict) -> None:
+    """`dry_run_plan`'s report as text: the configuration, the phase table and the projected wall time."""
+    print(json.dumps(plan["config"], indent=2, sort_keys=True))
+    projected = "projected_hours" in plan
+    print(
+        f"\n{'phase':>6} {'res':>5} {'batch':>6} {'start kimg':>11} {'end kimg':>9}  learning rates at start (E, I, G)"
+        + ("   hours" if projected else "")
+    )
+    other_batch = set()  # resolutions whose speed was measured at another batch than this schedule's
+    for phase in plan["phases"]:
+        end = f"{phase['end_kimg']:9.3f}" if phase["end_kimg"] is not None else "      end"
+        rates = ", ".join(f"{phase['learning_rates'][n]:.2e}" for n in ("energy", "inference", "generator"))
+        hours = ""
+        if projected and phase["hours"] is not None:
+            hours = f"  {phase['hours']:6.2f}"
+            if phase["measured_batch_size"] != phase["batch_size"]:
+                other_batch.add(phase["resolution"])
+                hours += f" (measured at batch {phase['measured_batch_size']})"
+        elif projected and phase["trained_images"]:
+            hours = "       ?"
         print(
-            f"{stage.phase:>6} {stage.resolution:5d} {stage.batch_size:6d} {stage.phase_start_images / 1000:11.3f}"
+            f"{phase['phase']:>6} {phase['resolution']:5d} {phase['batch_size']:6d} {phase['start_kimg']:11.3f}"
             f" {end}  {rates}{hours}"
         )
-    print(f"\ntraining length: {config.total_images / 1000:.1f} kimg")
-    if speed:
-        where = (
-            f"{throughput.get('processes', 1)} x {throughput.get('device', '?')}, {throughput.get('mixed_precision')}"
-        )
-        missing = f" (without resolutions {sorted(unmeasured)}, not measured)" if unmeasured else ""
+    print(f"\ntraining length: {plan['training_kimg']:.1f} kimg")
+    if projected:
+        measured = plan["throughput"]
+        where = f"{measured['processes'] or 1} x {measured['device'] or '?'}, {measured['mixed_precision']}"
+        unmeasured = plan["unmeasured_resolutions"]
+        missing = f" (without resolutions {unmeasured}, not measured)" if unmeasured else ""
         if other_batch:
             missing += f"; resolutions {sorted(other_batch)} measured at other batch sizes"
-        print(f"projected training time at the measured speed ({where}): {total_seconds / 3600:.1f} h{missing}")
-        scaled = ", ".join(f"{n}x: {total_seconds / 3600 / n:.1f} h" for n in (2, 4, 8, 16))
+        total = plan["projected_hours"]
+        print(f"projected training time at the measured speed ({where}): {total:.1f} h{missing}")
+        scaled = ", ".join(f"{n}x: {total / n:.1f} h" for n in (2, 4, 8, 16))
         print(f"on N times as many GPUs, scaling ideally (a lower bound on time): {scaled}")
         print("(iterations only: snapshots, checkpoints and metrics add to it)")
+    if plan["notes"]:
+        print("\n".join(plan["notes"]))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 
 from datasets_prep.lmdb_format import DatasetFormatError
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
-from progressive.cli.dry_run import dry_run_precision, print_dry_run, read_throughput
+from progressive.cli.dry_run import dry_run_plan, dry_run_precision, print_dry_run, read_throughput
 from progressive.nets.layers import is_power_of_two
 from progressive.objective import DEFAULT_RECIPE, RECIPES, TriangleConfig
 from progressive.presets import PRESETS, default_preset
@@ -45,6 +46,7 @@ COMMAND_ONLY = (
     "gpu_memory_gib",
     "config",
     "dry_run",
+    "json",
     "throughput",
     "mixed_precision",
 )
@@ -109,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="global seed")
     parser.add_argument("--config", help="JSON configuration (e.g. a run's config.json), applied before the flags")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and schedule, exit")
+    parser.add_argument(
+        "--json", action="store_true", help="with --dry-run: one JSON object (config, phases, notes) on stdout"
+    )
     parser.add_argument(
         "--throughput",
         help="with --dry-run: images/s per resolution (benchmark_train.py --json) to project the wall time",
@@ -228,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             precision = dry_run_precision(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no")
             config, lines = fit_batches(with_data_channels(config), batch, args.gpu_memory_gib, 1, precision)
-            throughput = read_throughput(args.throughput) if args.throughput else None
-            print_dry_run(config, throughput)
-            print("\n".join(lines))
+            plan = dry_run_plan(config, read_throughput(args.throughput) if args.throughput else None, lines)
+            if args.json:
+                print(json.dumps(plan, indent=2, sort_keys=True))
+            else:
+                print_dry_run(plan)
             return 0
     except BadInput as error:
         return report(True, str(error), EXIT_BAD_INPUT)

@@ -67,7 +67,9 @@ def test_a_gpu_too_small_for_one_image_is_refused():
 def dry_run(capsys, *flags: str) -> tuple[int, dict, str, str]:
     code = main(["--res", "1024", "--dry-run", *flags])
     out, err = capsys.readouterr()
-    config = json.loads(out[: out.index("\n}\n") + 2]) if code == 0 else {}
+    if code == 0:  # the same again as JSON: the configuration as resolved
+        assert main(["--res", "1024", "--dry-run", "--json", *flags]) == 0
+    config = json.loads(capsys.readouterr().out)["config"] if code == 0 else {}
     return code, config, out, err
 
 

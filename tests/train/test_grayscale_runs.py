@@ -64,9 +64,8 @@ def _png_mode(path: Path) -> str:
 def test_a_grayscale_dataset_trains_resumes_and_exports_grayscale(tmp_path, gray_lmdb, capsys, monkeypatch):
     out = tmp_path / "runs"
     # The dry run already shows the channels read from the data.
-    assert train([*TINY, "--data", str(gray_lmdb), "--out", str(out), "--dry-run"]) == 0
-    printed = capsys.readouterr().out
-    assert json.loads(printed[: printed.index("\n}\n") + 2])["image_channels"] == 1
+    assert train([*TINY, "--data", str(gray_lmdb), "--out", str(out), "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["image_channels"] == 1
 
     assert train([*TINY, "--data", str(gray_lmdb), "--out", str(out), "--kimg", "0.168"]) == 0  # stops mid-fade
     run_dir = out / "00000-tiny-16"
@@ -178,9 +177,8 @@ def test_colour_runs_refuse_gray_data_and_files_without_the_field_load_as_colour
 def test_the_channels_follow_the_data_and_gray_pngs_must_be_gray(tmp_path, capsys):
     # A --config file's value (say a grayscale run's config.json reused) is replaced by the data's.
     (tmp_path / "gray.json").write_text(json.dumps({"image_channels": 1}))
-    assert train([*TINY, "--config", str(tmp_path / "gray.json"), "--dry-run"]) == 0
-    printed = capsys.readouterr().out
-    assert json.loads(printed[: printed.index("\n}\n") + 2])["image_channels"] == 3
+    assert train([*TINY, "--config", str(tmp_path / "gray.json"), "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["image_channels"] == 3
 
     # Images that reach a grayscale run as tensors become gray; gray ones pass unchanged.
     colour = torch.rand(3, 8, 8) * 2 - 1

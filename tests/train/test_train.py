@@ -19,9 +19,15 @@ from progressive.train.checkpoint import list_checkpoints
 def test_dry_run_prints_configuration_and_schedule_and_writes_nothing(tmp_path, capsys):
     assert train([*TINY, "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    config = json.loads(printed[: printed.index("\n}\n") + 2])
-    assert config["schedule"]["max_resolution"] == 16 and config["preset"] == "tiny"
-    assert "  fade    16      4" in printed
+    assert printed.startswith("{\n") and "  fade    16      4" in printed
+    assert train([*TINY, "--out", str(tmp_path / "runs"), "--batch", "auto", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)  # one JSON object, nothing else on stdout
+    assert plan["config"]["schedule"]["max_resolution"] == 16 and plan["config"]["preset"] == "tiny"
+    assert [(p["phase"], p["resolution"], p["batch_size"]) for p in plan["phases"]][-2:] == [
+        ("fade", 16, 4),
+        ("stable", 16, 4),
+    ]
+    assert plan["training_kimg"] == 0.24 and plan["notes"] == ["batch sizes as the preset's (no GPU memory to fit)"]
     assert not (tmp_path / "runs").exists()
 
 
@@ -35,6 +41,10 @@ def test_dry_run_projects_the_training_time_from_a_benchmark(tmp_path, capsys):
     assert "stable     4      4       0.000     0.048  " in printed and printed.count("    2.78\n") == 2
     assert "projected training time at the measured speed (1 x test, None): 6.9 h\n" in printed
     assert "2x: 3.5 h, 4x: 1.7 h" in printed
+    assert train([*TINY, "--res", "8", "--kimg", "0.192", "--dry-run", "--json", "--throughput", str(measured)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [round(p["hours"], 2) for p in plan["phases"]] == [2.78, 1.39, 2.78] and plan["unmeasured_resolutions"] == []
+    assert round(plan["projected_hours"], 2) == 6.94
     assert train([*TINY, "--res", "16", "--dry-run", "--throughput", str(measured)]) == 0
     assert "(without resolutions [16], not measured)" in capsys.readouterr().out
     measured.write_text("[]")
@@ -111,9 +121,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, lmdb16, caps
 
 
 def _dry_run_config(capsys, args: list[str]) -> dict:
-    assert train([*TINY, *args, "--dry-run"]) == 0
-    printed = capsys.readouterr().out
-    return json.loads(printed[: printed.index("\n}\n") + 2])
+    assert train([*TINY, *args, "--dry-run", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["config"]
 
 
 def test_recipes_resolve_from_the_flag_a_config_file_or_the_default(tmp_path, capsys):
