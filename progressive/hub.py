@@ -22,7 +22,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from progressive.eval.metrics import EXPORT_BATCH, energies, generate_from_seeds, reconstruct
-from progressive.models import TriangleModels, set_network_stage
+from progressive.models import TriangleModels
 from progressive.presets import build_models
 from progressive.pretrained import TrainedRun, load_trained
 
@@ -85,7 +85,7 @@ class PretrainedTriangle(
         return model.train()  # the mixin switches to eval mode; keep the mode the networks were trained in
 
     def models(self) -> TriangleModels:
-        """The three trained networks as TriangleModels (what the metrics and exports take)."""
+        """The four networks as TriangleModels (what the metrics and exports take), sharing their modules."""
         return TriangleModels(
             generator=self.generator,
             energy=self.energy,
@@ -94,11 +94,12 @@ class PretrainedTriangle(
             resolution=self.resolution,
             min_resolution=self.resolution,
             image_channels=self.image_channels,
+            generator_ema=self.generator_ema,
         )
 
     def set_stage(self, resolution: int, alpha: float) -> None:
+        """Put the four networks at stage (resolution, alpha) together (TriangleModels.set_stage)."""
         self.models().set_stage(resolution, alpha)
-        set_network_stage(self.generator_ema, resolution, alpha)
 
     @torch.no_grad()
     def sample(

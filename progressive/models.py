@@ -17,7 +17,8 @@ def bare(net: nn.Module) -> nn.Module:
 
 @dataclass
 class TriangleModels:
-    """The three networks trained by the divergence triangle, plus what their callers must know."""
+    """The three networks trained by the divergence triangle, the generator's moving average, and what their callers
+    must know. Every network is a StagedNetwork (nets/layers.py): `set_stage` moves all of them together."""
 
     generator: nn.Module  # g(z): (B, latent_dim) -> (B, 3, R, R) in [-1, 1], three identical channels if grayscale
     energy: nn.Module  # raw energy output s(x): (B, 3, R, R) -> (B,)
@@ -28,6 +29,9 @@ class TriangleModels:
     # 1: the generator draws gray images (one channel shown as three identical ones); every image interface stays
     # (B, 3, R, R), so only the generator and the PNG writers need to know.
     image_channels: int = 3
+    # The generator's exponential moving average (samples), never back-propagated; None where there is none yet
+    # (the networks as built). The trainer, load_trained and PretrainedTriangle hold it here.
+    generator_ema: nn.Module | None = None
 
     def __post_init__(self) -> None:
         if self.min_resolution is None:
@@ -37,41 +41,35 @@ class TriangleModels:
             raise ValueError(f"image_channels is {self.image_channels} but the generator draws {drawn} channel(s)")
 
     def networks(self) -> dict[str, nn.Module]:
-        """The three networks by name, in the order they are updated."""
+        """The three trained networks by name, in the order they are updated (the average is not one of them)."""
         return {"energy": self.energy, "inference": self.inference, "generator": self.generator}
 
-    def set_stage(self, resolution: int, alpha: float) -> None:
-        """Put all three networks at stage (resolution, alpha) together, or raise ValueError and change none.
+    def staged(self) -> dict[str, nn.Module]:
+        """Every network with a stage, unwrapped, by name: the three and the average ("generator_ema")."""
+        nets = {name: bare(net) for name, net in self.networks().items()}
+        return nets | ({"generator_ema": self.generator_ema} if self.generator_ema is not None else {})
 
-        Networks without `set_stage` (fixed resolution) accept only their own resolution with alpha 1.
-        """
-        nets = [bare(net) for net in self.networks().values()]
-        for net in nets:
-            if hasattr(net, "set_stage"):
-                net.validate_stage(resolution, alpha)
-            elif resolution != self.resolution or alpha != 1:
-                raise ValueError(
-                    f"{type(net).__name__} runs only at resolution {self.resolution} with alpha 1, "
-                    f"got resolution {resolution}, alpha {alpha}"
-                )
-        for net in nets:
-            if hasattr(net, "set_stage"):
-                net.set_stage(resolution, alpha)
+    def set_stage(self, resolution: int, alpha: float) -> None:
+        """Put every network (the average too) at stage (resolution, alpha) together, or raise ValueError and change
+        none. Fixed-resolution networks accept only their own resolution with alpha 1."""
+        for net in self.staged().values():
+            net.validate_stage(resolution, alpha)
+        for net in self.staged().values():
+            net.set_stage(resolution, alpha)
 
     @property
     def stage(self) -> tuple[int, float]:
-        """(resolution, alpha) of the three networks; RuntimeError if they disagree."""
-        stages = {
-            name: (bare(net).resolution, float(getattr(bare(net), "alpha", 1.0)))
-            for name, net in self.networks().items()
-        }
+        """(resolution, alpha) of the networks; RuntimeError if they disagree."""
+        stages = {name: (net.resolution, float(net.alpha)) for name, net in self.staged().items()}
         if len(set(stages.values())) != 1:
-            raise RuntimeError(f"the three networks are at different stages: {stages}")
+            raise RuntimeError(f"the networks are at different stages: {stages}")
         return next(iter(stages.values()))
 
     def to(self, device: torch.device | str) -> TriangleModels:
         for net in self.networks().values():
             net.to(device)
+        if self.generator_ema is not None:
+            self.generator_ema.to(device)
         return self
 
     def train(self, mode: bool = True) -> TriangleModels:
@@ -89,11 +87,6 @@ def update_ema(ema: nn.Module, generator: nn.Module, beta: float) -> None:
         ema_buffer.copy_(buffer)
 
 
-def set_network_stage(net: nn.Module, resolution: int, alpha: float) -> None:
-    if hasattr(net, "set_stage"):
-        net.set_stage(resolution, alpha)
-
-
 def parameter_summary(models: TriangleModels) -> dict[str, dict[str, int]]:
     """Per network, its parameter count ("total") and, for progressive networks, the count of each resolution's
     block with its RGB layer (keys "4", "8", ...: `parameters_per_resolution`)."""
@@ -101,7 +94,7 @@ def parameter_summary(models: TriangleModels) -> dict[str, dict[str, int]]:
     for name, net in models.networks().items():
         net = bare(net)
         counts = {"total": sum(p.numel() for p in net.parameters())}
-        if hasattr(net, "set_stage"):  # progressive: every parameter belongs to one resolution
+        if net.progressive:  # every parameter belongs to one resolution
             counts |= {str(r): n for r, n in parameters_per_resolution(net).items()}
         summary[name] = counts
     return summary

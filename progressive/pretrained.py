@@ -21,8 +21,9 @@ from progressive.train.schedule import Stage, stage_at
 class TrainedRun:
     """The networks of a checkpoint, at the stage they had reached, in training mode (as trained)."""
 
-    models: TriangleModels  # generator, energy, inference as last trained (.image_channels: 1 for a grayscale run)
-    generator_ema: nn.Module  # exponential moving average of the generator (default for sampling)
+    # generator, energy, inference as last trained, and generator_ema, their generator's exponential moving average
+    # (the default for sampling); .image_channels: 1 for a grayscale run
+    models: TriangleModels
     config: TrainConfig  # the run's resolved configuration
     stage: Stage  # resolution and alpha at the checkpoint
     images_shown: int  # real images shown when the checkpoint was written
@@ -32,6 +33,11 @@ class TrainedRun:
     @property
     def resolution(self) -> int:
         return self.stage.resolution
+
+    @property
+    def generator_ema(self) -> nn.Module:
+        """The generator's moving average (models.generator_ema)."""
+        return self.models.generator_ema
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> TrainedRun:
@@ -50,16 +56,13 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     models = build_models(config.preset, image_channels=config.image_channels).to(device)
     for name, net in models.networks().items():
         net.load_state_dict(saved.networks[name])
-    generator_ema = build_models(config.preset, image_channels=config.image_channels).generator.to(device)
-    generator_ema.load_state_dict(saved.generator_ema)
-    generator_ema.requires_grad_(False)
+    models.generator_ema = build_models(config.preset, image_channels=config.image_channels).generator.to(device)
+    models.generator_ema.load_state_dict(saved.generator_ema)
+    models.generator_ema.requires_grad_(False)
     stage = stage_at(config.schedule, saved.images_shown, config.objective)
     models.set_stage(stage.resolution, stage.alpha)
-    if hasattr(generator_ema, "set_stage"):
-        generator_ema.set_stage(stage.resolution, stage.alpha)
     return TrainedRun(
         models=models,
-        generator_ema=generator_ema,
         config=config,
         stage=stage,
         images_shown=saved.images_shown,
@@ -78,7 +81,7 @@ def open_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> 
     except (KeyError, RuntimeError, TypeError, ValueError) as error:  # contents that do not fit their configuration
         detail = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
         raise BadInput(f"{find_checkpoint(checkpoint)} cannot be loaded: {detail}") from error
-    for net in (*run.models.networks().values(), run.generator_ema):
+    for net in run.models.staged().values():
         net.requires_grad_(False)
     return run
 

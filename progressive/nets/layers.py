@@ -8,6 +8,7 @@ layer, whatever its fan-in. Without it the weights are stored pre-scaled; both s
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -69,6 +70,53 @@ def check_resolution_range(min_resolution: int, max_resolution: int) -> None:
             raise ValueError(f"{name} must be a power of two >= 4, got {value!r}")
     if min_resolution > max_resolution:
         raise ValueError(f"min_resolution {min_resolution} exceeds max_resolution {max_resolution}")
+
+
+class StagedNetwork(nn.Module):
+    """A network with a stage: the active resolution and the fade-in weight alpha of its newest layers, plain
+    attributes that `set_stage` changes. Progressive networks run at every resolution of their range; a
+    fixed-resolution network (min_resolution == max_resolution) at its own with alpha 1, so every holder sets the
+    stage of any network the same way."""
+
+    def __init__(self, min_resolution: int, max_resolution: int | None = None):  # None: fixed at min_resolution
+        super().__init__()
+        max_resolution = min_resolution if max_resolution is None else max_resolution
+        check_resolution_range(min_resolution, max_resolution)
+        self.min_resolution = min_resolution
+        self.max_resolution = max_resolution
+        # A freshly built network is fully grown, so sampling from a finished model needs no set_stage.
+        self.resolution = max_resolution
+        self.alpha = 1.0
+
+    def validate_stage(self, resolution: int, alpha: float) -> None:
+        """Raise ValueError unless (resolution, alpha) is a stage this network can run."""
+        if self.min_resolution == self.max_resolution and (resolution, alpha) != (self.max_resolution, 1):
+            raise ValueError(
+                f"{type(self).__name__} runs only at resolution {self.max_resolution} with alpha 1, "
+                f"got resolution {resolution}, alpha {alpha}"
+            )
+        if isinstance(resolution, bool) or not is_power_of_two(resolution):
+            raise ValueError(f"resolution must be a power of two, got {resolution!r}")
+        if not self.min_resolution <= resolution <= self.max_resolution:
+            raise ValueError(f"resolution must lie in [{self.min_resolution}, {self.max_resolution}], got {resolution}")
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+        if resolution == self.min_resolution and alpha != 1:
+            raise ValueError(f"the first resolution ({resolution}) has no previous stage to fade from: alpha must be 1")
+
+    def set_stage(self, resolution: int, alpha: float) -> None:
+        """Run at `resolution`, fading its new layers in with weight `alpha` (1 = fully in)."""
+        self.validate_stage(resolution, alpha)
+        self.resolution = int(resolution)
+        self.alpha = float(alpha)
+
+    @property
+    def progressive(self) -> bool:
+        """Whether it grows: more than one resolution, each with its own block."""
+        return self.min_resolution < self.max_resolution
+
+    def extra_repr(self) -> str:
+        return f"resolution={self.resolution}, alpha={self.alpha:g}, range={self.min_resolution}..{self.max_resolution}"
 
 
 class ScaledConv2d(nn.Module):

@@ -16,7 +16,6 @@ docs/architecture.md has the block layout and the reasons for the defaults.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 
 import torch
@@ -26,14 +25,13 @@ from progressive.nets.layers import (
     LEAKY_SLOPE,
     ScaledConv2d,
     ScaledLinear,
+    StagedNetwork,
     as_rgb,
     channels_per_resolution,
     check_image_channels,
-    check_resolution_range,
     conv_act_norm,
     downsample2,
     fade_in,
-    is_power_of_two,
     make_norm,
     resolutions,
     upsample2,
@@ -42,8 +40,8 @@ from progressive.nets.layers import (
 OUTPUT_ACTIVATIONS = ("tanh", "none")
 
 
-class _Staged(nn.Module):
-    """Holds the stage (active resolution, fade-in alpha) as plain attributes; the trainer sets it."""
+class _Staged(StagedNetwork):
+    """A progressive network: its range of resolutions and the channels of each."""
 
     def __init__(
         self,
@@ -52,39 +50,13 @@ class _Staged(nn.Module):
         channels: Mapping[int, int] | None,
         channel_rule: tuple[int, int, int],
     ):
-        super().__init__()
-        check_resolution_range(min_resolution, max_resolution)
-        self.min_resolution = min_resolution
-        self.max_resolution = max_resolution
+        super().__init__(min_resolution, max_resolution)
         if channels is None:
             channels = channels_per_resolution(4, max_resolution, *channel_rule)
         missing = [r for r in resolutions(4, max_resolution) if r not in channels]
         if missing:
             raise ValueError(f"channels must give every resolution from 4 to {max_resolution}; missing {missing}")
         self.channels = {r: int(channels[r]) for r in resolutions(4, max_resolution)}
-        # A freshly built network is fully grown, so sampling from a finished model needs no set_stage.
-        self.resolution = max_resolution
-        self.alpha = 1.0
-
-    def validate_stage(self, resolution: int, alpha: float) -> None:
-        """Raise ValueError unless (resolution, alpha) is a stage this network can run."""
-        if isinstance(resolution, bool) or not is_power_of_two(resolution):
-            raise ValueError(f"resolution must be a power of two, got {resolution!r}")
-        if not self.min_resolution <= resolution <= self.max_resolution:
-            raise ValueError(f"resolution must lie in [{self.min_resolution}, {self.max_resolution}], got {resolution}")
-        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-        if resolution == self.min_resolution and alpha != 1:
-            raise ValueError(f"the first resolution ({resolution}) has no previous stage to fade from: alpha must be 1")
-
-    def set_stage(self, resolution: int, alpha: float) -> None:
-        """Run at `resolution`, fading its new layers in with weight `alpha` (1 = fully in)."""
-        self.validate_stage(resolution, alpha)
-        self.resolution = int(resolution)
-        self.alpha = float(alpha)
-
-    def extra_repr(self) -> str:
-        return f"resolution={self.resolution}, alpha={self.alpha:g}, range={self.min_resolution}..{self.max_resolution}"
 
 
 class _LatentBlock(nn.Module):

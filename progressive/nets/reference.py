@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from progressive.nets.layers import GlobalBatchNorm2d, as_rgb, check_image_channels
+from progressive.nets.layers import GlobalBatchNorm2d, StagedNetwork, as_rgb, check_image_channels
 
 
 def init_reference_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -24,6 +24,11 @@ def init_reference_weights(module: nn.Module, std: float = 0.02) -> None:
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             nn.init.normal_(m.weight, 1.0, std)
             nn.init.zeros_(m.bias)
+
+
+def _side(channels: tuple[int, ...]) -> int:
+    """The image side of a reference network: 4x4, doubled by each entry after the first."""
+    return 4 * 2 ** (len(channels) - 1)
 
 
 def _down_trunk(channels: list[int], slope: float, batch_norm: bool = False) -> nn.Sequential:
@@ -40,7 +45,7 @@ def _down_trunk(channels: list[int], slope: float, batch_norm: bool = False) -> 
     return nn.Sequential(*layers)
 
 
-class ReferenceGenerator(nn.Module):
+class ReferenceGenerator(StagedNetwork):
     """g(z): latent (B, latent_dim) -> image (B, 3, 32, 32) in [-1, 1].
 
     With image_channels=1 the last transposed convolution draws one channel, shown as three identical ones (as the
@@ -52,11 +57,10 @@ class ReferenceGenerator(nn.Module):
         channels: tuple[int, ...] = (512, 512, 256, 128),  # 4x4 projection, then one 2x upsampling per further entry
         image_channels: int = 3,  # 3 colour; 1 grayscale: one channel drawn, repeated to three after tanh
     ):
-        super().__init__()
+        super().__init__(_side(channels))  # a fixed resolution
         check_image_channels(image_channels)
         self.latent_dim = latent_dim
         self.image_channels = image_channels
-        self.resolution = 4 * 2 ** (len(channels) - 1)
         layers: list[nn.Module] = []
         c_prev = latent_dim
         for i, c in enumerate(channels):
@@ -78,12 +82,11 @@ class ReferenceGenerator(nn.Module):
         return image
 
 
-class ReferenceEnergy(nn.Module):
+class ReferenceEnergy(StagedNetwork):
     """Raw energy network output s(x): image (B, 3, 32, 32) -> (B,). The objective applies the energy form."""
 
     def __init__(self, channels: tuple[int, ...] = (64, 128, 256, 256), slope: float = 0.2, batch_norm: bool = False):
-        super().__init__()
-        self.resolution = 4 * 2 ** (len(channels) - 1)
+        super().__init__(_side(channels))  # a fixed resolution
         self.trunk = _down_trunk(list(channels), slope, batch_norm)
         self.head = nn.Conv2d(channels[-1], 1, 4, 1, 0, bias=True)
         init_reference_weights(self)
@@ -95,7 +98,7 @@ class ReferenceEnergy(nn.Module):
         return self.head(self.trunk(x)).flatten(1).squeeze(1)
 
 
-class ReferenceInference(nn.Module):
+class ReferenceInference(StagedNetwork):
     """q(z|x): image (B, 3, 32, 32) -> (mu, logvar), each (B, latent_dim)."""
 
     def __init__(
@@ -105,9 +108,8 @@ class ReferenceInference(nn.Module):
         slope: float = 0.2,  # LeakyReLU slope
         batch_norm: bool = False,  # batch norm after each stride-2 convolution
     ):
-        super().__init__()
+        super().__init__(_side(channels))  # a fixed resolution
         self.latent_dim = latent_dim
-        self.resolution = 4 * 2 ** (len(channels) - 1)
         self.trunk = _down_trunk(list(channels), slope, batch_norm)
         self.head_mu = nn.Conv2d(channels[-1], latent_dim, 4, 1, 0, bias=True)
         self.head_logvar = nn.Conv2d(channels[-1], latent_dim, 4, 1, 0, bias=True)

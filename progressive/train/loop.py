@@ -26,7 +26,7 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from progressive.data import STOP_SIGNALS, StreamBatchSampler, loader_batches, make_loader
-from progressive.models import bare, set_network_stage, update_ema
+from progressive.models import bare, update_ema
 from progressive.nets.layers import batch_statistics_over_processes, global_batch_norms, running_statistics_frozen
 from progressive.objective import STAT_NAMES, triangle_step
 from progressive.train.checkpoint import (
@@ -136,7 +136,8 @@ class Trainer:
             compile_mode=config.compile,
             image_channels=config.image_channels,
         )
-        self.models, self.optimizers, self.ema = prepared.models, prepared.optimizers, prepared.ema
+        self.models, self.optimizers = prepared.models, prepared.optimizers
+        self.ema = prepared.models.generator_ema  # the generator's moving average
         self.update, self.memory_format = prepared.update, prepared.memory_format
         self.batch_norms = global_batch_norms(*self.models.networks().values())  # synchronised in each step
         # Frozen during snapshots and evaluations, which run on the main process only (see write_snapshot).
@@ -397,8 +398,7 @@ class Trainer:
         return int(flag.item())
 
     def _set_stage(self, stage: Stage) -> None:
-        self.models.set_stage(stage.resolution, stage.alpha)
-        set_network_stage(self.ema, stage.resolution, stage.alpha)
+        self.models.set_stage(stage.resolution, stage.alpha)  # the average too
 
     # ---------------------------------------------------------------- what the user sees
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from torch import nn
 
 from progressive.models import TriangleModels
 from progressive.objective import TriangleConfig
@@ -23,9 +22,8 @@ from progressive.updates import GuardedUpdate, TriangleOptimizers
 
 @dataclass
 class PreparedTraining:
-    models: TriangleModels  # the three networks as Accelerate prepared them
+    models: TriangleModels  # the three networks as Accelerate prepared them, and the generator's moving average
     optimizers: TriangleOptimizers  # one Adam per network
-    ema: nn.Module  # moving average of the generator (not wrapped: it is never back-propagated)
     update: GuardedUpdate  # per-network loss scaling and non-finite checks
     memory_format: torch.memory_format  # of the networks, and of the images they should be given
 
@@ -61,5 +59,6 @@ def prepare_training(
         resolution=models.resolution,
         min_resolution=models.min_resolution,
         image_channels=models.image_channels,
+        generator_ema=ema,  # not wrapped: it is never back-propagated
     )
-    return PreparedTraining(prepared, optimizers, ema, update, memory_format)
+    return PreparedTraining(prepared, optimizers, update, memory_format)

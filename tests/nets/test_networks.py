@@ -274,17 +274,19 @@ def test_channel_rule_and_explicit_channels():
         ProgressiveEnergy(max_resolution=32, channels=explicit)
 
 
-def test_models_set_stage_moves_all_three_together_or_none():
+def test_models_set_stage_moves_all_four_together_or_none():
     models = build_models("tiny")
+    models.generator_ema = build_models("tiny").generator
     assert models.stage == (32, 1.0)
     models.set_stage(16, 0.25)
     assert models.stage == (16, 0.25)
-    assert all((net.resolution, net.alpha) == (16, 0.25) for net in models.networks().values())
+    nets = [*models.networks().values(), models.generator_ema]
+    assert all((net.resolution, net.alpha) == (16, 0.25) for net in nets)
     with pytest.raises(ValueError):
         models.set_stage(64, 1.0)
     assert models.stage == (16, 0.25)
-    models.energy.set_stage(8, 1.0)
-    with pytest.raises(RuntimeError, match="different stages"):
+    models.generator_ema.set_stage(8, 1.0)
+    with pytest.raises(RuntimeError, match="different stages.*generator_ema"):
         _ = models.stage
 
 
