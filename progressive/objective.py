@@ -88,7 +88,7 @@ class TriangleConfig:
                 continue
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.recon_generator == 0 and self.latent_generator == 0 and self.weight_energy == 0:
+        if self.generator_recon_weight == 0 and self.generator_latent_weight == 0 and self.weight_energy == 0:
             raise ValueError(
                 "the generator has no loss: weight_recon_generator, weight_latent_generator and weight_energy "
                 "are all 0 (recipe 'vae' or 'wake-sleep' train it by reconstruction)"
@@ -115,12 +115,12 @@ class TriangleConfig:
         return any(w != 0 for w in (self.weight_recon, self.weight_kl, self.weight_latent))
 
     @property
-    def recon_generator(self) -> float:
+    def generator_recon_weight(self) -> float:
         """The reconstruction weight of the generator step."""
         return self.weight_recon if self.weight_recon_generator is None else self.weight_recon_generator
 
     @property
-    def latent_generator(self) -> float:
+    def generator_latent_weight(self) -> float:
         """The latent-NLL weight of the generator step."""
         return self.weight_latent if self.weight_latent_generator is None else self.weight_latent_generator
 
@@ -233,6 +233,21 @@ def posterior(inference: nn.Module, x: torch.Tensor, config: TriangleConfig) -> 
     """(mu, s) of q(z|x) with the configuration's log-variance bound applied."""
     mu, logvar = inference(x)
     return mu, bound_logvar(logvar, config.logvar_bound)
+
+
+def posterior_of(
+    inference: nn.Module, real: torch.Tensor | None, fake: torch.Tensor | None, config: TriangleConfig
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """((mu, logvar) of `real`, (mu, logvar) of `fake`, every logvar) from one forward of the images given (one DDP
+    reduction); the pair of an image set not given is empty. At least one must be given."""
+    inputs = [images for images in (real, fake) if images is not None]
+    mu_all, logvar_all = posterior(inference, torch.cat(inputs) if len(inputs) > 1 else inputs[0], config)
+    real_count = real.shape[0] if real is not None else 0
+    return (
+        (mu_all[:real_count], logvar_all[:real_count]),
+        (mu_all[real_count:], logvar_all[real_count:]),
+        logvar_all,
+    )
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -405,12 +420,10 @@ def triangle_step(
     if config.trains_inference:
         encode_real = config.weight_recon != 0 or config.weight_kl != 0
         encode_fake = config.weight_latent != 0
-        inputs = [x] if encode_real else []
-        inputs += [x_fake_const] if encode_fake else []
-        mu_all, logvar_all = posterior(inference, torch.cat(inputs) if len(inputs) > 1 else inputs[0], config)
+        (mu, logvar), (mu_fake, logvar_fake), logvar_all = posterior_of(
+            inference, x if encode_real else None, x_fake_const if encode_fake else None, config
+        )
         logvar_min, logvar_max = torch.aminmax(logvar_all.detach())
-        real_count = batch if encode_real else 0
-        mu, logvar = mu_all[:real_count], logvar_all[:real_count]
         if config.weight_recon != 0:
             recon = reconstruction_loss(bare(generator)(reparameterize(mu, logvar, eps[0])), x)
             loss_inference = loss_inference + config.weight_recon * recon
@@ -418,27 +431,27 @@ def triangle_step(
             kl = kl_to_prior(mu, logvar, config.kl_reduction)
             loss_inference = loss_inference + config.weight_kl * kl
         if encode_fake:
-            nll = latent_nll(z, mu_all[real_count:], logvar_all[real_count:], config.nll_eps)
+            nll = latent_nll(z, mu_fake, logvar_fake, config.nll_eps)
             loss_inference = loss_inference + config.weight_latent * nll
         grad_norm_inference = update("inference", optimizers.inference, inference, loss_inference, config)
 
     # 4. Generator step with the updated E and I; gradients reach G through x_fake and G(z_hat2). With
     #    generator_steps K > 1 (Algorithm 1, step 9), K updates from the same z and eps2, each with a fresh G(z);
     #    the statistics are the first step's (what K = 1 reports).
-    weight_recon, weight_latent = config.recon_generator, config.latent_generator
+    weight_recon, weight_latent = config.generator_recon_weight, config.generator_latent_weight
 
     def generator_loss(x_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         loss, recon_g, nll_g = zero, zero, zero
         if weight_recon != 0 or weight_latent != 0:
-            inputs = ([x] if weight_recon != 0 else []) + ([x_fake] if weight_latent != 0 else [])
-            mu_all, logvar_all = posterior(bare(inference), torch.cat(inputs) if len(inputs) > 1 else inputs[0], config)
-            real_count = batch if weight_recon != 0 else 0
+            (mu, logvar), (mu_fake, logvar_fake), _ = posterior_of(
+                bare(inference), x if weight_recon != 0 else None, x_fake if weight_latent != 0 else None, config
+            )
             if weight_recon != 0:
-                z_hat2 = reparameterize(mu_all[:batch], logvar_all[:batch], eps[1]).detach()
+                z_hat2 = reparameterize(mu, logvar, eps[1]).detach()
                 recon_g = reconstruction_loss(bare(generator)(z_hat2), x)
                 loss = loss + weight_recon * recon_g
             if weight_latent != 0:
-                nll_g = latent_nll(z, mu_all[real_count:], logvar_all[real_count:], config.nll_eps)
+                nll_g = latent_nll(z, mu_fake, logvar_fake, config.nll_eps)
                 loss = loss + weight_latent * nll_g
         if config.trains_energy:
             energy_of_fake = energy_from_output(bare(energy)(x_fake), config.energy_form).mean()
@@ -509,6 +522,7 @@ __all__ = [
     "TriangleConfig",
     "bound_logvar",
     "posterior",
+    "posterior_of",
     "energy_from_output",
     "in_channel_mode",
     "kl_to_prior",

@@ -394,7 +394,7 @@ def test_a_generator_without_any_loss_is_refused():
         recipe_config("vae", weight_recon=0.0)
     with pytest.raises(ValueError, match="weight_latent_generator must be a finite number >= 0"):
         recipe_config("triangle", weight_latent_generator=-1.0)
-    assert recipe_config("vae", weight_recon=0.0, weight_recon_generator=1.0).recon_generator == 1.0
+    assert recipe_config("vae", weight_recon=0.0, weight_recon_generator=1.0).generator_recon_weight == 1.0
 
 
 def test_old_checkpoint_configurations_resume_with_the_values_added_since():
