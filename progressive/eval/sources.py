@@ -142,16 +142,29 @@ def dataset_images(run: EvaluatedRun, data: str | None, split: str, limit: int |
         except ValueError as error:
             raise BadInput(str(error)) from error
         description = f"{source} ({split})"
+    if len(dataset) == 0:
+        raise BadInput(f"{description} has no images")
+    return stage_images(dataset, limit, run.stage.alpha, run.models.image_channels, split, description)
+
+
+def stage_images(
+    dataset,  # LMDBImageDataset or SyntheticShapesDataset, at the stage's resolution
+    limit: int | None,  # its first `limit` images; None: all
+    alpha: float,  # the stage's fade-in blend
+    channels: int = 3,  # the networks' mode: 1 converts colour images to gray as they are read
+    split: str = "holdout",
+    description: str = "",
+) -> RealImages:
+    """The first images of a dataset as networks at a stage see them: what the trainer's grids and metrics and the
+    evaluation commands all read."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
     # A grayscale run sees gray images only: those of another (colour) dataset are converted as they are read.
-    load = dataset.__getitem__ if run.models.image_channels == 3 else lambda i: as_gray(dataset[i])
-    if count == 0:
-        raise BadInput(f"{description} has no images")
+    load = dataset.__getitem__ if channels == 3 else lambda i: as_gray(dataset[i])
     return RealImages(
         names=[f"{split}/{i}" for i in range(count)],
-        description=description,
+        description=description or split,
         fingerprint=dataset.fingerprint,
         split=split,
         load=load,
-        alpha=run.stage.alpha,
+        alpha=alpha,
     )

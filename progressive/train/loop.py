@@ -436,9 +436,11 @@ class Trainer:
 
     def _fixed_reals(self, stage: Stage, count: int) -> torch.Tensor:
         """The first `count` held-out images (training images without a held-out split) as the networks see them."""
+        from progressive.eval.sources import stage_images
+
         self.holdout.set_resolution(stage.resolution)
-        real = torch.stack([self.holdout[i] for i in range(min(count, len(self.holdout)))])
-        return blend_reals(real.to(self.device), stage.alpha)
+        reals = stage_images(self.holdout, count, stage.alpha, self.config.image_channels)
+        return torch.cat(list(reals.batches(len(reals), self.device)))
 
     @torch.no_grad()
     def evaluate(self, stage: Stage) -> None:
