@@ -21,7 +21,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from progressive.eval.metrics import EXPORT_BATCH, energies, generate_from_seeds, reconstruct
+from progressive.eval.sampling import EXPORT_BATCH, energies, generate_from_seeds, reconstruct
 from progressive.models import TriangleModels
 from progressive.presets import build_models
 from progressive.pretrained import TrainedRun, load_trained

@@ -54,8 +54,9 @@ from progressive.eval.landscape import (
     nearest_minima,
     plot_disconnectivity,
 )
-from progressive.eval.metrics import CONFIDENT, confident_share, seeded_latents
+from progressive.eval.sampling import seeded_latents
 from progressive.eval.sources import dataset_images
+from progressive.eval.statistics import CONFIDENT, confident_share
 from progressive.nets.layers import as_rgb
 from progressive.objective import energy_from_output
 from progressive.pretrained import TrainedRun, pick_device

@@ -36,18 +36,15 @@ from progressive.cli.common import (
     save_png,
     write_atomically,
 )
-from progressive.eval.metrics import (
+from progressive.eval.sampling import (
     EXPORT_BATCH,
     encode_and_reconstruct,
     energies,
-    energy_separation,
     generate_from_seeds,
     generate_images,
-    noise_images,
-    per_image_mse,
-    reconstruction_summary,
 )
 from progressive.eval.sources import RealImages, dataset_images, folder_images
+from progressive.eval.statistics import energy_separation, noise_images, per_image_mse, reconstruction_summary
 from progressive.pretrained import pick_device
 
 

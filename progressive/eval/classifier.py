@@ -32,7 +32,8 @@ from torch import nn
 
 from progressive.errors import BadInput
 from progressive.eval.inception import default_cache_directory, file_digest
-from progressive.eval.metrics import batches, predicted_classes
+from progressive.eval.sampling import batches
+from progressive.eval.statistics import predicted_classes
 from progressive.io import write_atomically
 
 CLASSIFIER_SIDE = 32  # the classifier sees 32x32 images; other sizes are resized to it

@@ -29,15 +29,10 @@ from datasets_prep.lmdb_format import read_metadata
 from progressive.errors import BadInput
 from progressive.eval.classifier import ClassifierUnavailable, TrainedClassifier, load_or_train_classifier
 from progressive.eval.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
-from progressive.eval.metrics import (
-    METRIC_NAMES,
-    NEEDS_INCEPTION,
-    MetricInputs,
-    compute_metric,
-    generate_images,
-    image_channels,
-)
+from progressive.eval.metrics import METRIC_NAMES, NEEDS_INCEPTION, MetricInputs, compute_metric
+from progressive.eval.sampling import generate_images
 from progressive.eval.sources import EvaluatedRun, RealImages, dataset_images
+from progressive.eval.statistics import image_channels
 
 ALWAYS = ("recon", "swd", "energy", "diversity")
 AUTO_INCEPTION = ("fid", "is")  # KID only when asked for: 100 subsets of 1000 features take minutes on a CPU

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets_prep.pixels import signed_to_pixels
-from progressive.eval.metrics import FeatureStatistics, StatisticsAccumulator
+from progressive.eval.statistics import FeatureStatistics, StatisticsAccumulator
 from progressive.io import write_atomically
 
 INCEPTION_SIDE = 299

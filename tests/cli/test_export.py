@@ -17,7 +17,7 @@ from conftest import run_train_main
 from PIL import Image
 
 from progressive.cli import evaluate, export, export_video
-from progressive.eval.metrics import energies
+from progressive.eval.sampling import energies
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from torch import nn
 
 from progressive.eval import inception as inception_module
 from progressive.eval.inception import InceptionNetwork, InceptionUnavailable, StatisticsCache, load_inception
-from progressive.eval.metrics import (
+from progressive.eval.metrics import energy_metrics, evaluate_metric, reconstruction_metrics
+from progressive.eval.statistics import (
     FeatureStatistics,
     _binomial_blur,
     auroc,
@@ -24,8 +25,6 @@ from progressive.eval.metrics import (
     confident_share,
     constant_images,
     diversity_metrics,
-    energy_metrics,
-    evaluate_metric,
     feature_statistics,
     frechet_distance,
     image_channels,
@@ -35,7 +34,6 @@ from progressive.eval.metrics import (
     multiscale_swd,
     noise_images,
     predicted_classes,
-    reconstruction_metrics,
     shuffle_pixels,
 )
 from progressive.presets import build_models
@@ -354,7 +352,7 @@ def test_diversity_is_zero_for_one_repeated_image_and_one_for_the_data_itself():
 
 
 def test_kernel_inception_distance_against_a_direct_computation():
-    from progressive.eval.metrics import kernel_inception_distance
+    from progressive.eval.statistics import kernel_inception_distance
 
     generator = torch.Generator().manual_seed(0)
     real, fake = torch.randn(12, 5, generator=generator), torch.randn(9, 5, generator=generator) + 0.5
