@@ -68,6 +68,8 @@ from progressive.io import write_atomically
 from progressive.objective import RECIPES, TriangleConfig
 from progressive.pretrained import open_trained, pick_device
 from progressive.train.checkpoint import CheckpointContents, load_checkpoint, newest_in_directory
+from progressive.train.config import with_optimizer_section
+from progressive.train.optim import OPTIMIZER_KEYS
 
 TRAIN = Path(__file__).with_name("train.py")
 DEFAULT_CONFIGS = ["triangle", "vae", "wake-sleep", "adversarial"]  # the paper's Table 2 rows, and E+G alone
@@ -82,7 +84,7 @@ class Configuration:
 
     name: str  # row label and run directory name
     recipe: str  # objective.RECIPES key
-    changes: dict[str, str] = field(default_factory=dict)  # objective key -> value, as given
+    changes: dict[str, str] = field(default_factory=dict)  # objective or optimiser key -> value, as given
 
     def flags(self) -> list[str]:
         flags = ["--recipe", self.recipe]
@@ -111,12 +113,14 @@ def parse_configuration(text: str) -> Configuration:
         raise ValueError(f"configuration {text!r}: unknown recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
     if pairs and not named:
         raise ValueError(f"configuration {text!r}: name it, e.g. mine={text}")
-    keys = {f.name for f in dataclasses.fields(TriangleConfig)}
+    keys = {f.name for f in dataclasses.fields(TriangleConfig)} | OPTIMIZER_KEYS
     changes = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in keys:
-            raise ValueError(f"configuration {text!r}: {pair!r} is not key=value with a TriangleConfig key")
+            raise ValueError(
+                f"configuration {text!r}: {pair!r} is not key=value with a TriangleConfig key (or OptimizerConfig)"
+            )
         changes[key] = value
     if not name or "/" in name:
         raise ValueError(f"configuration {text!r}: the name must be non-empty and without '/'")
@@ -406,7 +410,7 @@ def measure(
     row["kimg"] = saved.images_shown / 1000
     row["nonfinite"] = sum(saved.skipped.values())
     row["health"] = saved.health
-    objective = TriangleConfig(**json.loads(saved.config)["objective"])
+    objective = TriangleConfig(**with_optimizer_section(json.loads(saved.config))["objective"])
     plans = evaluation_plans(checkpoint, objective, evaluation, facts.labelled, args.classifier_cache, out / label)
     print(describe_evaluation(configuration, seed, [options for options, _ in plans]), flush=True)
     reports = [run_evaluation(checkpoint, options, path, out / f"{label}.log") for options, path in plans]

@@ -46,7 +46,8 @@ KL_REDUCTIONS = ("mean", "sum")
 
 @dataclass
 class TriangleConfig:
-    """Every weight, reduction, form and optimiser setting of the objective (defaults: the reference)."""
+    """Every weight, reduction and form of the objective (defaults: the reference). How the steps are taken
+    (Adam, learning rates, clipping) is train/optim.py's OptimizerConfig."""
 
     energy_form: str = "identity"  # E(x) from the network output s: identity s, or softplus/tanh/sigmoid of -s
     kl_reduction: str = "mean"  # "mean": over batch and latent dims (reference); "sum": over dims, mean over batch
@@ -59,17 +60,6 @@ class TriangleConfig:
     energy_penalty: float = 0.0  # w_pen: mean E^2 over real and generated images in L_E; keeps E bounded
     logvar_bound: float = 0.0  # c > 0: the posterior log-variance s becomes c * tanh(s / c); 0 leaves s unbounded
     nll_eps: float = 1e-6  # added to the variance in the latent NLL, as the reference
-    adam_beta1: float = 0.5  # Adam beta1, all three networks
-    adam_beta2: float = 0.999  # Adam beta2, all three networks
-    lr_energy: float = 1e-4  # learning rate of the energy model
-    lr_generator: float = 3e-4  # learning rate of the generator
-    lr_inference: float = 3e-4  # learning rate of the inference model
-    weight_decay_energy: float = 0.0  # L2 weight decay (Adam's coupled form) of the energy model
-    weight_decay_generator: float = 5e-4  # L2 weight decay of the generator
-    weight_decay_inference: float = 0.0  # L2 weight decay of the inference model
-    grad_clip: float = 100.0  # gradient-norm clipping per network; <= 0 disables it
-    lr_decay: float = 0.998  # learning rates are multiplied by this ...
-    lr_decay_images: int = 50_000  # ... every this many real images shown
     generator_steps: int = 1  # K generator updates per iteration (Algorithm 1, step 9's "multiple-step update")
     noise_negatives: float = 0.0  # w_u > 0: uniform-noise images join L_E as negatives, w_u * (mean E(x) - mean E(u))
     langevin_steps: int = 0  # L > 0: the energy step's samples are G(z) refined by L Langevin steps on E
@@ -101,8 +91,6 @@ class TriangleConfig:
             raise ValueError(f"langevin_steps must be an integer >= 0, got {self.langevin_steps!r}")
         if not (isinstance(self.generator_steps, int) and self.generator_steps >= 1):
             raise ValueError(f"generator_steps must be an integer >= 1, got {self.generator_steps!r}")
-        if self.lr_decay_images <= 0:
-            raise ValueError(f"lr_decay_images must be positive, got {self.lr_decay_images}")
 
     @property
     def trains_energy(self) -> bool:
@@ -409,7 +397,7 @@ def triangle_step(
             loss_energy = loss_energy + config.noise_negatives * (energy_real - energies[2 * batch :].mean())
         if config.energy_penalty != 0:
             loss_energy = loss_energy + config.energy_penalty * energies.pow(2).mean()
-        grad_norm_energy = update("energy", optimizers.energy, energy, loss_energy, config)
+        grad_norm_energy = update("energy", optimizers.energy, energy, loss_energy, optimizers.grad_clip)
         energy_abs_max = energies.detach().abs().max()
     else:
         energy_real = energy_fake = loss_energy = grad_norm_energy = energy_abs_max = zero
@@ -433,7 +421,7 @@ def triangle_step(
         if encode_fake:
             nll = latent_nll(z, mu_fake, logvar_fake, config.nll_eps)
             loss_inference = loss_inference + config.weight_latent * nll
-        grad_norm_inference = update("inference", optimizers.inference, inference, loss_inference, config)
+        grad_norm_inference = update("inference", optimizers.inference, inference, loss_inference, optimizers.grad_clip)
 
     # 4. Generator step with the updated E and I; gradients reach G through x_fake and G(z_hat2). With
     #    generator_steps K > 1 (Algorithm 1, step 9), K updates from the same z and eps2, each with a fresh G(z);
@@ -459,10 +447,10 @@ def triangle_step(
         return loss, recon_g, nll_g
 
     loss_generator, recon_generator, nll_generator = generator_loss(x_fake)
-    grad_norm_generator = update("generator", optimizers.generator, generator, loss_generator, config)
+    grad_norm_generator = update("generator", optimizers.generator, generator, loss_generator, optimizers.grad_clip)
     for _ in range(config.generator_steps - 1):
         loss, _, _ = generator_loss(generator(z))
-        update("generator", optimizers.generator, generator, loss, config)
+        update("generator", optimizers.generator, generator, loss, optimizers.grad_clip)
 
     values = {
         "loss_energy": loss_energy,

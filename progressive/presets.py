@@ -137,7 +137,7 @@ def _tiny1024(image_channels: int) -> TriangleModels:
     )
 
 
-# A tenth of the objective's rates at every resolution of the 512-channel presets: Adam moves each plain weight by
+# A tenth of the optimiser's rates at every resolution of the 512-channel presets: Adam moves each plain weight by
 # about the learning rate, so a layer's output changes in proportion to rate x fan-in, and these networks are 8x
 # wider than the demo's, for which the reference rates were tuned. With the full rates even the VAE part alone
 # un-learns at 8x8 (docs/objective.md, "Where the default departs").
@@ -184,7 +184,7 @@ class Preset:
 
 def _growing_512(last: int) -> dict[str, Any]:
     """Batch 16 at every resolution (--batch auto lowers it where a GPU's memory is short; --batch legacy gives
-    progressive GANs' 16 GB table), a tenth of the objective's rates."""
+    progressive GANs' 16 GB table), a tenth of the optimiser's rates."""
     return {
         "min_resolution": 4,
         "max_resolution": last,

@@ -59,7 +59,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     models.generator_ema = build_models(config.preset, image_channels=config.image_channels).generator.to(device)
     models.generator_ema.load_state_dict(saved.generator_ema)
     models.generator_ema.requires_grad_(False)
-    stage = stage_at(config.schedule, saved.images_shown, config.objective)
+    stage = stage_at(config.schedule, saved.images_shown, config.optimizer)
     models.set_stage(stage.resolution, stage.alpha)
     return TrainedRun(
         models=models,

@@ -17,27 +17,24 @@ if TYPE_CHECKING:  # the iteration needs no Accelerate; only the trainer's updat
     from accelerate import Accelerator
 
 
-class GradientClipping(Protocol):
-    """What an update reads of the objective's configuration (TriangleConfig has it)."""
-
-    grad_clip: float  # gradient-norm clipping per network; <= 0 disables it
-
-
 class Update(Protocol):
-    """How one network's loss becomes a parameter update; returns the gradient norm before clipping."""
+    """How one network's loss becomes a parameter update, its gradient norm clipped to `max_norm` (<= 0: not
+    clipped); returns the gradient norm before clipping."""
 
     def __call__(
-        self, name: str, optimizer: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, config: GradientClipping
+        self, name: str, optimizer: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, max_norm: float
     ) -> torch.Tensor: ...
 
 
 @dataclass
 class TriangleOptimizers:
-    """One optimiser per network, with the same attribute names as the models."""
+    """One optimiser per network, with the same attribute names as the models, and the gradient clipping of
+    every update (train/optim.py `build_optimizers` builds them from an OptimizerConfig)."""
 
     generator: torch.optim.Optimizer
     energy: torch.optim.Optimizer
     inference: torch.optim.Optimizer
+    grad_clip: float = 100.0  # gradient-norm clipping per network (the reference's); <= 0 disables it
 
     def items(self) -> list[tuple[str, torch.optim.Optimizer]]:
         return [("energy", self.energy), ("inference", self.inference), ("generator", self.generator)]
@@ -63,7 +60,7 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
 
 
 def plain_update(
-    name: str, optimizer: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, config: GradientClipping
+    name: str, optimizer: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, max_norm: float
 ) -> torch.Tensor:
     """Back-propagate `loss` into `net` only, clip its gradient norm, step.
 
@@ -72,7 +69,7 @@ def plain_update(
     params = updated_parameters(optimizer)
     optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=params)
-    grad_norm = clip_gradients(params, config.grad_clip)
+    grad_norm = clip_gradients(params, max_norm)
     optimizer.step()
     return grad_norm
 
@@ -105,13 +102,13 @@ class GuardedUpdate:
             )
         return cls(scalers={name: torch.amp.GradScaler(accelerator.device.type, enabled=fp16) for name in names})
 
-    def __call__(self, name, optimizer, net, loss, config: GradientClipping) -> torch.Tensor:
+    def __call__(self, name, optimizer, net, loss, max_norm: float) -> torch.Tensor:
         params = updated_parameters(optimizer)
         scaler = self.scalers[name]
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward(inputs=params)
         scaler.unscale_(optimizer)
-        grad_norm = clip_gradients(params, config.grad_clip)
+        grad_norm = clip_gradients(params, max_norm)
         if math.isfinite(grad_norm.item()):  # the one host sync of the update (torch.isfinite would add 5 ops)
             scaler.step(optimizer)
         else:

@@ -22,7 +22,7 @@ from progressive.objective import (
     uniform_noise_like,
 )
 from progressive.presets import build_models
-from progressive.train.optim import TriangleOptimizers, build_optimizers
+from progressive.train.optim import OptimizerConfig, TriangleOptimizers, build_optimizers
 from progressive.train.schedule import learning_rates
 
 
@@ -104,7 +104,7 @@ def test_reported_losses_equal_an_independent_recomputation():
     models, x, z, eps = _tiny_setup()
     config = TriangleConfig()
     before = copy.deepcopy(models)
-    stats = train_step(models, build_optimizers(models, config), x, z=z, eps=eps, config=config)
+    stats = train_step(models, build_optimizers(models), x, z=z, eps=eps, config=config)
 
     with torch.no_grad():
         g0 = before.generator
@@ -141,7 +141,7 @@ class _SGDOptimizers:
             return torch.optim.SGD(net.parameters(), lr=1.0)
 
         return TriangleOptimizers(
-            generator=sgd(models.generator), energy=sgd(models.energy), inference=sgd(models.inference)
+            generator=sgd(models.generator), energy=sgd(models.energy), inference=sgd(models.inference), grad_clip=0.0
         )
 
 
@@ -175,7 +175,7 @@ def _assert_update(after: torch.nn.Module, before: torch.nn.Module, expected: to
 @pytest.mark.parametrize("weight_recon", [1.0, 0.0])
 def test_each_update_uses_only_its_own_loss(weight_recon):
     models, x, z, eps = _tiny_setup(seed=3, dtype=torch.float64)
-    config = TriangleConfig(weight_recon=weight_recon, grad_clip=0.0)
+    config = TriangleConfig(weight_recon=weight_recon)
     before = copy.deepcopy(models)
     train_step(models, _SGDOptimizers.build(models), x, z=z, eps=eps, config=config)
 
@@ -221,14 +221,14 @@ def test_variational_and_adversarial_parts_alone():
     models, x, z, eps = _tiny_setup(seed=5)
     before = copy.deepcopy(models)
     vae = TriangleConfig(weight_energy=0.0, weight_latent=0.0)
-    stats = train_step(models, build_optimizers(models, vae), x, z=z, eps=eps, config=vae)
+    stats = train_step(models, build_optimizers(models), x, z=z, eps=eps, config=vae)
     assert torch.equal(_flat(models.energy), _flat(before.energy))
     assert stats["loss_energy"] == 0.0 and stats["loss_inference"] > 0
 
     models, x, z, eps = _tiny_setup(seed=5)
     before = copy.deepcopy(models)
     adversarial = TriangleConfig(weight_recon=0.0, weight_kl=0.0, weight_latent=0.0)
-    train_step(models, build_optimizers(models, adversarial), x, z=z, eps=eps, config=adversarial)
+    train_step(models, build_optimizers(models), x, z=z, eps=eps, config=adversarial)
     assert torch.equal(_flat(models.inference), _flat(before.inference))
     assert not torch.equal(_flat(models.energy), _flat(before.energy))
     assert not torch.equal(_flat(models.generator), _flat(before.generator))
@@ -246,7 +246,7 @@ def test_explicit_noise_makes_the_step_deterministic():
 
 
 def test_learning_rates_decay_every_50k_images():
-    config = TriangleConfig()
+    config = OptimizerConfig()
     assert learning_rates(config, 0) == {"energy": 1e-4, "inference": 3e-4, "generator": 3e-4}
     assert learning_rates(config, 49_999)["generator"] == pytest.approx(3e-4)
     assert learning_rates(config, 50_000)["generator"] == pytest.approx(3e-4 * 0.998)
@@ -303,7 +303,7 @@ def test_energy_penalty_and_logvar_bound_against_an_independent_recomputation():
     penalty, bound = 0.3, 0.05  # a bound this tight is active for every output of the untrained network
     config = TriangleConfig(energy_penalty=penalty, logvar_bound=bound)
     before = copy.deepcopy(models)
-    stats = train_step(models, build_optimizers(models, config), x, z=z, eps=eps, config=config)
+    stats = train_step(models, build_optimizers(models), x, z=z, eps=eps, config=config)
 
     def posterior(images):
         mu, logvar = before.inference(images)
@@ -361,7 +361,7 @@ def test_wake_sleep_trains_inference_on_dreams_and_the_generator_by_reconstructi
     before = copy.deepcopy(models)
     counts = _forward_counts(models)
     config = recipe_config("wake-sleep")
-    stats = train_step(models, build_optimizers(models, config), x, z=z, eps=eps, config=config)
+    stats = train_step(models, build_optimizers(models), x, z=z, eps=eps, config=config)
     assert stats["recon"] == 0 and stats["kl"] == 0 and stats["latent_nll"] > 0  # sleep: dreams only
     assert stats["recon_generator"] > 0 and stats["latent_nll_generator"] == 0  # wake: reconstruction only
     assert torch.equal(_flat(models.energy), _flat(before.energy)) and counts["energy"] == 0
@@ -381,7 +381,7 @@ def test_terms_with_zero_weight_cost_no_forward():
         models, x, z, eps = _tiny_setup(seed=9)
         counted = _forward_counts(models)
         config = recipe_config(recipe)
-        train_step(models, build_optimizers(models, config), x, z=z, eps=eps, config=config)
+        train_step(models, build_optimizers(models), x, z=z, eps=eps, config=config)
         counts[recipe] = counted
     assert counts["triangle"] == {"generator": 3, "energy": 2, "inference": 2}
     assert counts["vae"] == {"generator": 3, "energy": 0, "inference": 2}
@@ -421,7 +421,7 @@ def test_several_generator_steps_per_iteration():
     results = {}
     for steps in (1, 3, 3):
         models, x, z, eps = _tiny_setup(seed=10)
-        optimizers = build_optimizers(models, config)
+        optimizers = build_optimizers(models)
         stats = train_step(models, optimizers, x, z=z, eps=eps, config=config.replace(generator_steps=steps))
         adam_steps = {name: {int(v["step"]) for v in o.state.values()} for name, o in optimizers.items()}
         results.setdefault(steps, []).append((stats, {n: _flat(net) for n, net in models.networks().items()}))
@@ -442,7 +442,7 @@ def test_noise_negatives_contrast_real_images_with_uniform_noise():
     config = TriangleConfig(noise_negatives=weight, energy_penalty=penalty)
     before = copy.deepcopy(models)
     torch.manual_seed(11)  # with z and eps given, the noise images are the step's first random draw
-    stats = train_step(models, build_optimizers(models, config), x, z=z, eps=eps, config=config)
+    stats = train_step(models, build_optimizers(models), x, z=z, eps=eps, config=config)
     torch.manual_seed(11)
     noise = torch.rand(x.shape) * 2 - 1
     with torch.no_grad():

@@ -38,7 +38,7 @@ def dry_run_plan(config: TrainConfig, throughput: dict | None = None, notes: lis
     speed = throughput["images_per_second"] if throughput else {}
     measured_batch = throughput["batch_sizes"] if throughput else {}
     phases = []
-    for stage in schedule_table(config.schedule, config.objective):
+    for stage in schedule_table(config.schedule, config.optimizer):
         end_images = min(stage.phase_end_images or config.total_images, config.total_images)
         images = max(end_images - stage.phase_start_images, 0)
         phase = {

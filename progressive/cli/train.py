@@ -3,7 +3,7 @@
 
 Works under `accelerate launch` (any number of processes, --mixed_precision no|fp16|bf16) and as plain
 `python launch/train.py` (one process, CPU or GPU). Without --data it trains on built-in synthetic shapes.
-Every objective and schedule value can be overridden (see --help); the resolved configuration is written
+Every objective, optimiser and schedule value can be overridden (see --help); the resolved configuration is written
 to the run directory as config.json. A grayscale dataset (LMDB metadata `channels` 1) trains a generator that draws
 gray images (docs/architecture.md, "Grayscale"). docs/training.md describes the options and the presets.
 
@@ -30,7 +30,8 @@ from progressive.objective import DEFAULT_RECIPE, RECIPES, TriangleConfig
 from progressive.presets import PRESETS, default_preset
 from progressive.train.checkpoint import CheckpointError, ConfigurationMismatch
 from progressive.train.compile import COMPILE_MODES
-from progressive.train.config import TrainConfig, load_config_file, merge_config, preset_config
+from progressive.train.config import SECTIONS, TrainConfig, load_config_file, merge_config, preset_config
+from progressive.train.optim import OptimizerConfig
 from progressive.train.schedule import ScheduleConfig
 from progressive.train.session import fit_batches, open_run, with_data_channels
 from progressive.train.trackers import parse_report_to
@@ -160,10 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda s: [int(v) for v in s.split(",")],
         help="testing aid: replace these iterations' real batches by NaN",
     )
-    objective = parser.add_argument_group("objective (docs/objective.md)")
-    for f in dataclasses.fields(TriangleConfig):
-        kind = {"str": str, "int": int, "float": float, "float | None": float}[str(f.type)]
-        objective.add_argument(_flag(f.name), dest=f"objective.{f.name}", type=kind, help=f"default {f.default!r}")
+    for section, fields in (("objective", TriangleConfig), ("optimizer", OptimizerConfig)):
+        group = parser.add_argument_group(f"{section} (docs/objective.md)")
+        for f in dataclasses.fields(fields):
+            kind = {"str": str, "int": int, "float": float, "float | None": float}[str(f.type)]
+            group.add_argument(_flag(f.name), dest=f"{section}.{f.name}", type=kind, help=f"default {f.default!r}")
     schedule = parser.add_argument_group("schedule (docs/training.md); per-resolution values as R:V,R:V")
     for f in dataclasses.fields(ScheduleConfig):
         if f.name not in _SCHEDULE_VIA_OTHER_OPTIONS:
@@ -183,18 +185,16 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
             config = merge_config(config, file_values)
     except (ValueError, TypeError) as error:
         raise BadInput(str(error)) from error
-    values: dict[str, Any] = {}
-    objective: dict[str, Any] = {}
-    schedule: dict[str, Any] = {}
+    values: dict[str, Any] = {section: {} for section in SECTIONS}
     for key, value in vars(args).items():
         if value is None or key in COMMAND_ONLY:
             continue
-        if key.startswith("objective."):
-            objective[key.split(".", 1)[1]] = value
-        elif key.startswith("schedule."):
-            schedule[key.split(".", 1)[1]] = value
+        section, _, name = key.rpartition(".")
+        if section:
+            values[section][name] = value
         else:
             values[key] = value
+    schedule = values["schedule"]
     if "lr_multipliers" in schedule:  # per-resolution entries change the preset's table, they do not replace it
         schedule["lr_multipliers"] = {**config.schedule.lr_multipliers, **schedule["lr_multipliers"]}
     if args.res is not None:
@@ -217,8 +217,6 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         parse_report_to(values.get("report_to", config.report_to))
     except ValueError as error:
         raise BadInput(str(error)) from error
-    values["objective"] = objective
-    values["schedule"] = schedule
     try:
         return merge_config(config, values)
     except (ValueError, TypeError) as error:

@@ -17,6 +17,7 @@ from progressive import presets
 from progressive.nets.layers import check_image_channels
 from progressive.objective import DEFAULT_RECIPE, TriangleConfig, recipe_config
 from progressive.train.compile import COMPILE_MODES
+from progressive.train.optim import OPTIMIZER_KEYS, OptimizerConfig
 from progressive.train.schedule import ScheduleConfig
 
 # Values that may change between a checkpoint and its resumption without changing the training itself.
@@ -80,9 +81,8 @@ class TrainConfig:
     inception: str | None = None  # TorchScript Inception weights for fid/is (docs/evaluation.md)
     debug_nan_iterations: list[int] = field(default_factory=list)  # testing aid: replace these batches by NaN
     recipe: str = DEFAULT_RECIPE  # named configuration the `objective` values started from (objective.RECIPES)
-    objective: TriangleConfig = field(
-        default_factory=lambda: recipe_config(DEFAULT_RECIPE)
-    )  # weights, forms, optimiser
+    objective: TriangleConfig = field(default_factory=lambda: recipe_config(DEFAULT_RECIPE))  # weights, forms
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # Adam, learning rates, clipping
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # growth: phases, batch sizes
 
     def __post_init__(self) -> None:
@@ -142,19 +142,37 @@ def _from_plain(config_cls, values: dict) -> Any:
     return config_cls(**values)
 
 
+SECTIONS = ("objective", "optimizer", "schedule")  # the nested objects of config.json
+
+
+def with_optimizer_section(values: dict[str, Any]) -> dict[str, Any]:
+    """A configuration written before the optimiser had its own section (its keys were under "objective") in
+    today's layout; a newer one unchanged. Applied to config files and to the configuration of checkpoints."""
+    objective = values.get("objective")
+    if not isinstance(objective, dict) or not OPTIMIZER_KEYS & set(objective):
+        return values
+    optimizer = {key: value for key, value in objective.items() if key in OPTIMIZER_KEYS}
+    if isinstance(values.get("optimizer"), dict):
+        optimizer |= values["optimizer"]
+    objective = {key: value for key, value in objective.items() if key not in OPTIMIZER_KEYS}
+    return {**values, "objective": objective, "optimizer": optimizer}
+
+
 def merge_config(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
-    """`base` with the (possibly partial) values of a JSON configuration applied on top."""
+    """`base` with the (possibly partial) values of a JSON configuration applied on top (either layout:
+    with_optimizer_section)."""
     merged = base.to_dict()
-    for key, value in values.items():
-        if key in ("objective", "schedule"):
+    for key, value in with_optimizer_section(values).items():
+        if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ValueError(f"{key} must be an object, got {type(value).__name__}")
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
     objective = _from_plain(TriangleConfig, merged.pop("objective"))
+    optimizer = _from_plain(OptimizerConfig, merged.pop("optimizer"))
     schedule = _from_plain(ScheduleConfig, merged.pop("schedule"))
-    return _from_plain(TrainConfig, {**merged, "objective": objective, "schedule": schedule})
+    return _from_plain(TrainConfig, {**merged, "objective": objective, "optimizer": optimizer, "schedule": schedule})
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -190,9 +208,10 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     """{key: (saved, current)} for every value that differs, ignoring RESUMABLE_CHANGES; nested keys as 'a.b'.
 
     Both sides are compared as JSON (so per-resolution tables compare equal whatever their key type);
-    values missing from `saved` that ADDED_LATER knows take their older-behaviour value.
+    values missing from `saved` that ADDED_LATER knows take their older-behaviour value; a `saved` of the
+    layout before the optimiser section is read in today's (with_optimizer_section).
     """
-    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    saved, current = json.loads(json.dumps(with_optimizer_section(saved))), json.loads(json.dumps(current))
     saved = {**ADDED_LATER[""], **saved}
     if isinstance(saved.get("objective"), dict):
         saved["objective"] = {**ADDED_LATER["objective"], **saved["objective"]}

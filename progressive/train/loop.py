@@ -129,7 +129,7 @@ class Trainer:
 
         prepared = prepare_training(
             config.preset,
-            config.objective,
+            config.optimizer,
             accelerator,
             config.seed,
             channels_last=config.channels_last,
@@ -257,7 +257,7 @@ class Trainer:
         # A first status line a few iterations in (speed and ETAs within seconds), not only at the first tick.
         first_report = self.state.iteration + FIRST_REPORT_ITERATIONS
         if self.state.images_shown == 0:
-            first = stage_at(config.schedule, 0, config.objective)
+            first = stage_at(config.schedule, 0, config.optimizer)
             self._set_stage(first)
             self.write_snapshot(first, reals=True)
 
@@ -268,7 +268,7 @@ class Trainer:
                     self.save_checkpoint()
                 raise Stopped(signal_number, self.state.images_shown)
             images_shown = self.state.images_shown
-            stage = stage_at(config.schedule, images_shown, config.objective)
+            stage = stage_at(config.schedule, images_shown, config.optimizer)
             check_range = False
             if loader_key != (stage.resolution, stage.batch_size):
                 batches = self._loader(stage)
@@ -350,13 +350,13 @@ class Trainer:
                     progress_line(stage, tick, now, total, config.tick_kimg)
                 last_progress = time.time()
             if crossed(images_shown, now, config.snapshot_kimg) or now >= total:
-                self.write_snapshot(stage_at(config.schedule, now, config.objective))
+                self.write_snapshot(stage_at(config.schedule, now, config.optimizer))
             if (
                 config.metrics
                 and config.metric_kimg > 0
                 and (crossed(images_shown, now, config.metric_kimg) or now >= total)
             ):
-                self.evaluate(stage_at(config.schedule, now, config.objective))
+                self.evaluate(stage_at(config.schedule, now, config.optimizer))
             if crossed(images_shown, now, config.checkpoint_kimg) and now < total:
                 self.save_checkpoint()
                 saved_at = now
@@ -405,7 +405,7 @@ class Trainer:
     def describe(self) -> list[str]:
         """Lines for the start of a run: parameters per network and resolution, and the generator average's decay."""
         config, now = self.config, self.state.images_shown
-        batch = stage_at(config.schedule, now, config.objective).batch_size
+        batch = stage_at(config.schedule, now, config.optimizer).batch_size
         decay_now = ema_beta(config, batch, now)
         return run_description(self.models, config.ema_kimg, config.ema_rampup, batch, decay_now)
 

@@ -13,10 +13,9 @@ import torch
 from accelerate import Accelerator
 
 from progressive.models import TriangleModels
-from progressive.objective import TriangleConfig
 from progressive.presets import build_models
 from progressive.train.compile import check_accelerate, compile_networks
-from progressive.train.optim import build_optimizers
+from progressive.train.optim import OptimizerConfig, build_optimizers
 from progressive.updates import GuardedUpdate, TriangleOptimizers
 
 
@@ -30,7 +29,7 @@ class PreparedTraining:
 
 def prepare_training(
     preset: str,  # model preset (progressive/presets.py)
-    objective: TriangleConfig,  # learning rates, betas and weight decays of the optimisers
+    optimizer: OptimizerConfig,  # learning rates, betas, weight decays and clipping of the optimisers
     accelerator: Accelerator,  # device, processes, mixed precision
     seed: int,  # initial weights: the same on every process
     channels_last: bool = False,  # NHWC networks (same maths; faster convolutions on GPUs)
@@ -45,7 +44,7 @@ def prepare_training(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for net in models.networks().values():
         net.to(memory_format=memory_format)
-    optimizers = build_optimizers(models, objective)
+    optimizers = build_optimizers(models, optimizer)
     ema = copy.deepcopy(models.generator).requires_grad_(False)
     update = GuardedUpdate.for_accelerator(accelerator, models.networks())
     if compile_mode != "no":

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from progressive.nets.layers import blend_reals, check_resolution_range, is_power_of_two, resolutions
-from progressive.objective import TriangleConfig
 from progressive.presets import PRESETS
+from progressive.train.optim import REFERENCE_OPTIMIZER, OptimizerConfig
 
 PHASES = ("stable", "fade")
 
@@ -100,7 +100,7 @@ class ScheduleConfig:
         return cls(**PRESETS[name].schedule)
 
 
-def learning_rates(config: TriangleConfig, images_shown: int) -> dict[str, float]:
+def learning_rates(config: OptimizerConfig, images_shown: int) -> dict[str, float]:
     """Per-network learning rates after `images_shown` real images.
 
     base * lr_decay ** (images_shown // lr_decay_images): a pure function of the images shown.
@@ -145,12 +145,12 @@ def _stage(
     schedule: ScheduleConfig,
     phase: tuple[int, str, int, int | None],
     images_shown: int,
-    objective: TriangleConfig | None,
+    optimizer: OptimizerConfig,
 ) -> Stage:
     resolution, name, start, end = phase
     alpha = (images_shown - start) / (end - start) if name == "fade" else 1.0
     multiplier = schedule.lr_multiplier_at(resolution)
-    rates = learning_rates(objective or TriangleConfig(), images_shown)
+    rates = learning_rates(optimizer, images_shown)
     return Stage(
         resolution=resolution,
         alpha=alpha,
@@ -162,23 +162,27 @@ def _stage(
     )
 
 
-def stage_at(schedule: ScheduleConfig, images_shown: int, objective: TriangleConfig | None = None) -> Stage:
+def stage_at(
+    schedule: ScheduleConfig,  # the growth: phases, batch sizes, per-resolution rate multipliers
+    images_shown: int,  # real images shown so far
+    optimizer: OptimizerConfig = REFERENCE_OPTIMIZER,  # the run's base learning rates and their decay
+) -> Stage:
     """The stage after `images_shown` real images: resolution, alpha, batch size, phase, learning rates.
 
-    Learning rates are learning_rates(objective, images_shown) times the resolution's multiplier.
+    Learning rates are learning_rates(optimizer, images_shown) times the resolution's multiplier.
     """
     if isinstance(images_shown, bool) or not isinstance(images_shown, int) or images_shown < 0:
         raise ValueError(f"images_shown must be a non-negative int, got {images_shown!r}")
     for phase in _phases(schedule):
         end = phase[3]
         if end is None or images_shown < end:
-            return _stage(schedule, phase, images_shown, objective)
+            return _stage(schedule, phase, images_shown, optimizer)
     raise AssertionError("the last phase has no end, so every count falls in a phase")
 
 
-def schedule_table(schedule: ScheduleConfig, objective: TriangleConfig | None = None) -> list[Stage]:
+def schedule_table(schedule: ScheduleConfig, optimizer: OptimizerConfig = REFERENCE_OPTIMIZER) -> list[Stage]:
     """One Stage per non-empty phase, as it is when the phase begins (for printing a dry run)."""
-    return [_stage(schedule, phase, phase[2], objective) for phase in _phases(schedule)]
+    return [_stage(schedule, phase, phase[2], optimizer) for phase in _phases(schedule)]
 
 
 __all__ = ["LEGACY_BATCH_SIZES", "PHASES", "ScheduleConfig", "Stage", "blend_reals", "schedule_table", "stage_at"]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from datasets_prep.pixels import signed_to_pixels
+from progressive.train.config import SECTIONS
 
 # What --report-to accepts besides the tracker names: every installed tracker, or none at all.
 ALL, NONE = "all", "none"
@@ -86,7 +87,7 @@ def hyperparameters(config: dict[str, Any]) -> dict[str, bool | int | float | st
     accepts; per-resolution tables and lists become their JSON text."""
     flat: dict[str, bool | int | float | str | None] = {}
     for key, value in config.items():
-        if isinstance(value, dict) and key in ("objective", "schedule"):
+        if isinstance(value, dict) and key in SECTIONS:
             for inner, inner_value in hyperparameters(value).items():
                 flat[f"{key}.{inner}"] = inner_value
         elif value is None or isinstance(value, bool | int | float | str):

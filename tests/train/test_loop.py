@@ -8,7 +8,6 @@ from torch import nn
 
 from progressive.data import StreamBatchSampler
 from progressive.models import update_ema
-from progressive.objective import TriangleConfig
 from progressive.train.config import preset_config
 from progressive.train.loop import ema_beta
 from progressive.train.noise import draw_noise
@@ -70,10 +69,9 @@ def test_an_overflow_skips_only_that_networks_step_and_lowers_only_its_scale():
     update = _guarded(enabled=True)
     before = {n: net.weight.detach().clone() for n, net in nets.items()}
     x = torch.randn(4, 3)
-    config = TriangleConfig()
     for name, net in nets.items():
         loss = net(x).mean() * (float("inf") if name == "inference" else 1.0)
-        update(name, optimizers[name], net, loss, config)
+        update(name, optimizers[name], net, loss, 100.0)
     assert update.skipped == {"energy": 0, "inference": 1, "generator": 0}
     assert update.skipped_this_iteration
     assert torch.equal(nets["inference"].weight, before["inference"])
@@ -91,7 +89,7 @@ def test_scaled_update_equals_the_unscaled_one():
         torch.manual_seed(2)
         net = nn.Linear(3, 2)
         optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
-        _guarded(enabled)("energy", optimizer, net, net(x).pow(2).mean(), TriangleConfig())
+        _guarded(enabled)("energy", optimizer, net, net(x).pow(2).mean(), 100.0)
         results.append(net.weight.detach().clone())
     torch.testing.assert_close(results[0], results[1])
 

@@ -8,7 +8,7 @@ import torch
 from datasets_prep.synthetic import shapes_tensor
 from progressive.objective import train_step
 from progressive.presets import build_models
-from progressive.train.optim import apply_learning_rates, build_optimizers
+from progressive.train.optim import OptimizerConfig, apply_learning_rates, build_optimizers
 from progressive.train.schedule import ScheduleConfig, blend_reals, stage_at
 
 
@@ -93,19 +93,19 @@ def test_speed_paths_compute_what_the_plain_ones_do():
     fused = build_models("tiny")
     fused.set_stage(16, 0.5)
     plain = copy.deepcopy(fused)
-    config = recipe_config("triangle")
+    config, adam = recipe_config("triangle"), OptimizerConfig()
 
     def for_loop_adam(net, lr, decay):
-        return torch.optim.Adam(net.parameters(), lr=lr, betas=(config.adam_beta1, config.adam_beta2),
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=(adam.adam_beta1, adam.adam_beta2),
                                 weight_decay=decay, foreach=False, fused=False)  # fmt: skip
 
     plain_optimizers = TriangleOptimizers(
-        generator=for_loop_adam(plain.generator, config.lr_generator, config.weight_decay_generator),
-        energy=for_loop_adam(plain.energy, config.lr_energy, config.weight_decay_energy),
-        inference=for_loop_adam(plain.inference, config.lr_inference, config.weight_decay_inference),
+        generator=for_loop_adam(plain.generator, adam.lr_generator, adam.weight_decay_generator),
+        energy=for_loop_adam(plain.energy, adam.lr_energy, adam.weight_decay_energy),
+        inference=for_loop_adam(plain.inference, adam.lr_inference, adam.weight_decay_inference),
     )
-    fused_optimizers = build_optimizers(fused, config)
-    assert all(group["fused"] for o in vars(fused_optimizers).values() for group in o.param_groups)
+    fused_optimizers = build_optimizers(fused, adam)
+    assert all(group["fused"] for _, o in fused_optimizers.items() for group in o.param_groups)
     for step in range(3):
         x = blend_reals(shapes_tensor(4, 16, seed=step), 0.5)
         z, eps = torch.randn(4, fused.latent_dim), (torch.randn(4, fused.latent_dim), torch.randn(4, fused.latent_dim))
@@ -141,7 +141,7 @@ def test_channels_last_trains_as_the_default_memory_format():
     for net in nhwc.networks().values():
         net.to(memory_format=torch.channels_last)
     config = recipe_config("triangle")
-    plain_optimizers, nhwc_optimizers = build_optimizers(plain, config), build_optimizers(nhwc, config)
+    plain_optimizers, nhwc_optimizers = build_optimizers(plain), build_optimizers(nhwc)
     for step in range(3):
         x = blend_reals(shapes_tensor(4, 16, seed=step), 0.5)
         z, eps = torch.randn(4, plain.latent_dim), (torch.randn(4, plain.latent_dim), torch.randn(4, plain.latent_dim))

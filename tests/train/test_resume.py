@@ -3,8 +3,10 @@ damaged checkpoint."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import pytest
 import torch
 from conftest import TINY, assert_same_training_state, final_checkpoint
 from conftest import run_train_main as train
@@ -57,3 +59,21 @@ def test_resume_from_a_damaged_checkpoint_is_one_line_exit_2(tmp_path, lmdb16, c
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: checkpoint {path} is damaged or incomplete: {kind}: ") and "\n" not in err
         assert not (tmp_path / name).exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_the_optimiser_under_objective_resumes(tmp_path, lmdb16):
+    """Checkpoints written before the optimiser had its own configuration section (its learning rates, betas,
+    decays and clipping under "objective") resume, and continue as the checkpoint would have."""
+    out = tmp_path / "runs"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.096"]) == 0
+    checkpoint = list_checkpoints(out / "00000-tiny-16" / "checkpoints")[-1]
+    state = load_checkpoint(checkpoint)
+    config = json.loads(state["config"])
+    config["objective"] |= config.pop("optimizer")
+    state["config"] = json.dumps(config)
+    torch.save(state, checkpoint)
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.24", "--resume", "latest"]) == 0
+    straight = tmp_path / "straight"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(straight), "--kimg", "0.24"]) == 0
+    assert_same_training_state(final_checkpoint(straight), final_checkpoint(out))

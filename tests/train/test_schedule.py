@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from progressive.objective import TriangleConfig
 from progressive.presets import PRESETS, build_models
+from progressive.train.optim import OptimizerConfig
 from progressive.train.schedule import ScheduleConfig, Stage, blend_reals, schedule_table, stage_at
 
 K = 1_000
@@ -118,14 +118,14 @@ def test_invalid_image_counts_are_rejected():
             stage_at(ScheduleConfig(), images_shown)
 
 
-def test_learning_rates_follow_the_objective_decay_times_the_resolution_multiplier():
-    objective = TriangleConfig(lr_energy=1e-4, lr_inference=2e-4, lr_generator=4e-4, lr_decay=0.5, lr_decay_images=100)
+def test_learning_rates_follow_the_optimizer_decay_times_the_resolution_multiplier():
+    optimizer = OptimizerConfig(lr_energy=1e-4, lr_inference=2e-4, lr_generator=4e-4, lr_decay=0.5, lr_decay_images=100)
     schedule = ScheduleConfig(
         min_resolution=4, max_resolution=16, fade_images=100, stable_images=100, lr_multipliers={16: 2.0}
     )
-    at_4 = stage_at(schedule, 50, objective)  # no decay step yet
+    at_4 = stage_at(schedule, 50, optimizer)  # no decay step yet
     assert at_4.learning_rates == pytest.approx({"energy": 1e-4, "inference": 2e-4, "generator": 4e-4})
-    at_16 = stage_at(schedule, 350, objective)  # three decay steps, 16x16 fading in, multiplier 2
+    at_16 = stage_at(schedule, 350, optimizer)  # three decay steps, 16x16 fading in, multiplier 2
     assert at_16.resolution == 16
     assert at_16.learning_rates == pytest.approx({"energy": 2.5e-5, "inference": 5e-5, "generator": 1e-4})
     default = stage_at(schedule, 0)
