@@ -238,6 +238,7 @@ def evaluate_run(
         is_splits=options.is_splits,
         classifier=classifier,
         classifier_train=(lambda: classifier_train.batches(batch, device)) if classifier_train else None,
+        batch_size=batch,
     )
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}

@@ -65,9 +65,14 @@ class InceptionNetwork:
     @torch.no_grad()
     def all_logits(self, image_batches: Iterable[torch.Tensor]) -> torch.Tensor:
         """Logits of all images (N, C) on the CPU; InceptionUnavailable if the network has no classifier."""
+        logits = self.classifier()
+        return torch.cat([logits(images).float().cpu() for images in image_batches])
+
+    def classifier(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`logits`; InceptionUnavailable if the network has none."""
         if self.logits is None:
             raise InceptionUnavailable(f"the Inception network {self.source} has no classifier, so no Inception Score")
-        return torch.cat([self.logits(images).float().cpu() for images in image_batches])
+        return self.logits
 
 
 def _to_pixels(images: torch.Tensor) -> torch.Tensor:

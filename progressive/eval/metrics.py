@@ -5,12 +5,16 @@ arithmetic of `progressive.eval.statistics`. The trainer and `evaluate_run` (`tr
 them through one registry (`METRICS`, `compute_metric`); docs/evaluation.md explains each number and how it
 maps to the paper.
 
+Several processes can share one evaluation (the trainer's, under DDP): each runs the networks on its `Shard` of
+the batches, and the per-batch results are gathered in batch order before they are reduced, so the figures are
+those of one process computing every batch.
+
 Images are float tensors (B, 3, R, R) in [-1, 1], the scale the networks see.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,26 +22,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from progressive.eval.sampling import batches, energies, generate_images, reconstruct
+from progressive.eval.sampling import (
+    ONE_PROCESS,
+    Shard,
+    batch_sizes,
+    batches,
+    energies,
+    generate_images,
+    reconstruct,
+)
 from progressive.eval.statistics import (
     FeatureStatistics,
+    PatchSampler,
+    StatisticsAccumulator,
     blur_images,
     blur_sigma,
     check_images,
     classifier_metrics,
+    concatenated_levels,
     constant_images,
-    diversity_metrics,
+    diversity_from_spreads,
     energy_separation,
     feature_statistics,
     frechet_distance,
     image_channels,
     inception_score,
     kernel_inception_distance,
-    multiscale_swd,
     noise_images,
     per_image_mse,
+    pixel_moments,
+    pyramid_levels,
     reconstruction_summary,
     shuffle_pixels,
+    spread_from_moments,
+    swd_from_descriptors,
 )
 from progressive.models import bare
 
@@ -45,10 +63,12 @@ from progressive.models import bare
 def reconstruction_metrics(
     inference: nn.Module,  # q(z|x) at the stage evaluated
     generator: nn.Module,  # the generator trained with it (not the moving average)
-    real_batches: Iterable[torch.Tensor],  # held-out images, on the networks' device
+    real_batches: Iterable[torch.Tensor],  # held-out images, on the networks' device: every batch
+    shard: Shard = ONE_PROCESS,  # which batches this process reconstructs
 ) -> dict[str, float]:
     """reconstruction_summary of g(mu(x)) over all images."""
-    errors = [per_image_mse(images, reconstruct(inference, generator, images)).cpu() for images in real_batches]
+    own = shard.own(real_batches)
+    errors = shard.join([per_image_mse(images, reconstruct(inference, generator, images)).cpu() for images in own])
     if not errors:
         raise ValueError("reconstruction error needs at least one image")
     return reconstruction_summary(torch.cat(errors))
@@ -60,7 +80,8 @@ ACTIVE_UNIT_VARIANCE = 0.01
 
 def posterior_metrics(
     inference: nn.Module,  # q(z|x) at the stage evaluated
-    real_batches: Iterable[torch.Tensor],  # held-out images, on the network's device
+    real_batches: Iterable[torch.Tensor],  # held-out images, on the network's device: every batch
+    shard: Shard = ONE_PROCESS,  # which batches this process encodes
 ) -> dict[str, float]:
     """How far the codes of held-out images lie from the prior N(0, I) that samples are drawn from.
 
@@ -68,7 +89,7 @@ def posterior_metrics(
     mean, and the active units. A generator reconstructs from codes like these but samples from the prior: when
     the two are far apart, prior samples land where reconstruction never trained it ("holes").
     """
-    means = [inference(images)[0].float().cpu() for images in real_batches]
+    means = shard.join([inference(images)[0].float().cpu() for images in shard.own(real_batches)])
     if not means:
         raise ValueError("posterior statistics need at least one image")
     mu = torch.cat(means).double()
@@ -87,10 +108,11 @@ def posterior_metrics(
 def energy_metrics(
     energy: nn.Module,  # the energy network at the stage evaluated
     energy_form: str,  # run.config.objective.energy_form
-    real_batches: Iterable[torch.Tensor],  # held-out images, on the network's device
-    generated_batches: Iterable[torch.Tensor],  # generated images, on the network's device
+    real_batches: Iterable[torch.Tensor],  # held-out images, on the network's device: every batch
+    generated_batches: Iterable[torch.Tensor],  # generated images, on the network's device: the shard's batches
     seed: int = 0,  # noise images, constants and pixel permutations
     channels: int = 3,  # the data's mode: 1 for a grayscale set (its `noise` is gray noise), 3 for colour
+    shard: Shard = ONE_PROCESS,  # which batches this process scores (every process draws every batch's negatives)
 ) -> dict[str, float]:
     """energy_separation of held-out reals against generated images and five kinds of negatives, each drawn once
     per held-out image: uniform noise (gray and colour), constant images (gray; colour too for colour data),
@@ -99,27 +121,28 @@ def energy_metrics(
     # of colour data reproduce; the negatives added later draw from their own generator.
     generator = torch.Generator().manual_seed(seed)
     added = torch.Generator().manual_seed(seed + 1_000_003)
-    real: list[torch.Tensor] = []
-    negatives: dict[str, list[torch.Tensor]] = {}
-    for images in real_batches:
+    scored: list[dict[str, torch.Tensor]] = []  # per batch of this process: set name -> energies
+    for index, images in enumerate(real_batches):
         count, side = images.shape[0], images.shape[-1]
         batch = {
             "noise_gray": noise_images(count, side, added, channels=1),
             "noise_colour": noise_images(count, side, generator),
             "constant": constant_images(count, side, added, channels=1),
             "shuffled": shuffle_pixels(images, generator),
-            "blurred": blur_images(images, blur_sigma(side)),
         }
-        if channels == 3:
-            batch["constant_colour"] = constant_images(count, side, added, channels=3)
-        real.append(energies(energy, images, energy_form))
-        for name, negative in batch.items():
-            negatives.setdefault(name, []).append(energies(energy, negative.to(images.device), energy_form))
-    generated = [energies(energy, images, energy_form) for images in generated_batches]
-    if not real or not generated:
+        colour = constant_images(count, side, added, channels=3) if channels == 3 else None
+        if shard.owns(index):
+            batch = {"real": images, **batch, "blurred": blur_images(images, blur_sigma(side))}
+            if colour is not None:
+                batch["constant_colour"] = colour
+            scored.append({name: energies(energy, x.to(images.device), energy_form) for name, x in batch.items()})
+    scored = shard.join(scored)
+    generated = shard.join([energies(energy, images, energy_form) for images in generated_batches])
+    if not scored or not generated:
         raise ValueError("energy separation needs real and generated images")
-    others = {"generated": torch.cat(generated), **{name: torch.cat(parts) for name, parts in negatives.items()}}
-    results = energy_separation(torch.cat(real), others)
+    sets = {name: torch.cat([batch[name] for batch in scored]) for name in scored[0]}
+    real = sets.pop("real")
+    results = energy_separation(real, {"generated": torch.cat(generated), **sets})
     own = "noise_gray" if channels == 1 else "noise_colour"
     results["energy/auroc_noise"] = results[f"energy/auroc_{own}"]
     results["energy/mean_noise"] = results[f"energy/mean_{own}"]
@@ -137,8 +160,9 @@ class MetricInputs:
     """
 
     models: Any  # TriangleModels at the stage evaluated (set_stage done), on one device
-    reals: Callable[[], Iterable[torch.Tensor]]  # batches of held-out images on the device, as the networks see them
-    generated: Callable[[int], Iterable[torch.Tensor]]  # count -> batches of samples from seeded latents
+    reals: Callable[[], Iterable[torch.Tensor]]  # every batch of held-out images on the device, as the networks see
+    #                                              them (each process reads them all; the shard picks its own)
+    generated: Callable[[int], Iterable[torch.Tensor]]  # count -> the shard's batches of samples from seeded latents
     resolution: int  # image side R
     samples: int  # generated images for swd, energy, diversity and classifier
     energy_form: str = "identity"  # run.config.objective.energy_form
@@ -155,55 +179,107 @@ class MetricInputs:
     is_splits: int = 10  # Inception Score splits
     classifier: Any = None  # progressive.eval.classifier.TrainedClassifier; needed by classifier
     classifier_train: Callable[[], Iterable[torch.Tensor]] | None = None  # training images: the Frechet floor
+    batch_size: int = 64  # images per batch of `generated` (the shard splits batches, so it needs their sizes)
+    shard: Shard = ONE_PROCESS  # the batches this process computes (`generated` yields only those)
 
     def real_features_source(self) -> Iterable[torch.Tensor]:
         return (self.fid_reals or self.reals)()
 
 
 def _recon(m: MetricInputs) -> dict[str, float]:
-    return reconstruction_metrics(bare(m.models.inference), bare(m.models.generator), m.reals())
+    return reconstruction_metrics(bare(m.models.inference), bare(m.models.generator), m.reals(), m.shard)
 
 
 def _posterior(m: MetricInputs) -> dict[str, float]:
-    return posterior_metrics(bare(m.models.inference), m.reals())
+    return posterior_metrics(bare(m.models.inference), m.reals(), m.shard)
 
 
 def _swd(m: MetricInputs) -> dict[str, float]:
-    return multiscale_swd(m.reals(), m.generated(m.samples), m.resolution, m.swd_patches, seed=m.seed)
+    """Multi-scale SWD (statistics.multiscale_swd) of the shard's batches, with every batch's patch positions
+    drawn on every process: both sets take them from one seed, so a set compared with itself gives 0."""
+    levels = pyramid_levels(m.resolution)
+
+    def descriptors(sized_batches: Iterable[tuple[int, Callable[[], torch.Tensor]]]) -> list[torch.Tensor]:
+        sampler = PatchSampler(m.resolution, levels, m.swd_patches, 7, m.seed)
+        own = []
+        for index, (size, images) in enumerate(sized_batches):
+            positions = sampler.positions(size)  # drawn for every batch, so the shard's are one process's
+            if m.shard.owns(index):
+                own.append(sampler.descriptors(images(), positions))
+        joined = m.shard.join(own)
+        if not joined:
+            raise ValueError("SWD needs at least one image in each set")
+        return concatenated_levels(joined)
+
+    real = descriptors((len(images), lambda images=images: images) for images in m.reals())  # all read anyway
+    fake = descriptors(_sized(m, m.samples))
+    return swd_from_descriptors(real, fake, m.resolution, seed=m.seed + 1)
+
+
+def _sized(m: MetricInputs, count: int) -> Iterator[tuple[int, Callable[[], torch.Tensor]]]:
+    """(size, draw) of every batch of `count` samples, in order; call `draw` for the shard's batches only (in
+    order): it draws the next of them."""
+    own = iter(m.generated(count))
+    return ((size, lambda: next(own)) for size in batch_sizes(count, m.batch_size))
 
 
 def _energy(m: MetricInputs) -> dict[str, float]:
     energy = bare(m.models.energy)
-    return energy_metrics(energy, m.energy_form, m.reals(), m.generated(m.samples), m.seed, m.channels)
+    generated = m.generated(m.samples)
+    return energy_metrics(energy, m.energy_form, m.reals(), generated, m.seed, m.channels, m.shard)
 
 
 def _diversity(m: MetricInputs) -> dict[str, float]:
-    return diversity_metrics(m.reals(), m.generated(m.samples))
+    real = spread_from_moments(m.shard.join([pixel_moments(images) for images in m.shard.own(m.reals())]))
+    generated = spread_from_moments(m.shard.join([pixel_moments(images) for images in m.generated(m.samples)]))
+    return diversity_from_spreads(real, generated)
+
+
+def _joined_features(m: MetricInputs, network: Callable, image_batches: Iterable[torch.Tensor]) -> list:
+    """network(batch) of each of the shard's `image_batches` (on the CPU), every batch's in batch order."""
+    return m.shard.join([network(images) for images in image_batches])
+
+
+def _statistics(m: MetricInputs, image_batches: Iterable[torch.Tensor]) -> FeatureStatistics:
+    accumulator = StatisticsAccumulator()
+    for features in _joined_features(m, lambda x: m.inception.features(x).float().cpu(), image_batches):
+        accumulator.update(features)
+    return accumulator.result()
 
 
 def _fid(m: MetricInputs) -> dict[str, float]:
-    real = m.fid_real_statistics() if m.fid_real_statistics else m.inception.statistics(m.real_features_source())
-    fake = m.inception.statistics(m.generated(m.fid_samples or m.samples))
+    reals = m.shard.own(m.real_features_source())
+    real = m.fid_real_statistics() if m.fid_real_statistics else _statistics(m, reals)
+    fake = _statistics(m, m.generated(m.fid_samples or m.samples))
     return {"fid": frechet_distance(real, fake)}
 
 
 def _kid(m: MetricInputs) -> dict[str, float]:
-    real = m.inception.all_features(m.real_features_source())
-    fake = m.inception.all_features(m.generated(m.fid_samples or m.samples))
+    def features(image_batches):
+        return torch.cat(_joined_features(m, lambda x: m.inception.features(x).float().cpu(), image_batches))
+
+    real = features(m.shard.own(m.real_features_source()))
+    fake = features(m.generated(m.fid_samples or m.samples))
     mean, std = kernel_inception_distance(real, fake, m.kid_subsets, m.kid_subset_size, seed=m.seed)
     return {"kid/mean": mean, "kid/std": std}
 
 
 def _inception_score(m: MetricInputs) -> dict[str, float]:
-    logits = m.inception.all_logits(m.generated(m.is_samples or m.samples))
+    logits_of = m.inception.classifier()  # InceptionUnavailable before any sample is drawn
+    samples = m.generated(m.is_samples or m.samples)
+    logits = torch.cat(_joined_features(m, lambda x: logits_of(x).float().cpu(), samples))
     mean, std = inception_score(logits, splits=min(m.is_splits, logits.shape[0]))
     return {"is/mean": mean, "is/std": std}
 
 
 def _classifier(m: MetricInputs) -> dict[str, float]:
-    sample_logits, sample_features = m.classifier.outputs(m.generated(m.samples))
-    test_logits, test_features = m.classifier.outputs(m.reals())
-    train_features = m.classifier.outputs(m.classifier_train())[1] if m.classifier_train else None
+    def outputs(image_batches) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = _joined_features(m, lambda x: m.classifier.outputs([x]), image_batches)
+        return torch.cat([logits for logits, _ in parts]), torch.cat([features for _, features in parts])
+
+    sample_logits, sample_features = outputs(m.generated(m.samples))
+    test_logits, test_features = outputs(m.shard.own(m.reals()))
+    train_features = outputs(m.shard.own(m.classifier_train()))[1] if m.classifier_train else None
     return classifier_metrics(sample_logits, sample_features, test_logits, test_features, train_features)
 
 
@@ -274,9 +350,11 @@ def evaluate_metric(
     inception=None,  # progressive.eval.inception.InceptionNetwork; needed by "fid", "kid" and "is"
     inception_splits: int = 10,  # splits of the Inception Score
     classifier=None,  # progressive.eval.classifier.TrainedClassifier; needed by "classifier" (no floor here)
+    shard: Shard = ONE_PROCESS,  # this process's share when several evaluate together (every one calls this)
 ) -> dict[str, float]:
     """One metric of the current models on a tensor of real images (what the trainer evaluates), through
-    `compute_metric`. Runs under no_grad and leaves the networks' modes and stages as they are.
+    `compute_metric`. Runs under no_grad and leaves the networks' modes and stages as they are. With a shard of
+    several processes, each runs the networks on its batches; all return the figures of the whole evaluation.
     """
     check_images(real_images, "real_images")
     # Unwrapped (DistributedDataParallel) networks: an evaluation forward must not arm a gradient reduction.
@@ -285,7 +363,7 @@ def evaluate_metric(
     inputs = MetricInputs(
         models=models,
         reals=lambda: (images.to(device) for images in batches(real_images, batch_size)),
-        generated=lambda count: generate_images(generator, count, models.latent_dim, batch_size, seed, device),
+        generated=lambda count: generate_images(generator, count, models.latent_dim, batch_size, seed, device, shard),
         resolution=real_images.shape[-1],
         samples=samples or real_images.shape[0],
         energy_form=energy_form,
@@ -294,5 +372,7 @@ def evaluate_metric(
         inception=inception,
         is_splits=inception_splits,
         classifier=classifier,
+        batch_size=batch_size,
+        shard=shard,
     )
     return compute_metric(name, inputs)

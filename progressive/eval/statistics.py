@@ -267,17 +267,27 @@ def pyramid_levels(resolution: int, min_resolution: int = 16) -> int:
     return max(int(math.log2(resolution // min_resolution)) + 1, 1) if resolution >= min_resolution else 1
 
 
-def random_patches(
-    images: torch.Tensor,
-    patches_per_image: int,  # descriptors drawn from each image
-    patch_size: int,  # side of each square patch (7 in progressive GANs)
-    generator: torch.Generator,  # decides the positions (seeded: the same sets give the same distance)
+def patch_corners(
+    count: int,  # images
+    side: int,  # their side
+    patches_per_image: int,  # patches drawn from each image
+    patch_size: int,  # side of each square patch
+    generator: torch.Generator,  # decides the positions
 ) -> torch.Tensor:
-    """Random square patches of every image, flattened: (B * patches_per_image, 3 * patch_size^2)."""
+    """Top-left corners (row, column) of random square patches: (count, patches_per_image, 2).
+
+    One draw for all `count` images equals one draw per batch in order (a CPU generator's stream is the same
+    either way), so the positions do not depend on how the images are batched.
+    """
+    return torch.randint(side - patch_size + 1, (count, patches_per_image, 2), generator=generator)
+
+
+def patches_at(images: torch.Tensor, corners: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The square patches of each image at `corners` (B, P, 2), flattened: (B * P, 3 * patch_size^2)."""
     batch, channels, height, width = images.shape
     assert height == width, f"expected square images, got {height}x{width}"
-    # One draw per image in order, so the positions do not depend on how the images are batched.
-    corners = torch.randint(height - patch_size + 1, (batch, patches_per_image, 2), generator=generator)
+    assert corners.shape[:1] == (batch,) and corners.shape[2:] == (2,), f"corners {tuple(corners.shape)} for {batch}"
+    patches_per_image = corners.shape[1]
     rows, cols = corners[..., 0], corners[..., 1]
     offsets = torch.arange(patch_size)
     row_index = (rows[..., None] + offsets).view(batch, patches_per_image, patch_size, 1).expand(-1, -1, -1, patch_size)
@@ -285,6 +295,41 @@ def random_patches(
     flat_index = (row_index * width + col_index).reshape(batch, 1, -1).expand(-1, channels, -1).to(images.device)
     patches = images.flatten(2).gather(2, flat_index).view(batch, channels, patches_per_image, patch_size**2)
     return patches.permute(0, 2, 1, 3).reshape(batch * patches_per_image, channels * patch_size**2)
+
+
+class PatchSampler:
+    """The SWD descriptors of one image set, batch by batch: random patches of each Laplacian level, at positions
+    drawn image by image in order from one generator per level (seeded: the same seed and images, the same
+    descriptors). `positions` can run ahead of `descriptors`, so that a process computing only some batches of a
+    set draws the same positions for them as one process computing all (eval/metrics.py, Shard)."""
+
+    def __init__(
+        self,
+        resolution: int,  # side of the finest level
+        levels: int,  # Laplacian levels (pyramid_levels)
+        patches_per_image: int,  # descriptors drawn per image and level
+        patch_size: int,  # descriptor side; levels smaller than it use their whole side
+        seed: int,  # decides the positions
+    ):
+        self.levels, self.patches_per_image = levels, patches_per_image
+        self.sides = [resolution >> index for index in range(levels)]
+        self.patch_sides = [min(patch_size, side) for side in self.sides]
+        self.generators = [torch.Generator().manual_seed(seed * 1000 + index) for index in range(levels)]
+
+    def positions(self, count: int) -> list[torch.Tensor]:
+        """Patch corners of the next `count` images, per level."""
+        return [
+            patch_corners(count, side, self.patches_per_image, patch_side, generator)
+            for side, patch_side, generator in zip(self.sides, self.patch_sides, self.generators, strict=True)
+        ]
+
+    def descriptors(self, images: torch.Tensor, positions: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Raw descriptors of a batch at its `positions`, per level, on the CPU: [(B * patches, 3 * side^2)]."""
+        pyramid = laplacian_pyramid(images, self.levels)
+        return [
+            patches_at(level, corners, side).cpu()
+            for level, corners, side in zip(pyramid, positions, self.patch_sides, strict=True)
+        ]
 
 
 def _normalize_descriptors(descriptors: torch.Tensor, channels: int) -> torch.Tensor:
@@ -322,19 +367,20 @@ def swd_descriptors(
     patch_size: int,  # descriptor side; levels smaller than it use their whole side
     seed: int,  # decides the patch positions: the same seed and image count give the same positions
 ) -> list[torch.Tensor]:
-    """Raw patch descriptors of all images at each pyramid level, finest first: [(N * patches, 3 * side^2)].
-
-    Each level draws its positions from its own generator, so they do not depend on how images are batched.
-    """
-    collected: list[list[torch.Tensor]] = [[] for _ in range(levels)]
-    generators = [torch.Generator().manual_seed(seed * 1000 + index) for index in range(levels)]
+    """Raw patch descriptors of all images at each pyramid level, finest first: [(N * patches, 3 * side^2)]."""
+    sampler = None
+    collected: list[list[torch.Tensor]] = []
     for images in image_batches:
-        for index, level in enumerate(laplacian_pyramid(images, levels)):
-            side = min(patch_size, level.shape[-1])
-            collected[index].append(random_patches(level, patches_per_image, side, generators[index]).cpu())
-    if not collected[0]:
+        sampler = sampler or PatchSampler(images.shape[-1], levels, patches_per_image, patch_size, seed)
+        collected.append(sampler.descriptors(images, sampler.positions(images.shape[0])))
+    if not collected:
         raise ValueError("SWD needs at least one image in each set")
-    return [torch.cat(parts) for parts in collected]
+    return concatenated_levels(collected)
+
+
+def concatenated_levels(batches: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-batch descriptors [batch][level] -> per-level descriptors of all batches, in order."""
+    return [torch.cat(parts) for parts in zip(*batches, strict=True)]
 
 
 def swd_from_descriptors(
@@ -456,18 +502,33 @@ def energy_separation(
 # ----------------------------------------------------------------------------- sample diversity
 
 
-def pixel_spread(image_batches: Iterable[torch.Tensor]) -> float:
-    """Standard deviation of each pixel and channel across all images, averaged over pixels and channels."""
+def pixel_moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(sum, sum of squares, count) of a batch over its images, per pixel and channel, in float64 on the CPU."""
+    images = images.double().cpu()
+    return images.sum(0), images.pow(2).sum(0), images.shape[0]
+
+
+def spread_from_moments(moments: Iterable[tuple[torch.Tensor, torch.Tensor, int]]) -> float:
+    """pixel_spread from the pixel_moments of every batch, added in order."""
     total, squares, count = None, None, 0
-    for images in image_batches:
-        images = images.double().cpu()
-        total = images.sum(0) if total is None else total + images.sum(0)
-        squares = images.pow(2).sum(0) if squares is None else squares + images.pow(2).sum(0)
-        count += images.shape[0]
+    for batch_total, batch_squares, batch_count in moments:
+        total = batch_total if total is None else total + batch_total
+        squares = batch_squares if squares is None else squares + batch_squares
+        count += batch_count
     if count < 2:
         raise ValueError("diversity needs at least two images")
     variance = (squares - total.pow(2) / count) / (count - 1)
     return float(variance.clamp_min(0).sqrt().mean())
+
+
+def pixel_spread(image_batches: Iterable[torch.Tensor]) -> float:
+    """Standard deviation of each pixel and channel across all images, averaged over pixels and channels."""
+    return spread_from_moments(pixel_moments(images) for images in image_batches)
+
+
+def diversity_from_spreads(real: float, generated: float) -> dict[str, float]:
+    """The generated images' pixel spread over the real images' (1: as varied as the data), and both."""
+    return {"diversity/ratio": generated / max(real, 1e-12), "diversity/generated": generated, "diversity/real": real}
 
 
 def diversity_metrics(real_batches: Iterable[torch.Tensor], generated_batches: Iterable[torch.Tensor]) -> dict:
@@ -475,5 +536,4 @@ def diversity_metrics(real_batches: Iterable[torch.Tensor], generated_batches: I
 
     A collapsed generator (one image for every z) scores 0; it does not say the samples look like the data.
     """
-    real, generated = pixel_spread(real_batches), pixel_spread(generated_batches)
-    return {"diversity/ratio": generated / max(real, 1e-12), "diversity/generated": generated, "diversity/real": real}
+    return diversity_from_spreads(pixel_spread(real_batches), pixel_spread(generated_batches))

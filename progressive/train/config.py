@@ -74,7 +74,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # older checkpoints are deleted
     grid_images: int = 32  # images in the fixed-latent sample grid and the reconstruction grid
     max_nonfinite: int = 20  # stop after this many consecutive iterations with a non-finite gradient
-    collective_timeout_min: float = 30.0  # how long ranks wait for each other (main-process saves, evaluations)
+    collective_timeout_min: float = 30.0  # how long ranks wait for each other (while the main process saves)
     metrics: list[str] = field(default_factory=list)  # evaluated during training: recon, swd, energy, fid, is
     metric_kimg: float = 0.0  # evaluate `metrics` every this many kimg (and at the end); 0 turns it off
     metric_images: int = 256  # held-out (or training) images, and as many samples, per evaluation

@@ -140,7 +140,7 @@ class Trainer:
         self.ema = prepared.models.generator_ema  # the generator's moving average
         self.update, self.memory_format = prepared.update, prepared.memory_format
         self.batch_norms = global_batch_norms(*self.models.networks().values())  # synchronised in each step
-        # Frozen during snapshots and evaluations, which run on the main process only (see write_snapshot).
+        # Frozen during snapshots (main process only) and evaluations (every process, its share of the batches).
         self.batch_norms_with_ema = self.batch_norms + global_batch_norms(self.ema)
         self.state = RunState()
         self.noise_generator = torch.Generator(device=self.device)
@@ -444,10 +444,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, stage: Stage) -> None:
-        """Run `config.metrics` on the main process and log them (`metrics/...` in the trackers)."""
-        if not self.accelerator.is_main_process:
-            return
+        """Run `config.metrics`, every process computing its share of the batches (eval/sampling.py, Shard), and
+        log them from the main process (`metrics/...` in the trackers)."""
         from progressive.eval.metrics import evaluate_metric, with_protocol
+        from progressive.eval.sampling import Shard
 
         if self.inception is None and {"fid", "kid", "is"} & set(self.config.metrics):
             from progressive.eval.inception import load_inception
@@ -464,11 +464,15 @@ class Trainer:
                     self.ema,
                     real,
                     energy_form=self.config.objective.energy_form,
+                    batch_size=max(1, stage.batch_size // self.world),  # what a training step holds, at least
                     seed=self.config.seed,
                     inception=self.inception,
+                    shard=Shard.of(self.accelerator),
                 )
         # Named with the count of held-out images (and as many samples) they saw: fid256, recon256/mse, ...
         scores = {with_protocol(key, len(real)): value for key, value in figures.items()}
+        if not self.accelerator.is_main_process:
+            return
         log.info(
             "metrics at kimg %.2f: %s",
             self.state.images_shown / 1000,

@@ -17,10 +17,16 @@ def _accelerate(accelerate_command, args: list[str], processes: int = 2) -> subp
 @pytest.mark.slow
 def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, lmdb16, accelerate_command):
     two, one = tmp_path / "two", tmp_path / "one"
-    result = _accelerate(accelerate_command, [*TINY, "--data", str(lmdb16), "--out", str(two), "--kimg", "0.24"])
+    # Evaluated at the end by both processes, each on its share of the batches (and without touching training
+    # state: the resumed run below still equals one trained straight through without evaluations).
+    metrics = ["--metrics", "recon,energy,diversity", "--metric-kimg", "0.24"]
+    args = [*TINY, "--data", str(lmdb16), "--out", str(two), "--kimg", "0.24", *metrics]
+    result = _accelerate(accelerate_command, args)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = two.iterdir()
     assert list(run_dir.glob("tensorboard/events.out.tfevents.*")) and (run_dir / "snapshots" / "reals.png").exists()
+    (evaluated,) = [line for line in (run_dir / "log.txt").read_text().splitlines() if "metrics at kimg" in line]
+    assert "recon8/mse" in evaluated and "energy8/auroc_noise" in evaluated and "diversity8/ratio" in evaluated
     state = final_checkpoint(two)
     digests = state["rank_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]  # both ranks hold identical weights

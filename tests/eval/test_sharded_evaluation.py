@@ -1,0 +1,88 @@
+"""An evaluation shared by two processes (each runs the networks on its batches, then one gather) gives the figures
+of one process computing every batch. This file is also the worker that `torchrun` starts twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from progressive.eval.inception import InceptionNetwork
+from progressive.eval.metrics import evaluate_metric
+from progressive.eval.sampling import ONE_PROCESS, Shard
+from progressive.presets import build_models
+
+METRICS = ("recon", "posterior", "swd", "energy", "diversity", "fid", "kid", "is")
+# 40 images in batches of 16: batches of 16, 16 and 8, so the first process computes two and the second one.
+IMAGES, BATCH = 40, 16
+
+
+def pooled_inception() -> InceptionNetwork:
+    """A stand-in without weights: 4x4 average-pooled pixels as features, a fixed projection of them as logits."""
+    projection = torch.randn(48, 10, generator=torch.Generator().manual_seed(7))
+    return InceptionNetwork(
+        features=lambda images: F.adaptive_avg_pool2d(images, 4).flatten(1),
+        logits=lambda images: torch.log_softmax(F.adaptive_avg_pool2d(images, 4).flatten(1) @ projection, dim=1),
+        source="pooled pixels",
+        digest="pooled",
+    )
+
+
+def evaluate_everything(shard: Shard) -> dict[str, float]:
+    """Every metric of an untrained tiny model (the same weights on every process) on the same real images."""
+    torch.manual_seed(0)
+    models = build_models("tiny")
+    models.set_stage(16, 1.0)
+    real = torch.rand(IMAGES, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    figures: dict[str, float] = {}
+    for name in METRICS:
+        figures |= evaluate_metric(
+            name,
+            models,
+            models.generator,
+            real,
+            batch_size=BATCH,
+            seed=3,
+            inception=pooled_inception(),
+            shard=shard,
+        )
+    return figures
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_what_one_process_does(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__]
+    result = subprocess.run([*command, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    per_process = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert per_process[0] == per_process[1]  # every process returns the whole evaluation's figures
+    torch.set_num_threads(1)  # as the workers: the same kernels, the same rounding
+    alone = evaluate_everything(ONE_PROCESS)
+    assert set(alone) == set(per_process[0]) and len(alone) > 30
+    for key, value in alone.items():
+        assert per_process[0][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_a_shard_owns_every_other_batch_and_joins_in_batch_order():
+    gathered = [["b0", "b2", "b4"], ["b1", "b3"]]  # what each process computed: its batches in order
+    shard = Shard(rank=1, world=2, gather=lambda items: gathered)
+    assert [shard.owns(k) for k in range(4)] == [False, True, False, True]
+    assert list(shard.own("abcde")) == ["b", "d"]
+    assert shard.join(["b1", "b3"]) == ["b0", "b1", "b2", "b3", "b4"]
+    assert ONE_PROCESS.join(["x"]) == ["x"] and list(ONE_PROCESS.own("ab")) == ["a", "b"]
+
+
+if __name__ == "__main__":  # a worker: torchrun sets RANK, WORLD_SIZE and the rendezvous
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    figures = evaluate_everything(Shard.of(accelerator))
+    Path(sys.argv[1], f"rank{accelerator.process_index}.json").write_text(json.dumps(figures))
+    accelerator.end_training()
