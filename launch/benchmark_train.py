@@ -94,7 +94,7 @@ def main() -> None:
     try:
         prepared = prepare_training(
             args.preset,
-            config.objective,
+            config.optimizer,
             accelerator,
             seed=0,
             channels_last=args.channels_last,

@@ -19,24 +19,21 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from datasets_prep.lmdb_format import DatasetFormatError
-from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
+from progressive.cli.checks import EXIT_BAD_INPUT, BadInput
 from progressive.cli.dry_run import dry_run_plan, dry_run_precision, print_dry_run, read_throughput
-from progressive.nets.layers import is_power_of_two
+from progressive.cli.failures import failure_report, is_main_process, report
 from progressive.objective import DEFAULT_RECIPE, RECIPES, TriangleConfig
 from progressive.presets import PRESETS, default_preset
 from progressive.train.checkpoint import CheckpointError, ConfigurationMismatch
 from progressive.train.compile import COMPILE_MODES
-from progressive.train.config import SECTIONS, TrainConfig, load_config_file, merge_config, preset_config
+from progressive.train.config import SECTIONS, TrainConfig, load_config_file, resolve_config
 from progressive.train.optim import OptimizerConfig
 from progressive.train.schedule import ScheduleConfig
 from progressive.train.session import fit_batches, open_run, with_data_channels
 from progressive.train.trackers import parse_report_to
 
-EXIT_NONFINITE = 3
 # Flags that are not TrainConfig values (they choose what to run, not what is trained).
 COMMAND_ONLY = (
     "res",
@@ -174,60 +171,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Preset defaults, then --config, then the flags given on the command line."""
-    preset = args.preset or default_preset(args.res)
-    try:
-        file_values = load_config_file(args.config) if args.config else {}
-        # The recipe gives the objective's starting values; a --config file and the flags apply on top.
-        config = preset_config(preset, args.recipe or file_values.get("recipe", DEFAULT_RECIPE))
-        if file_values:
-            config = merge_config(config, file_values)
-    except (ValueError, TypeError) as error:
-        raise BadInput(str(error)) from error
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Preset defaults, then --config, then the flags given on the command line (train/config.py resolve_config)."""
     values: dict[str, Any] = {section: {} for section in SECTIONS}
     for key, value in vars(args).items():
-        if value is None or key in COMMAND_ONLY:
-            continue
-        section, _, name = key.rpartition(".")
-        if section:
-            values[section][name] = value
-        else:
-            values[key] = value
-    schedule = values["schedule"]
-    if "lr_multipliers" in schedule:  # per-resolution entries change the preset's table, they do not replace it
-        schedule["lr_multipliers"] = {**config.schedule.lr_multipliers, **schedule["lr_multipliers"]}
+        if value is not None and key not in COMMAND_ONLY:
+            section, _, name = key.rpartition(".")
+            (values[section] if section else values)[name] = value
     if args.res is not None:
         values["resolution"] = args.res
-    resolution = values.get("resolution", config.resolution)
-    if not is_power_of_two(resolution) or not 4 <= resolution <= 1024:
-        raise BadInput(f"--res must be a power of two between 4 and 1024, got {resolution}")
-    schedule["max_resolution"] = resolution
     if args.gpu_memory_gib is not None and not 0 < args.gpu_memory_gib < math.inf:
         raise BadInput(f"--gpu-memory-gib must be a positive number of GiB, got {args.gpu_memory_gib}")
-    from progressive.eval.metrics import METRIC_NAMES, NEEDS_CLASSIFIER
-
-    unknown = [m for m in values.get("metrics", []) if m not in METRIC_NAMES]
-    if unknown:
-        raise BadInput(f"unknown metrics {unknown}; expected some of {', '.join(METRIC_NAMES)}")
-    judged = [m for m in values.get("metrics", []) if m in NEEDS_CLASSIFIER]
-    if judged:  # the trainer loads no classifier: these run after training, with triangle-evaluate
-        raise BadInput(f"--metrics {','.join(judged)} needs the domain classifier; run it with triangle-evaluate")
     try:
-        parse_report_to(values.get("report_to", config.report_to))
-    except ValueError as error:
-        raise BadInput(str(error)) from error
-    try:
-        return merge_config(config, values)
+        file_values = load_config_file(args.config) if args.config else {}
+        config = resolve_config(args.preset or default_preset(args.res), args.recipe, file_values, values)
+        parse_report_to(config.report_to)
     except (ValueError, TypeError) as error:
         raise BadInput(str(error)) from error
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     batch = args.batch or "auto"
     try:
-        config = resolve_config(args)
+        config = config_from_args(args)
         if args.dry_run:
             precision = dry_run_precision(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no")
             config, lines = fit_batches(with_data_channels(config), batch, args.gpu_memory_gib, 1, precision)
@@ -252,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = ""
         if args.batch and {"schedule.batch_size", "schedule.batch_sizes"} & set(error.changes):
             hint = " (without --batch, a resumed run keeps its batch sizes)"
-        return report(_is_main_process(), f"{error}{hint}", EXIT_BAD_INPUT)
+        return report(is_main_process(), f"{error}{hint}", EXIT_BAD_INPUT)
     except (BadInput, CheckpointError) as error:
-        return report(_is_main_process(), str(error), EXIT_BAD_INPUT)
+        return report(is_main_process(), str(error), EXIT_BAD_INPUT)
     from progressive.train.loop import Stopped
 
     with session:
@@ -266,62 +234,6 @@ def main(argv: list[str] | None = None) -> int:
             code, every_rank, message = failure_report(error, config)
             return report(every_rank or session.accelerator.is_main_process, message, code)
     return 0
-
-
-def failure_report(error: Exception, config: TrainConfig) -> tuple[int, bool, str]:
-    """(exit code, whether every rank reports it, the line) for a failure of `TrainingSession.run`; re-raises a
-    failure of no kind below (a bug: its traceback is the report).
-
-    Every rank reports what only the rank that met it knows (a damaged image it read, its data worker that died);
-    the main process alone what every rank meets at the same iteration."""
-    from torch._dynamo.exc import FailOnRecompileLimitHit
-
-    from progressive.data import WorkerLost
-    from progressive.train.loop import NonFiniteError
-
-    def first_line(error: BaseException) -> str:
-        return (str(error).strip().splitlines() or [""])[0]
-
-    resume = "continue with --resume latest"
-    kinds: list[tuple[type[BaseException], int, bool, Callable[[Any], str]]] = [
-        (NonFiniteError, EXIT_NONFINITE, False, str),
-        (DatasetFormatError, EXIT_BAD_INPUT, True, original_message),
-        (
-            FailOnRecompileLimitHit,  # --compile: a network needed more compilations than budgeted
-            EXIT_FAILED,
-            False,
-            lambda e: (
-                f"--compile {config.compile}: recompilation budget exhausted ({first_line(e)}); checkpoints "
-                f"written are intact: {resume} --compile no"
-            ),
-        ),
-        (WorkerLost, EXIT_FAILED, True, lambda e: f"{e}; {resume}"),
-        # A full disk or a lost file system while writing; the last checkpoint is intact.
-        (OSError, EXIT_FAILED, False, lambda e: f"{original_message(e)}; {resume}"),
-    ]
-    for kind, code, every_rank, describe in kinds:
-        if isinstance(error, kind):
-            return code, every_rank, describe(error)
-    raise error
-
-
-def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
-def report(main_process: bool, message: str, code: int) -> int:
-    """Print `error: message` once (from the main process) and return the exit code."""
-    if main_process:
-        print(f"error: {message}", file=sys.stderr)
-    return code
-
-
-def original_message(error: BaseException) -> str:
-    """The message of `error`, without the worker traceback a DataLoader worker's exception carries in its text."""
-    last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-    return last.removeprefix(f"{type(error).__module__}.{type(error).__qualname__}: ")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from progressive import presets
-from progressive.nets.layers import check_image_channels
+from progressive.nets.layers import check_image_channels, is_power_of_two
 from progressive.objective import DEFAULT_RECIPE, TriangleConfig, recipe_config
 from progressive.train.compile import COMPILE_MODES
 from progressive.train.optim import OPTIMIZER_KEYS, OptimizerConfig
@@ -98,6 +98,14 @@ class TrainConfig:
             if not (number and (value >= 0 if zero_allowed else value > 0)):
                 bound = ">= 0" if zero_allowed else "> 0"
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number {bound}, got {value!r}")
+        from progressive.eval.metrics import METRIC_NAMES, NEEDS_CLASSIFIER
+
+        unknown = [m for m in self.metrics if m not in METRIC_NAMES]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; expected some of {', '.join(METRIC_NAMES)}")
+        judged = [m for m in self.metrics if m in NEEDS_CLASSIFIER]
+        if judged:  # the trainer loads no classifier: these run after training, with triangle-evaluate
+            raise ValueError(f"--metrics {','.join(judged)} needs the domain classifier; run it with triangle-evaluate")
 
     @property
     def total_images(self) -> int:
@@ -173,6 +181,28 @@ def merge_config(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     optimizer = _from_plain(OptimizerConfig, merged.pop("optimizer"))
     schedule = _from_plain(ScheduleConfig, merged.pop("schedule"))
     return _from_plain(TrainConfig, {**merged, "objective": objective, "optimizer": optimizer, "schedule": schedule})
+
+
+def resolve_config(
+    preset: str,  # model preset (progressive/presets.py)
+    recipe: str | None,  # objective recipe; None: the one of `file_values`, else the default
+    file_values: dict[str, Any],  # a JSON configuration (a run's config.json, complete or partial); {}: none
+    values: dict[str, Any],  # on top (the command line's flags): keys of TrainConfig, SECTIONS as nested dicts
+) -> TrainConfig:
+    """The preset's defaults and the recipe's objective, then `file_values`, then `values`; ValueError naming the
+    first problem. Per-resolution `schedule.lr_multipliers` entries change the preset's table rather than replace
+    it; `resolution` also ends the schedule (its max_resolution)."""
+    config = preset_config(preset, recipe or file_values.get("recipe", DEFAULT_RECIPE))
+    if file_values:
+        config = merge_config(config, file_values)
+    schedule = dict(values.get("schedule", {}))
+    if "lr_multipliers" in schedule:
+        schedule["lr_multipliers"] = {**config.schedule.lr_multipliers, **schedule["lr_multipliers"]}
+    resolution = values.get("resolution", config.resolution)
+    if not is_power_of_two(resolution) or not 4 <= resolution <= 1024:
+        raise ValueError(f"--res must be a power of two between 4 and 1024, got {resolution}")
+    schedule["max_resolution"] = resolution
+    return merge_config(config, {**values, "schedule": schedule})
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
