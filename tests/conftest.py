@@ -131,6 +131,15 @@ def is_gray(images: torch.Tensor) -> bool:
     return torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2])
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, lmdb16) -> Path:
+    """The run directory of TINY_RUN trained once on lmdb16 (its only checkpoint: checkpoint-000000240.pt), the
+    only run under its parent. Shared by the tests that read a trained run; exports may write beside it."""
+    runs = tmp_path_factory.mktemp("tiny-run") / "runs"
+    assert run_train_main([*TINY_RUN, "--data", str(lmdb16), "--out", str(runs)]) == 0
+    return runs / "00000-tiny-16"
+
+
 def run_train_main(args: list[str]) -> int:
     """The training program (`triangle-train`, `launch/train.py`) in this process, with Accelerate's process-wide
     state reset first so that several runs can share one test process."""

@@ -12,8 +12,6 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
-from conftest import TINY_RUN as TINY
-from conftest import run_train_main
 from PIL import Image
 
 from progressive.cli import evaluate, export, export_video
@@ -21,18 +19,14 @@ from progressive.eval.sampling import energies
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, lmdb16) -> dict[str, Path]:
-    """A 16x16 tiny run trained for 240 images on the shapes LMDB with 8 held-out images (conftest's lmdb16)."""
-    root = tmp_path_factory.mktemp("exports")
-    data = lmdb16
-    assert run_train_main([*TINY, "--data", str(data), "--out", str(root / "runs")]) == 0
-    run_dir = root / "runs" / "00000-tiny-16"
-    images = root / "images"
+def trained(tmp_path_factory, lmdb16, tiny_run) -> dict[str, Path]:
+    """conftest's tiny run (16x16, 240 images on the shapes LMDB with 8 held-out images), and two pictures."""
+    images = tmp_path_factory.mktemp("exports") / "images"
     images.mkdir()
     for index, color in enumerate([(200, 30, 30), (20, 40, 220)]):
         Image.new("RGB", (24, 20), color).save(images / f"picture{index}.png")
-    return {"data": data, "run": run_dir, "checkpoint": run_dir / "checkpoints" / "checkpoint-000000240.pt",
-            "images": images, "root": root}  # fmt: skip
+    return {"data": lmdb16, "run": tiny_run, "checkpoint": tiny_run / "checkpoints" / "checkpoint-000000240.pt",
+            "images": images, "runs": tiny_run.parent}  # fmt: skip
 
 
 def test_video_grid_decodes_back_and_the_strip_shows_the_same_path(trained, tmp_path, capsys):
@@ -269,7 +263,7 @@ def test_console_scripts_are_installed_and_answer_help():
 
 
 def test_a_root_of_runs_means_its_newest_run_and_outputs_go_into_that_run(trained):
-    runs = str(trained["root"] / "runs")
+    runs = str(trained["runs"])
     assert export_video.main([runs, "--seconds", "0.25", "--fps", "8", "--grid", "2x1"]) == 0
     assert iio.imread(trained["run"] / "interpolation-000000240.mp4", plugin="FFMPEG").shape == (2, 16, 32, 3)
     assert evaluate.main([runs, "--metrics", "recon"]) == 0
@@ -283,11 +277,11 @@ def test_load_trained_takes_a_file_a_run_or_a_root_of_runs(trained):
     from progressive.pretrained import load_trained
     from progressive.train.checkpoint import CheckpointError
 
-    for where in (trained["checkpoint"], trained["run"], trained["root"] / "runs"):
+    for where in (trained["checkpoint"], trained["run"], trained["runs"]):
         run = load_trained(where)
         assert run.path == trained["checkpoint"] and run.images_shown == 240
     with pytest.raises(CheckpointError, match="no checkpoint in directory"):
-        load_trained(trained["root"] / "images")
+        load_trained(trained["images"])
 
 
 def test_exports_read_images_as_the_builder_stores_them(tmp_path):
@@ -407,7 +401,7 @@ def test_pretrained_export_loads_without_the_checkpoint_format(trained, tmp_path
         assert torch.equal(model.reconstruct(x), run.models.generator(run.models.inference(x)[0]))
         z = torch.stack([torch.randn(8, generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
         assert torch.equal(model.sample([3, 4]), run.generator_ema(z))
-    assert model.training and PretrainedTriangle.from_run(trained["root"] / "runs").images_shown == 240
+    assert model.training and PretrainedTriangle.from_run(trained["runs"]).images_shown == 240
 
     # A weights file that lacks a tensor is refused rather than leaving a network at its initialisation.
     weights = load_file(out / "model.safetensors")

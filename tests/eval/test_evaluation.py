@@ -3,8 +3,6 @@
 import json
 
 import pytest
-from conftest import TINY_RUN as TINY
-from conftest import run_train_main
 
 from progressive.cli import evaluate
 from progressive.errors import BadInput
@@ -13,11 +11,8 @@ from progressive.pretrained import open_trained
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, lmdb16):
-    root = tmp_path_factory.mktemp("evaluation")
-    data = lmdb16
-    assert run_train_main([*TINY, "--data", str(data), "--out", str(root / "runs")]) == 0
-    return root / "runs" / "00000-tiny-16" / "checkpoints" / "checkpoint-000000240.pt"
+def checkpoint(tiny_run):
+    return tiny_run / "checkpoints" / "checkpoint-000000240.pt"
 
 
 def test_evaluate_run_from_python_equals_the_command(checkpoint, tmp_path, capsys):
