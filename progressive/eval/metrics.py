@@ -201,15 +201,7 @@ def _swd(m: MetricInputs) -> dict[str, float]:
 
     def descriptors(sized_batches: Iterable[tuple[int, Callable[[], torch.Tensor]]]) -> list[torch.Tensor]:
         sampler = PatchSampler(m.resolution, levels, m.swd_patches, 7, m.seed)
-        own = []
-        for index, (size, images) in enumerate(sized_batches):
-            positions = sampler.positions(size)  # drawn for every batch, so the shard's are one process's
-            if m.shard.owns(index):
-                own.append(sampler.descriptors(images(), positions))
-        joined = m.shard.join(own)
-        if not joined:
-            raise ValueError("SWD needs at least one image in each set")
-        return concatenated_levels(joined)
+        return concatenated_levels(m.shard.join(sampler.chosen_descriptors(sized_batches, m.shard.owns)))
 
     real = descriptors((len(images), lambda images=images: images) for images in m.reals())  # all read anyway
     fake = descriptors(_sized(m, m.samples))
@@ -240,9 +232,14 @@ def _joined_features(m: MetricInputs, network: Callable, image_batches: Iterable
     return m.shard.join([network(images) for images in image_batches])
 
 
+def _inception_features(m: MetricInputs, image_batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Inception pool features (float32, CPU) of every batch, in batch order, from the shard's `image_batches`."""
+    return _joined_features(m, lambda x: m.inception.features(x).float().cpu(), image_batches)
+
+
 def _statistics(m: MetricInputs, image_batches: Iterable[torch.Tensor]) -> FeatureStatistics:
     accumulator = StatisticsAccumulator()
-    for features in _joined_features(m, lambda x: m.inception.features(x).float().cpu(), image_batches):
+    for features in _inception_features(m, image_batches):
         accumulator.update(features)
     return accumulator.result()
 
@@ -255,11 +252,8 @@ def _fid(m: MetricInputs) -> dict[str, float]:
 
 
 def _kid(m: MetricInputs) -> dict[str, float]:
-    def features(image_batches):
-        return torch.cat(_joined_features(m, lambda x: m.inception.features(x).float().cpu(), image_batches))
-
-    real = features(m.shard.own(m.real_features_source()))
-    fake = features(m.generated(m.fid_samples or m.samples))
+    real = torch.cat(_inception_features(m, m.shard.own(m.real_features_source())))
+    fake = torch.cat(_inception_features(m, m.generated(m.fid_samples or m.samples)))
     mean, std = kernel_inception_distance(real, fake, m.kid_subsets, m.kid_subset_size, seed=m.seed)
     return {"kid/mean": mean, "kid/std": std}
 

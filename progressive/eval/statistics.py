@@ -10,8 +10,9 @@ Images are float tensors (B, 3, R, R) in [-1, 1], the scale the networks see.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -331,6 +332,20 @@ class PatchSampler:
             for level, corners, side in zip(pyramid, positions, self.patch_sides, strict=True)
         ]
 
+    def chosen_descriptors(
+        self,
+        sized_batches: Iterable[tuple[int, Callable[[], torch.Tensor]]],  # (size, draw) of every batch, in order
+        chosen: Callable[[int], bool] = lambda index: True,  # the batches (by index) to describe
+    ) -> list[list[torch.Tensor]]:
+        """descriptors [batch][level] of the chosen batches; positions are drawn for every batch, so a chosen
+        batch gets the positions it gets when every batch is described. `draw` is called for chosen ones only."""
+        chosen_parts = []
+        for index, (size, draw) in enumerate(sized_batches):
+            positions = self.positions(size)
+            if chosen(index):
+                chosen_parts.append(self.descriptors(draw(), positions))
+        return chosen_parts
+
 
 def _normalize_descriptors(descriptors: torch.Tensor, channels: int) -> torch.Tensor:
     # Per-channel standardisation of each set, as in progressive GANs: SWD then compares structure, not colour.
@@ -368,18 +383,19 @@ def swd_descriptors(
     seed: int,  # decides the patch positions: the same seed and image count give the same positions
 ) -> list[torch.Tensor]:
     """Raw patch descriptors of all images at each pyramid level, finest first: [(N * patches, 3 * side^2)]."""
-    sampler = None
-    collected: list[list[torch.Tensor]] = []
-    for images in image_batches:
-        sampler = sampler or PatchSampler(images.shape[-1], levels, patches_per_image, patch_size, seed)
-        collected.append(sampler.descriptors(images, sampler.positions(images.shape[0])))
-    if not collected:
+    batches = iter(image_batches)
+    first = next(batches, None)
+    if first is None:
         raise ValueError("SWD needs at least one image in each set")
-    return concatenated_levels(collected)
+    sampler = PatchSampler(first.shape[-1], levels, patches_per_image, patch_size, seed)
+    sized = ((len(images), lambda images=images: images) for images in itertools.chain([first], batches))
+    return concatenated_levels(sampler.chosen_descriptors(sized))
 
 
 def concatenated_levels(batches: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-    """Per-batch descriptors [batch][level] -> per-level descriptors of all batches, in order."""
+    """Per-batch descriptors [batch][level] -> per-level descriptors of all batches, in order; ValueError for none."""
+    if not batches:
+        raise ValueError("SWD needs at least one image in each set")
     return [torch.cat(parts) for parts in zip(*batches, strict=True)]
 
 

@@ -456,6 +456,7 @@ class Trainer:
         self._set_stage(stage)
         real = self._fixed_reals(stage, self.config.metric_images)
         figures: dict[str, float] = {}
+        shard = Shard.of(self.accelerator)
         with running_statistics_frozen(self.batch_norms_with_ema):  # as in write_snapshot
             for name in self.config.metrics:
                 figures |= evaluate_metric(
@@ -467,7 +468,7 @@ class Trainer:
                     batch_size=max(1, stage.batch_size // self.world),  # what a training step holds, at least
                     seed=self.config.seed,
                     inception=self.inception,
-                    shard=Shard.of(self.accelerator),
+                    shard=shard,
                 )
         # Named with the count of held-out images (and as many samples) they saw: fid256, recon256/mse, ...
         scores = {with_protocol(key, len(real)): value for key, value in figures.items()}
