@@ -7,7 +7,7 @@
 
 Every configuration is trained once per seed with launch/train.py on the same data and schedule (one row after
 another, each in its own process); its final checkpoint is then evaluated with evaluate_run
-(progressive/eval/evaluation.py, the core of triangle-evaluate) on the held-out images. Prints a Markdown table with
+(progressive/evaluation.py, the core of triangle-evaluate) on the held-out images. Prints a Markdown table with
 one line per configuration (mean ± standard deviation over its seeds) and one with a line per (configuration, seed),
 and writes under --out: one run directory per row (runs/NAME-seedS), its training and evaluation log (NAME-seedS.log),
 its final sample and reconstruction grids (NAME-seedS-samples.png, NAME-seedS-reconstructions.png), the evaluations'
@@ -63,10 +63,9 @@ from progressive.cli.checks import EXIT_BAD_INPUT
 from progressive.cli.common import positive
 from progressive.errors import BadInput
 from progressive.eval import inception
-from progressive.eval.evaluation import PROTOCOLS, EvaluationOptions, evaluate_run
+from progressive.evaluation import PROTOCOLS, EvaluationOptions, evaluate_run
 from progressive.io import write_atomically
 from progressive.objective import RECIPES, TriangleConfig
-from progressive.pretrained import open_trained, pick_device
 from progressive.train.checkpoint import CheckpointContents, load_checkpoint, newest_in_directory
 from progressive.train.config import with_optimizer_section
 from progressive.train.optim import OPTIMIZER_KEYS
@@ -381,7 +380,7 @@ def run_evaluation(checkpoint: Path, options: EvaluationOptions, report_path: Pa
     with open(log, "a") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
         print(f"$ triangle-evaluate {shlex.join(evaluate_flags(checkpoint, options))}", flush=True)  # to reproduce
         try:
-            report = evaluate_run(open_trained(checkpoint, pick_device()), options)
+            report = evaluate_run(checkpoint, options)
         except (BadInput, DatasetFormatError) as error:
             message = (str(error).strip().splitlines() or [type(error).__name__])[0]
             print(f"error: {message}", flush=True)

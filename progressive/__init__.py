@@ -8,10 +8,12 @@ Layout (docs/architecture.md has the module graph):
     nets/       -- layers, progressive networks, the paper's reference networks.
     data        -- synthetic images, the deterministic batch stream and its loader.
     train/      -- configuration, schedule, optimisers, noise, checkpoints, health, the loop.
-    eval/       -- `evaluate_run(run)`, metrics, real-image sources, Inception features, videos, energy landscapes.
+    eval/       -- metrics and their registry, sampling, real-image sources, Inception features, the domain
+                   classifier, videos, energy landscapes.
     io          -- atomic file writes.
     errors      -- `BadInput`: a problem the user can fix, one line.
     pretrained  -- `load_trained(path)`, `open_trained(path, device)`: a trained run for Python code.
+    evaluation  -- `evaluate_run(checkpoint_or_run)`: the report triangle-evaluate writes.
     cli/        -- the command-line programs (`main(argv)`).
 """
 

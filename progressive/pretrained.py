@@ -12,7 +12,13 @@ from torch import nn
 from progressive.errors import BadInput
 from progressive.models import TriangleModels
 from progressive.presets import build_models
-from progressive.train.checkpoint import CheckpointContents, CheckpointError, find_checkpoint, load_checkpoint
+from progressive.train.checkpoint import (
+    CheckpointContents,
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    run_directory_of,
+)
 from progressive.train.config import TrainConfig, merge_config, preset_config
 from progressive.train.schedule import Stage, stage_at
 
@@ -38,6 +44,11 @@ class TrainedRun:
     def generator_ema(self) -> nn.Module:
         """The generator's moving average (models.generator_ema)."""
         return self.models.generator_ema
+
+    @property
+    def run_directory(self) -> Path:
+        """Where a command writes beside the checkpoint: its run directory, else the folder that holds it."""
+        return run_directory_of(self.path) or self.path.parent
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> TrainedRun:

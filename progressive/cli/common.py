@@ -24,7 +24,6 @@ from datasets_prep.pixels import signed_to_pixels
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
 from progressive.io import write_atomically
 from progressive.pretrained import TrainedRun, open_trained
-from progressive.train.checkpoint import run_directory_of
 
 if TYPE_CHECKING:
     from progressive.eval.classifier import TrainedClassifier
@@ -54,11 +53,6 @@ def load_run(text: str, device: torch.device) -> TrainedRun:
         flush=True,
     )
     return run
-
-
-def run_directory(checkpoint: Path) -> Path:
-    """Where a command writes beside a checkpoint: its run directory, else the folder that holds it."""
-    return run_directory_of(checkpoint) or checkpoint.parent
 
 
 def choose_generator(run: TrainedRun, which: str) -> torch.nn.Module:

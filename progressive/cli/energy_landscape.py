@@ -36,7 +36,6 @@ from progressive.cli.common import (
     load_classifier,
     load_run,
     positive,
-    run_directory,
     run_main,
     save_png,
 )
@@ -249,7 +248,7 @@ def map_landscape(args: argparse.Namespace) -> int:
         raise BadInput("--space latent starts from latents; use --start samples")
     device = pick_device(args.device)
     run = load_run(args.checkpoint, device)
-    out = Path(args.out) if args.out else run_directory(run.path) / f"landscape-{run.images_shown:09d}"
+    out = Path(args.out) if args.out else run.run_directory / f"landscape-{run.images_shown:09d}"
     form = run.config.objective.energy_form
     generator = run.generator_ema
     channels = run.models.image_channels

@@ -24,12 +24,12 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from progressive.cli.checks import check_output_suffix
-from progressive.cli.common import load_run, positive, run_directory, run_main, write_atomically
-from progressive.eval.evaluation import PROTOCOLS, EvaluationOptions, evaluate_run, requested_metrics
+from progressive.cli.common import positive, run_main, write_atomically
 from progressive.eval.metrics import METRIC_NAMES
-from progressive.pretrained import pick_device
+from progressive.evaluation import PROTOCOLS, EvaluationOptions, evaluate_run, report_lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,31 +82,12 @@ def evaluate(args: argparse.Namespace) -> int:
     options = EvaluationOptions(
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(EvaluationOptions)}
     )
-    out = check_output_suffix(args.out, (".json",), "--out") if args.out else None
-    options = options.resolved()
-    requested_metrics(options.metrics)  # a misspelt name is refused before the checkpoint is loaded
-    run = load_run(args.checkpoint, pick_device(args.device))
-    out = out or run_directory(run.path) / f"evaluation-{run.images_shown:09d}.json"
-    report = evaluate_run(run, options)
+    out = check_output_suffix(args.out, (".json",), "--out") if args.out else None  # refused before any work
+    report = evaluate_run(args.checkpoint, options)
+    out = out or Path(report["run_directory"]) / f"evaluation-{report['images_shown']:09d}.json"
     write_atomically(out, lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
-    metrics = report["metrics"]
-    for key, value in metrics.items():
-        print(f"{key:<24} {value:.6g}")
-    if options.protocol:
-        protocol = PROTOCOLS[options.protocol]
-        for key, anchors in protocol["baselines"].items():
-            if key not in metrics:
-                continue
-            baselines = ", ".join(f"{n} {v}" for n, v in anchors.items())
-            paper = report["protocol"]["paper"].get(key)
-            beside = (
-                f"paper (ours) {paper}; its baselines: {baselines}" if paper is not None else f"published: {baselines}"
-            )
-            print(f"{key:<24} {metrics[key]:.6g}   {beside}")
-        for key, source in protocol.get("sources", {}).items():
-            print(f"note: {key} published: {source}")
-        for difference in report["protocol"]["differences"]:
-            print(f"note: {difference}")
+    for line in report_lines(report):
+        print(line)
     print(f"wrote {out}")
     return 0
 

@@ -25,7 +25,6 @@ from progressive.cli.common import (
     choose_generator,
     load_run,
     positive,
-    run_directory,
     run_main,
     save_png,
 )
@@ -109,7 +108,7 @@ def export_video(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     run = load_run(args.checkpoint, device)
     try:
-        target = choose_target(args.out or run_directory(run.path) / f"interpolation-{run.images_shown:09d}.mp4")
+        target = choose_target(args.out or run.run_directory / f"interpolation-{run.images_shown:09d}.mp4")
     except VideoUnavailable as error:
         raise BadInput(str(error)) from error
     size = args.size or run.resolution

@@ -6,7 +6,7 @@ import pytest
 
 from progressive.cli import evaluate
 from progressive.errors import BadInput
-from progressive.eval.evaluation import EvaluationOptions, evaluate_run
+from progressive.evaluation import EvaluationOptions, evaluate_run, report_lines
 from progressive.pretrained import open_trained
 
 
@@ -31,6 +31,25 @@ def test_evaluate_run_from_python_equals_the_command(checkpoint, tmp_path, capsy
     quiet = evaluate_run(run, options, progress=None, note=None)
     assert capsys.readouterr().out == "" and quiet["held_out"]["images"] == 4 and set(quiet["metrics"]) == {
         "recon/mse", "recon/mse_01", "recon/psnr"}  # fmt: skip
+
+
+def test_evaluate_run_opens_a_path_and_prints_what_the_command_prints(checkpoint, tmp_path, capsys):
+    opened = evaluate_run(open_trained(checkpoint), metrics="recon,energy", images=8, progress=None)
+    report = evaluate_run(checkpoint.parent.parent, metrics="recon,energy", images=8, device="cpu")
+    loaded = capsys.readouterr().out.splitlines()[0]
+    assert loaded.startswith(f"loaded {checkpoint}: 16x16 at 0.2 kimg, on cpu (")
+    assert report["metrics"] == opened["metrics"] and report["checkpoint"] == str(checkpoint)
+    assert report["run_directory"] == str(checkpoint.parent.parent)  # the command's default folder for the JSON
+    out = tmp_path / "e.json"  # not the default beside the checkpoint: the tiny run is shared with other tests
+    assert evaluate.main([str(checkpoint), "--metrics", "recon,energy", "--images", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"wrote {out}"
+    assert printed[-1 - len(report["metrics"]) : -1] == report_lines(report)
+    assert report_lines(report)[0] == f"{'recon/mse':<24} {report['metrics']['recon/mse']:.6g}"
+    with pytest.raises(BadInput, match="does not exist"):
+        evaluate_run(tmp_path / "missing.pt", metrics="recon", progress=None)
+    with pytest.raises(BadInput, match="unknown"):  # refused before the checkpoint is looked for
+        evaluate_run(tmp_path / "missing.pt", metrics="sharpness", progress=None)
 
 
 def test_evaluate_run_refuses_what_it_cannot_do_with_bad_input(checkpoint, tmp_path):

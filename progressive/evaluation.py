@@ -1,13 +1,14 @@
-"""Evaluating a trained run from Python: `evaluate_run(run, metrics=..., images=...)` -> the report.
+"""Evaluating a trained run from Python: `evaluate_run(checkpoint_or_run, metrics=..., images=...)` -> the report.
 
-The one implementation behind `triangle-evaluate` (progressive/cli/evaluate.py, which adds the flags, the JSON file
-and the printed table) and launch/benchmark_quality.py. From Python, in three lines:
+The one implementation behind `triangle-evaluate` (progressive/cli/evaluate.py, which adds the flags and the JSON
+file) and launch/benchmark_quality.py. From Python:
 
-    from progressive.eval.evaluation import evaluate_run
-    from progressive.pretrained import open_trained
-    report = evaluate_run(open_trained("runs/00000-demo-32"), metrics="recon,swd,energy", images=1000)
+    from progressive.evaluation import evaluate_run
+    report = evaluate_run("runs/00000-demo-32", metrics="recon,swd,energy", images=1000)
 
-`report["metrics"]` holds the figures ({"recon/mse": ..., "swd/mean": ..., "energy/auroc_noise": ...}).
+`report["metrics"]` holds the figures ({"recon/mse": ..., "swd/mean": ..., "energy/auroc_noise": ...}); the run is
+a checkpoint file, a run directory, a root of runs (its newest checkpoint) or a run already opened with
+`progressive.pretrained.open_trained`. `report_lines(report)` gives the lines triangle-evaluate prints.
 
 Every knob is a field of `EvaluationOptions` (the command's flags, one for one; docs/evaluation.md); a protocol
 (`protocol="fashion-mnist"`) fixes the ones its published figures need. Problems the caller can fix raise
@@ -31,8 +32,9 @@ from progressive.eval.classifier import ClassifierUnavailable, TrainedClassifier
 from progressive.eval.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
 from progressive.eval.metrics import METRIC_NAMES, NEEDS_INCEPTION, MetricInputs, compute_metric
 from progressive.eval.sampling import generate_images
-from progressive.eval.sources import EvaluatedRun, RealImages, dataset_images
+from progressive.eval.sources import RealImages, dataset_images
 from progressive.eval.statistics import image_channels
+from progressive.pretrained import TrainedRun, open_trained, pick_device
 
 ALWAYS = ("recon", "swd", "energy", "diversity")
 AUTO_INCEPTION = ("fid", "is")  # KID only when asked for: 100 subsets of 1000 features take minutes on a CPU
@@ -134,6 +136,7 @@ class EvaluationOptions:
     classifier_cache: str | None = None  # folder of trained classifiers (None: stats_cache's)
     batch: int = 64  # images per forward
     seed: int = 0  # latents, noise, patch positions
+    device: str = "auto"  # where a checkpoint given by path is loaded: auto (the GPU if present), cpu, cuda:1 ...
 
     def resolved(self) -> EvaluationOptions:
         """These options with the protocol's settings applied over them (BadInput for an unknown protocol)."""
@@ -164,7 +167,7 @@ def _stderr(line: str) -> None:
 
 
 def evaluate_run(
-    run: EvaluatedRun,  # open_trained(a checkpoint file, a run directory or a root of runs (its newest), device)
+    run: TrainedRun | str | Path,  # a checkpoint file, a run directory, a root of runs (its newest), or an opened run
     options: EvaluationOptions | None = None,  # what to measure (default: EvaluationOptions())
     *,
     progress: Callable[[str], None] | None = _stdout,  # status lines ("[1/4] recon ..."); None: quiet
@@ -177,7 +180,9 @@ def evaluate_run(
     """
     options = dataclasses.replace(options or EvaluationOptions(), **changes).resolved()
     say = progress or (lambda line: None)
-    names, explicit = requested_metrics(options.metrics)
+    names, explicit = requested_metrics(options.metrics)  # a misspelt name is refused before anything is loaded
+    if isinstance(run, str | Path):
+        run = _open(run, pick_device(options.device), say)
     device = next(run.generator_ema.parameters()).device  # where the run's networks are
     held_out = dataset_images(run, options.data, options.split, options.images)
     skipped: dict[str, str] = {}
@@ -250,6 +255,7 @@ def evaluate_run(
 
     report = {
         "checkpoint": str(run.path),
+        "run_directory": str(run.run_directory),  # where the command writes the report by default
         "images_shown": run.images_shown,
         "preset": run.config.preset,
         "resolution": run.resolution,
@@ -278,6 +284,26 @@ def evaluate_run(
     if options.protocol:
         report["protocol"] = protocol_report(options.protocol, PROTOCOLS[options.protocol], run, inception, metrics)
     return report
+
+
+def report_lines(report: dict) -> list[str]:
+    """The report as triangle-evaluate prints it: one line per figure, then, under a protocol, each published
+    figure beside ours and every way this evaluation differs from the published one."""
+    metrics = report["metrics"]
+    lines = [f"{key:<24} {value:.6g}" for key, value in metrics.items()]
+    protocol = report.get("protocol")
+    if protocol is None:
+        return lines
+    for key, anchors in protocol["baselines"].items():
+        if key not in metrics:
+            continue
+        baselines = ", ".join(f"{n} {v}" for n, v in anchors.items())
+        paper = protocol["paper"].get(key)
+        beside = f"paper (ours) {paper}; its baselines: {baselines}" if paper is not None else f"published: {baselines}"
+        lines.append(f"{key:<24} {metrics[key]:.6g}   {beside}")
+    lines += [f"note: {key} published: {source}" for key, source in protocol["sources"].items()]
+    lines += [f"note: {difference}" for difference in protocol["differences"]]
+    return lines
 
 
 def protocol_report(name: str, protocol: dict, run, inception, metrics: dict[str, float]) -> dict:
@@ -312,7 +338,18 @@ def protocol_report(name: str, protocol: dict, run, inception, metrics: dict[str
     }
 
 
-def _classifier(options: EvaluationOptions, run: EvaluatedRun, device, say) -> TrainedClassifier:
+def _open(path: str | Path, device: torch.device, say: Callable[[str], None]) -> TrainedRun:
+    """The trained run at `path` on `device`, frozen, announced in one line; BadInput for a missing or foreign file."""
+    started = time.perf_counter()
+    run = open_trained(path, device)
+    say(
+        f"loaded {run.path}: {run.resolution}x{run.resolution} at {run.images_shown / 1000:.1f} kimg, on {device} "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
+    return run
+
+
+def _classifier(options: EvaluationOptions, run: TrainedRun, device, say) -> TrainedClassifier:
     """The dataset's classifier, from the cache or trained now; ClassifierUnavailable when it has no labels."""
     source = options.data or run.config.data
     if source is None:
@@ -330,7 +367,7 @@ def _data_channels(source: str | None, held_out) -> int:
     return image_channels(next(held_out.batches(64, torch.device("cpu"))))
 
 
-def _real_statistics(options: EvaluationOptions, run: EvaluatedRun, fid_real: RealImages, inception, device):
+def _real_statistics(options: EvaluationOptions, run: TrainedRun, fid_real: RealImages, inception, device):
     """Feature statistics of the FID reals, from the cache when this dataset, stage and network were seen."""
     cache = None if options.no_stats_cache else StatisticsCache(Path(options.stats_cache or default_cache_directory()))
     key = dict(
