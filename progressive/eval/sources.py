@@ -38,6 +38,9 @@ class EvaluatedRun(Protocol):
     @property
     def resolution(self) -> int: ...
 
+    @property
+    def run_directory(self) -> Path: ...  # the run directory of the checkpoint, else the folder that holds it
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
