@@ -30,7 +30,7 @@ from progressive.train.checkpoint import CheckpointError, ConfigurationMismatch
 from progressive.train.compile import COMPILE_MODES
 from progressive.train.config import SECTIONS, TrainConfig, load_config_file, resolve_config
 from progressive.train.optim import OptimizerConfig
-from progressive.train.schedule import ScheduleConfig
+from progressive.train.schedule import ScheduleConfig, images_or_per_resolution, per_resolution
 from progressive.train.session import fit_batches, open_run, with_data_channels
 from progressive.train.trackers import parse_report_to
 
@@ -50,19 +50,6 @@ COMMAND_ONLY = (
 )
 # Schedule values set by other options (--res sets max_resolution, --batch the batch sizes).
 _SCHEDULE_VIA_OTHER_OPTIONS = {"max_resolution", "batch_size", "batch_sizes"}
-
-
-def _table(text: str) -> dict[int, Any]:
-    """'8:1000,16:2000' -> {8: 1000, 16: 2000}."""
-    table = {}
-    for item in text.split(","):
-        key, _, value = item.partition(":")
-        table[int(key)] = float(value) if "." in value else int(value)
-    return table
-
-
-def _int_or_table(text: str) -> int | dict[int, Any]:
-    return _table(text) if ":" in text else int(text)
 
 
 def _flag(name: str) -> str:
@@ -166,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedule = parser.add_argument_group("schedule (docs/training.md); per-resolution values as R:V,R:V")
     for f in dataclasses.fields(ScheduleConfig):
         if f.name not in _SCHEDULE_VIA_OTHER_OPTIONS:
-            kind = _table if f.name == "lr_multipliers" else _int_or_table
+            kind = per_resolution if f.name == "lr_multipliers" else images_or_per_resolution
             schedule.add_argument(_flag(f.name), dest=f"schedule.{f.name}", type=kind)
     return parser
 

@@ -100,6 +100,20 @@ class ScheduleConfig:
         return cls(**PRESETS[name].schedule)
 
 
+def per_resolution(text: str) -> dict[int, int | float]:
+    """A per-resolution schedule value as typed on the command line: '8:1000,16:2000' -> {8: 1000, 16: 2000}."""
+    table: dict[int, int | float] = {}
+    for item in text.split(","):
+        key, _, value = item.partition(":")
+        table[int(key)] = float(value) if "." in value else int(value)
+    return table
+
+
+def images_or_per_resolution(text: str) -> int | dict[int, int | float]:
+    """'2000' (every resolution) or '8:1000,16:2000' (per resolution)."""
+    return per_resolution(text) if ":" in text else int(text)
+
+
 def learning_rates(config: OptimizerConfig, images_shown: int) -> dict[str, float]:
     """Per-network learning rates after `images_shown` real images.
 
