@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from progressive.eval.report import PROTOCOLS, EvaluationOptions, evaluation_report, report_lines, requested_metrics
+from progressive.eval.sampling import ONE_PROCESS, Shard
 from progressive.pretrained import TrainedRun, open_trained, pick_device
 
 __all__ = ["PROTOCOLS", "EvaluationOptions", "evaluate_run", "report_lines"]
@@ -45,18 +46,21 @@ def evaluate_run(
     *,
     progress: Callable[[str], None] | None = _stdout,  # status lines ("[1/4] recon ..."); None: quiet
     note: Callable[[str], None] | None = _stderr,  # what is skipped and why; None: quiet (still in the report)
+    shard: Shard = ONE_PROCESS,  # this process's share when several evaluate together: Shard.of(accelerator)
     **changes,  # EvaluationOptions fields over `options`: evaluate_run(path, metrics="recon", images=500)
 ) -> dict:
     """The evaluation report of a trained run: {"metrics": {name: value}, "skipped": {...}, "settings": {...}, ...}.
 
-    Auto metrics whose network or labels are missing are skipped (with a note); named ones raise BadInput.
+    Auto metrics whose network or labels are missing are skipped (with a note); named ones raise BadInput. Under
+    `accelerate launch` or `torchrun`, every process calls it with its shard (and its own `device`): each runs the
+    networks on its batches, and every one returns the whole evaluation's report.
     """
     options = dataclasses.replace(options or EvaluationOptions(), **changes).resolved()
     say = progress or (lambda line: None)
     requested_metrics(options.metrics)  # a misspelt name is refused before anything is loaded
     if isinstance(run, str | Path):
         run = _open(run, pick_device(options.device), say)
-    return evaluation_report(run, options, say, note)
+    return evaluation_report(run, options, say, note, shard)
 
 
 def _open(path: str | Path, device: torch.device, say: Callable[[str], None]) -> TrainedRun:

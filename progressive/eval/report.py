@@ -22,9 +22,9 @@ from progressive.errors import BadInput
 from progressive.eval.classifier import ClassifierUnavailable, TrainedClassifier, load_or_train_classifier
 from progressive.eval.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
 from progressive.eval.metrics import METRIC_NAMES, NEEDS_INCEPTION, MetricInputs, compute_metric
-from progressive.eval.sampling import generate_images
+from progressive.eval.sampling import ONE_PROCESS, Shard, generate_images
 from progressive.eval.sources import EvaluatedRun, RealImages, dataset_images
-from progressive.eval.statistics import image_channels
+from progressive.eval.statistics import FeatureStatistics, StatisticsAccumulator, image_channels
 
 ALWAYS = ("recon", "swd", "energy", "diversity")
 AUTO_INCEPTION = ("fid", "is")  # KID only when asked for: 100 subsets of 1000 features take minutes on a CPU
@@ -153,11 +153,13 @@ def evaluation_report(
     options: EvaluationOptions,  # what to measure, resolved (EvaluationOptions.resolved)
     say: Callable[[str], None],  # status lines ("[1/4] recon ...")
     note: Callable[[str], None] | None,  # what is skipped and why; None: quiet (still in the report)
+    shard: Shard = ONE_PROCESS,  # this process's batches when several evaluate together (every one calls this)
 ) -> dict:
     """The evaluation report of an opened run: {"metrics": {name: value}, "skipped": {...}, "settings": {...}, ...}
     (progressive/evaluation.py's evaluate_run opens the run and calls this).
 
-    Auto metrics whose network or labels are missing are skipped (with a note); named ones raise BadInput.
+    Auto metrics whose network or labels are missing are skipped (with a note); named ones raise BadInput. With a
+    shard of several processes each runs the networks on its batches and every one returns the whole report.
     """
     names, explicit = requested_metrics(options.metrics)
     device = next(run.generator_ema.parameters()).device  # where the run's networks are
@@ -178,7 +180,7 @@ def evaluation_report(
     classifier = None
     if "classifier" in names:
         try:
-            classifier = _classifier(options, run, device, say)
+            classifier = _classifier(options, run, device, say, shard)
         except ClassifierUnavailable as error:
             if explicit:
                 raise BadInput(f"--metrics classifier: {error}") from error
@@ -201,7 +203,7 @@ def evaluation_report(
     inputs = MetricInputs(
         models=run.models,
         reals=lambda: held_out.batches(batch, device),
-        generated=lambda count: generate_images(ema, count, latent_dim, batch, options.seed, device),
+        generated=lambda count: generate_images(ema, count, latent_dim, batch, options.seed, device, shard),
         resolution=run.resolution,
         samples=samples,
         energy_form=run.config.objective.energy_form,
@@ -211,7 +213,9 @@ def evaluation_report(
         inception=inception,
         fid_reals=(lambda: fid_real.batches(batch, device)) if fid_real is not None else None,
         fid_real_statistics=(
-            (lambda: _real_statistics(options, run, fid_real, inception, device)) if fid_real is not None else None
+            (lambda: _real_statistics(options, run, fid_real, inception, device, shard))
+            if fid_real is not None
+            else None
         ),
         fid_samples=options.fid_samples,
         kid_subsets=options.kid_subsets,
@@ -221,6 +225,7 @@ def evaluation_report(
         classifier=classifier,
         classifier_train=(lambda: classifier_train.batches(batch, device)) if classifier_train else None,
         batch_size=batch,
+        shard=shard,
     )
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
@@ -315,12 +320,20 @@ def protocol_report(name: str, protocol: dict, run, inception, metrics: dict[str
     }
 
 
-def _classifier(options: EvaluationOptions, run: EvaluatedRun, device, say) -> TrainedClassifier:
-    """The dataset's classifier, from the cache or trained now; ClassifierUnavailable when it has no labels."""
+def _classifier(options: EvaluationOptions, run: EvaluatedRun, device, say, shard: Shard) -> TrainedClassifier:
+    """The dataset's classifier, from the cache or trained now; ClassifierUnavailable when it has no labels.
+    Several processes: the main one trains it (once) and caches it, then the others read it from the cache."""
     source = options.data or run.config.data
     if source is None:
         raise ClassifierUnavailable("the run's synthetic shapes have no labels; pass --data LABELLED.lmdb")
-    classifier = load_or_train_classifier(source, options.classifier_cache or options.stats_cache, device=device)
+    cache = options.classifier_cache or options.stats_cache
+    if not shard.main:
+        shard.wait()
+        return load_or_train_classifier(source, cache, device=device)
+    try:
+        classifier = load_or_train_classifier(source, cache, device=device)
+    finally:
+        shard.wait()  # also when it cannot be had: the others then find the same reason
     say(f"classifier {classifier.path}: test accuracy {classifier.test_accuracy:.4f}")
     return classifier
 
@@ -333,8 +346,11 @@ def _data_channels(source: str | None, held_out) -> int:
     return image_channels(next(held_out.batches(64, torch.device("cpu"))))
 
 
-def _real_statistics(options: EvaluationOptions, run: EvaluatedRun, fid_real: RealImages, inception, device):
-    """Feature statistics of the FID reals, from the cache when this dataset, stage and network were seen."""
+def _real_statistics(
+    options: EvaluationOptions, run: EvaluatedRun, fid_real: RealImages, inception, device, shard: Shard
+) -> FeatureStatistics:
+    """Feature statistics of the FID reals, from the cache when this dataset, stage and network were seen (every
+    process computing its batches otherwise; the main one stores them)."""
     cache = None if options.no_stats_cache else StatisticsCache(Path(options.stats_cache or default_cache_directory()))
     key = dict(
         fingerprint=fid_real.fingerprint,
@@ -344,11 +360,14 @@ def _real_statistics(options: EvaluationOptions, run: EvaluatedRun, fid_real: Re
         count=len(fid_real),
         network_digest=inception.digest,
     )
-    if cache is not None:
-        stored = cache.load(cache.path_for(**key))
-        if stored is not None:
-            return stored
-    statistics = inception.statistics(fid_real.batches(options.batch, device))
-    if cache is not None:
+    stored = cache.load(cache.path_for(**key)) if cache is not None else None
+    if all(shard.join([stored is not None])):  # every process found them (one process's join is its own list)
+        return stored
+    batches = shard.own(fid_real.batches(options.batch, device))
+    accumulator = StatisticsAccumulator()
+    for features in shard.join([inception.features(images).float().cpu() for images in batches]):
+        accumulator.update(features)
+    statistics = accumulator.result()
+    if cache is not None and shard.main:
         cache.save(cache.path_for(**key), statistics)
     return statistics

@@ -50,6 +50,16 @@ class Shard:
         """This process's batches of all `image_batches` (the others are passed over, not computed on)."""
         return (images for index, images in enumerate(image_batches) if self.owns(index))
 
+    @property
+    def main(self) -> bool:
+        """The process that writes shared files (caches) and, in the commands, reports."""
+        return self.rank == 0
+
+    def wait(self) -> None:
+        """Return when every process has called it (a barrier; nothing to wait for in one process)."""
+        if self.world > 1:
+            self.gather([None])
+
     def join(self, parts: list[Any]) -> list[Any]:
         """This process's per-batch results (its batches, in order; on the CPU) -> every batch's, in batch order,
         on every process. A collective: every process calls it, as often as the others."""

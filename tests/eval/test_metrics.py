@@ -313,7 +313,7 @@ def test_load_inception_understands_both_torchscript_conventions_and_refuses_any
     features_only = load_inception(features_path)
     assert features_only.features(images).shape == (4, 3) and features_only.logits is None
     with pytest.raises(InceptionUnavailable, match="no classifier"):
-        features_only.all_logits([images])
+        features_only.classifier()
 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")

@@ -70,6 +70,40 @@ def test_two_processes_evaluate_what_one_process_does(tmp_path):
         assert per_process[0][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
+@pytest.mark.slow
+def test_triangle_evaluate_launched_as_two_processes_reports_what_one_process_does(tiny_run, tmp_path):
+    from conftest import StandInInception
+
+    from progressive.cli import evaluate
+
+    network = tmp_path / "inception.pt"
+    torch.jit.script(StandInInception()).save(str(network))
+    checkpoint = tiny_run / "checkpoints" / "checkpoint-000000240.pt"
+    # 40 training images in batches of 16 (16, 16, 8), every metric that needs no classifier, FID's statistics cached.
+    flags = ["--metrics", "recon,swd,energy,diversity,fid,kid,is", "--split", "train", "--images", "40", "--batch"]
+    flags += ["16", "--swd-patches", "16", "--inception", str(network), "--fid-split", "train", "--fid-real-images"]
+    flags += ["40", "--fid-samples", "40", "--is-samples", "40", "--is-splits", "2", "--kid-subsets", "3"]
+    flags += ["--kid-subset-size", "10", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "progressive.cli.evaluate", str(checkpoint), *flags]
+    two = tmp_path / "two.json"
+    cache = tmp_path / "cache"
+    result = subprocess.run(
+        [*command, "--out", str(two), "--stats-cache", str(cache)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1 and result.stdout.count("[1/7] recon ...") == 1  # the main one speaks
+    assert len(list(cache.glob("fid-stats-*.npz"))) == 1  # stored once, by the main process
+    torch.set_num_threads(1)  # as the workers: the same kernels, the same rounding
+    one = tmp_path / "one.json"
+    assert evaluate.main([str(checkpoint), *flags, "--out", str(one), "--no-stats-cache"]) == 0
+    shared, alone = json.loads(two.read_text())["metrics"], json.loads(one.read_text())["metrics"]
+    assert set(shared) == set(alone) and {"fid", "kid/mean", "is/mean", "swd/mean", "recon/mse"} <= set(alone)
+    for key, value in alone.items():
+        assert shared[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
 def test_a_shard_owns_every_other_batch_and_joins_in_batch_order():
     gathered = [["b0", "b2", "b4"], ["b1", "b3"]]  # what each process computed: its batches in order
     shard = Shard(rank=1, world=2, gather=lambda items: gathered)
