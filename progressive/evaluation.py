@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
 
 from progressive.eval.report import PROTOCOLS, EvaluationOptions, evaluation_report, report_lines, requested_metrics
 from progressive.eval.sampling import ONE_PROCESS, Shard
@@ -59,16 +56,5 @@ def evaluate_run(
     say = progress or (lambda line: None)
     requested_metrics(options.metrics)  # a misspelt name is refused before anything is loaded
     if isinstance(run, str | Path):
-        run = _open(run, pick_device(options.device), say)
+        run = open_trained(run, pick_device(options.device), say)
     return evaluation_report(run, options, say, note, shard)
-
-
-def _open(path: str | Path, device: torch.device, say: Callable[[str], None]) -> TrainedRun:
-    """The trained run at `path` on `device`, frozen, announced in one line; BadInput for a missing or foreign file."""
-    started = time.perf_counter()
-    run = open_trained(path, device)
-    say(
-        f"loaded {run.path}: {run.resolution}x{run.resolution} at {run.images_shown / 1000:.1f} kimg, on {device} "
-        f"({time.perf_counter() - started:.1f} s)"
-    )
-    return run

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +84,14 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     )
 
 
-def open_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> TrainedRun:
+def open_trained(
+    checkpoint: str | Path,  # a checkpoint file, a run directory (its newest) or a root of runs (the newest run's)
+    device: torch.device | str = "cpu",  # where the networks go
+    say: Callable[[str], None] | None = None,  # given: told "loaded PATH: RxR at K kimg, on DEVICE (S s)"
+) -> TrainedRun:
     """`load_trained` for evaluation and export: every network frozen (no gradients), and every problem with the
     file one `BadInput` line (a missing or foreign checkpoint, or one whose contents do not fit its configuration)."""
+    started = time.perf_counter()
     try:
         run = load_trained(checkpoint, device)
     except CheckpointError as error:
@@ -94,6 +101,11 @@ def open_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> 
         raise BadInput(f"{find_checkpoint(checkpoint)} cannot be loaded: {detail}") from error
     for net in run.models.staged().values():
         net.requires_grad_(False)
+    if say is not None:
+        say(
+            f"loaded {run.path}: {run.resolution}x{run.resolution} at {run.images_shown / 1000:.1f} kimg, on {device} "
+            f"({time.perf_counter() - started:.1f} s)"
+        )
     return run
 
 

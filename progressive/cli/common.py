@@ -10,7 +10,6 @@ that was already there.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,14 +44,7 @@ def run_main(body: Callable[[], int]) -> int:
 
 def load_run(text: str, device: torch.device) -> TrainedRun:
     """The trained run of checkpoint (or run directory) `text`, networks on `device`, frozen; announced in one line."""
-    started = time.perf_counter()
-    run = open_trained(text, device)
-    print(
-        f"loaded {run.path}: {run.resolution}x{run.resolution} at {run.images_shown / 1000:.1f} kimg, on {device} "
-        f"({time.perf_counter() - started:.1f} s)",
-        flush=True,
-    )
-    return run
+    return open_trained(text, device, say=lambda line: print(line, flush=True))
 
 
 def choose_generator(run: TrainedRun, which: str) -> torch.nn.Module:

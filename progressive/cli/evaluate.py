@@ -99,7 +99,8 @@ def evaluate(args: argparse.Namespace) -> int:
             options = dataclasses.replace(options, device=str(processes.device))
         main = processes.is_main_process
         try:
-            report = evaluate_run(args.checkpoint, options, shard=Shard.of(processes), **_quiet_unless(main))
+            quiet = {} if main else {"progress": None, "note": None}  # the main process alone prints
+            report = evaluate_run(args.checkpoint, options, shard=Shard.of(processes), **quiet)
         except BadInput:
             if main:
                 raise  # one error line, from the main process; the others fail as quietly
@@ -114,11 +115,6 @@ def evaluate(args: argparse.Namespace) -> int:
         print(line)
     print(f"wrote {out}")
     return 0
-
-
-def _quiet_unless(main: bool) -> dict:
-    """evaluate_run's status lines and notes: printed by the main process only."""
-    return {} if main else {"progress": None, "note": None}
 
 
 if __name__ == "__main__":
