@@ -48,6 +48,11 @@ COMMAND_ONLY = (
     "throughput",
     "mixed_precision",
 )
+# TrainConfig numbers whose flag is their name (--tick-kimg 4); docs/training.md says what each does.
+_PLAIN_RUN_VALUES = (
+    "workers ema_kimg ema_rampup tick_kimg progress_seconds snapshot_kimg checkpoint_kimg keep_checkpoints "
+    "synthetic_images grid_images max_nonfinite collective_timeout_min"
+).split()
 # Schedule values set by other options (--res sets max_resolution, --batch the batch sizes).
 _SCHEDULE_VIA_OTHER_OPTIONS = {"max_resolution", "batch_size", "batch_sizes"}
 
@@ -104,20 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --dry-run: images/s per resolution (benchmark_train.py --json) to project the wall time",
     )
     run = parser.add_argument_group("run")
-    for name, kind in [
-        ("workers", int),
-        ("ema_kimg", float),
-        ("ema_rampup", float),
-        ("tick_kimg", float),
-        ("progress_seconds", float),
-        ("snapshot_kimg", float),
-        ("checkpoint_kimg", float),
-        ("keep_checkpoints", int),
-        ("synthetic_images", int),
-        ("grid_images", int),
-        ("max_nonfinite", int),
-        ("collective_timeout_min", float),
-    ]:
+    for name in _PLAIN_RUN_VALUES:
+        kind = int if TrainConfig.__dataclass_fields__[name].type == "int" else float
         run.add_argument(_flag(name), dest=name, type=kind, help=f"TrainConfig.{name}")
     run.add_argument("--hflip", dest="hflip", action=argparse.BooleanOptionalAction, help="mirror augmentation")
     run.add_argument(
