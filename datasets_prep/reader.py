@@ -80,6 +80,7 @@ class LMDBImageDataset(Dataset):
         self.max_resolution = self.resolutions[-1]
         self.fingerprint = self.metadata["fingerprint"]
         self.image_format = self.metadata["image_format"]
+        self.channels = self.metadata["channels"]  # 1: stored gray (served as three equal channels), 3: colour
         available_splits = [s for s, n in self.metadata["count"].items() if n > 0]
         if split not in available_splits:
             raise DatasetFormatError(f"{self.path} has no {split!r} split; available: {available_splits}")

@@ -154,6 +154,7 @@ class SyntheticShapesDataset(Dataset):
         self.resolutions = [2**k for k in range(2, 11)]
         self.max_resolution = self.resolutions[-1]
         self.fingerprint = f"synthetic:shapes?n={count}&seed={seed}"
+        self.channels = 3  # colour shapes (LMDBImageDataset.channels: the LMDB's mode)
         self.set_resolution(resolution)
 
     def set_resolution(self, resolution: int) -> None:

@@ -15,16 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from datasets_prep.lmdb_format import read_metadata
 from progressive.errors import BadInput
 from progressive.eval.classifier import ClassifierUnavailable, TrainedClassifier, load_or_train_classifier
 from progressive.eval.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
 from progressive.eval.metrics import METRIC_NAMES, NEEDS_INCEPTION, MetricInputs, compute_metric
 from progressive.eval.sampling import ONE_PROCESS, Shard, generate_images
 from progressive.eval.sources import EvaluatedRun, RealImages, dataset_images
-from progressive.eval.statistics import FeatureStatistics, StatisticsAccumulator, image_channels
+from progressive.eval.statistics import FeatureStatistics, StatisticsAccumulator
 
 ALWAYS = ("recon", "swd", "energy", "diversity")
 AUTO_INCEPTION = ("fid", "is")  # KID only when asked for: 100 subsets of 1000 features take minutes on a CPU
@@ -198,7 +195,7 @@ def evaluation_report(
         if note is not None:
             note(f"note: {which} skipped: {reason}")
 
-    channels = _data_channels(options.data or run.config.data, held_out)
+    channels = held_out.data_channels()
     ema, latent_dim, batch = run.generator_ema, run.models.latent_dim, options.batch
     inputs = MetricInputs(
         models=run.models,
@@ -336,14 +333,6 @@ def _classifier(options: EvaluationOptions, run: EvaluatedRun, device, say, shar
         shard.wait()  # also when it cannot be had: the others then find the same reason
     say(f"classifier {classifier.path}: test accuracy {classifier.test_accuracy:.4f}")
     return classifier
-
-
-def _data_channels(source: str | None, held_out) -> int:
-    """1 for grayscale data, else 3: as the LMDB's metadata says, or as the held-out images show (synthetic data,
-    or a colour LMDB read by a grayscale run, whose images are converted to gray as they are read)."""
-    if source is not None and read_metadata(source)["channels"] == 1:
-        return 1
-    return image_channels(next(held_out.batches(64, torch.device("cpu"))))
 
 
 def _real_statistics(

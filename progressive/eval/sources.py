@@ -19,6 +19,7 @@ from PIL import Image
 from datasets_prep.images import SkipImage, load_image
 from datasets_prep.pixels import image_array_to_signed
 from progressive.errors import BadInput
+from progressive.eval.statistics import image_channels
 from progressive.models import TriangleModels
 from progressive.nets.layers import blend_reals
 
@@ -95,6 +96,7 @@ class RealImages:
     split: str  # "train", "holdout" or "folder"
     load: Callable[[int], torch.Tensor]  # index -> (3, R, R) in [-1, 1] at the stage resolution
     alpha: float  # fade-in blend applied to every batch (as in training)
+    gray: bool = False  # gray by their source: a grayscale dataset, or converted to gray for a grayscale run
 
     def __len__(self) -> int:
         return len(self.names)
@@ -104,6 +106,11 @@ class RealImages:
         for start in range(0, len(self), batch_size):
             images = torch.stack([self.load(i) for i in range(start, min(start + batch_size, len(self)))])
             yield blend_reals(images, self.alpha).to(device)
+
+    def data_channels(self) -> int:
+        """The images' mode, what a metric's own-mode negatives follow: 1 when gray by their source or when every
+        one of the first 64 has three equal channels (a colour LMDB of gray pictures), else 3."""
+        return 1 if self.gray else image_channels(next(self.batches(64, torch.device("cpu"))))
 
 
 def folder_images(folder: str, run: EvaluatedRun) -> RealImages:
@@ -170,4 +177,5 @@ def stage_images(
         split=split,
         load=load,
         alpha=alpha,
+        gray=channels == 1 or dataset.channels == 1,
     )
