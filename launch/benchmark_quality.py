@@ -450,6 +450,7 @@ FIGURES = (
     ("AUROC constant", ("metrics", "energy/auroc_constant"), "{:.2f}"),
     ("AUROC shuffled", ("metrics", "energy/auroc_shuffled"), "{:.2f}"),
     ("AUROC blurred", ("metrics", "energy/auroc_blurred"), "{:.2f}"),
+    ("blurred, paired", ("metrics", "energy/paired_blurred"), "{:.2f}"),  # each image against its own copy
     ("SWD", ("metrics", "swd/mean"), "{:.1f}"),
     ("diversity", ("metrics", "diversity/ratio"), "{:.2f}"),
     ("FID", ("metrics", "fid"), "{:.1f}"),

@@ -49,6 +49,7 @@ from progressive.eval.statistics import (
     inception_score,
     kernel_inception_distance,
     noise_images,
+    paired_share,
     per_image_mse,
     pixel_moments,
     pyramid_levels,
@@ -105,6 +106,9 @@ def posterior_metrics(
     }
 
 
+PAIRED = ("shuffled", "blurred")  # negatives made from each held-out image: also scored against their own image
+
+
 def energy_metrics(
     energy: nn.Module,  # the energy network at the stage evaluated
     energy_form: str,  # run.config.objective.energy_form
@@ -116,7 +120,8 @@ def energy_metrics(
 ) -> dict[str, float]:
     """energy_separation of held-out reals against generated images and five kinds of negatives, each drawn once
     per held-out image: uniform noise (gray and colour), constant images (gray; colour too for colour data),
-    pixel-shuffled and Gaussian-blurred held-out images. `noise` repeats the noise of the data's own mode."""
+    pixel-shuffled and Gaussian-blurred held-out images. `noise` repeats the noise of the data's own mode. The
+    shuffled and blurred copies are also held against their own image (`paired_*`, statistics.paired_share)."""
     # The colour noise and the permutations draw from `generator` as they always have, so earlier evaluations
     # of colour data reproduce; the negatives added later draw from their own generator.
     generator = torch.Generator().manual_seed(seed)
@@ -143,6 +148,8 @@ def energy_metrics(
     sets = {name: torch.cat([batch[name] for batch in scored]) for name in scored[0]}
     real = sets.pop("real")
     results = energy_separation(real, {"generated": torch.cat(generated), **sets})
+    for name in PAIRED:  # each held-out image against its own shuffled and blurred copy
+        results[f"energy/paired_{name}"] = paired_share(real, sets[name])
     own = "noise_gray" if channels == 1 else "noise_colour"
     results["energy/auroc_noise"] = results[f"energy/auroc_{own}"]
     results["energy/mean_noise"] = results[f"energy/mean_{own}"]

@@ -515,6 +515,17 @@ def energy_separation(
     return results
 
 
+def paired_share(real: torch.Tensor, altered: torch.Tensor) -> float:
+    """Share of images whose altered copy (same index) has the higher energy, ties counting 1/2. Unlike the AUROC,
+    which compares every real image with every altered one, it holds each image against its own copy, so an energy
+    whose level differs from class to class can still rank every copy above its original."""
+    assert real.ndim == 1 and real.shape == altered.shape, f"expected (N,) and (N,), got {real.shape}, {altered.shape}"
+    if len(real) == 0:
+        raise ValueError("a paired share needs at least one image")
+    real, altered = real.double(), altered.double()
+    return float(((altered > real).double() + 0.5 * (altered == real).double()).mean())
+
+
 # ----------------------------------------------------------------------------- sample diversity
 
 

@@ -33,6 +33,7 @@ from progressive.eval.statistics import (
     laplacian_pyramid,
     multiscale_swd,
     noise_images,
+    paired_share,
     predicted_classes,
     shuffle_pixels,
 )
@@ -210,7 +211,21 @@ def test_energy_aurocs_against_each_negative_on_energies_with_known_order():
     assert rough["energy/auroc_noise_gray"] == 1.0 and rough["energy/auroc_shuffled"] == 1.0
     assert rough["energy/auroc_constant"] == rough["energy/auroc_constant_colour"] == 0.0  # constants are smoothest
     assert rough["energy/auroc_blurred"] < 0.1  # blurring smooths
+    assert rough["energy/paired_blurred"] == 0.0 and rough["energy/paired_shuffled"] == 1.0  # each against its own
     assert rough["energy/auroc_generated"] == pytest.approx(auroc(-Roughness()(colour), -Roughness()(colour[:8])))
+
+
+def test_paired_share_holds_each_image_against_its_own_copy():
+    # Two classes at energy levels 0 and 10; every altered copy is 1 higher than its own image, so each pair is
+    # ranked right (share 1) while the AUROC, which also compares a level-10 image with a level-0 copy, is not.
+    real = torch.tensor([0.0, 0.0, 10.0, 10.0])
+    altered = real + 1.0
+    assert paired_share(real, altered) == 1.0
+    # By hand: each real 0 lies below all 4 copies (8 pairs), each real 10 below the copies 11 only (4): 12 of 16.
+    assert auroc(-real, -altered) == 12 / 16
+    assert paired_share(real, torch.tensor([1.0, 0.0, 9.0, 10.0])) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)  # ties 1/2
+    with pytest.raises(ValueError):
+        paired_share(torch.tensor([]), torch.tensor([]))
 
 
 def test_colour_noise_and_permutations_draw_as_before_the_new_negatives():
