@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from progressive.eval.report import PROTOCOLS, EvaluationOptions, evaluation_report, report_lines, requested_metrics
+from progressive.eval.report import PROTOCOLS, EvaluationOptions, evaluation_report, report_lines
 from progressive.eval.sampling import ONE_PROCESS, Shard
 from progressive.pretrained import TrainedRun, open_trained, pick_device
 
@@ -52,9 +52,8 @@ def evaluate_run(
     `accelerate launch` or `torchrun`, every process calls it with its shard (and its own `device`): each runs the
     networks on its batches, and every one returns the whole evaluation's report.
     """
-    options = dataclasses.replace(options or EvaluationOptions(), **changes).resolved()
+    options = dataclasses.replace(options or EvaluationOptions(), **changes).resolved()  # checked before loading
     say = progress or (lambda line: None)
-    requested_metrics(options.metrics)  # a misspelt name is refused before anything is loaded
     if isinstance(run, str | Path):
         run = open_trained(run, pick_device(options.device), say)
     return evaluation_report(run, options, say, note, shard)

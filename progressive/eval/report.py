@@ -126,12 +126,15 @@ class EvaluationOptions:
     device: str = "auto"  # where a checkpoint given by path is loaded: auto (the GPU if present), cpu, cuda:1 ...
 
     def resolved(self) -> EvaluationOptions:
-        """These options with the protocol's settings applied over them (BadInput for an unknown protocol)."""
-        if self.protocol is None:
-            return self
-        if self.protocol not in PROTOCOLS:
-            raise BadInput(f"protocol {self.protocol!r}: expected one of {', '.join(sorted(PROTOCOLS))}")
-        return dataclasses.replace(self, **PROTOCOLS[self.protocol]["settings"])
+        """These options with the protocol's settings applied over them, checked: BadInput for an unknown protocol
+        or metric name, before anything is loaded."""
+        options = self
+        if self.protocol is not None:
+            if self.protocol not in PROTOCOLS:
+                raise BadInput(f"protocol {self.protocol!r}: expected one of {', '.join(sorted(PROTOCOLS))}")
+            options = dataclasses.replace(self, **PROTOCOLS[self.protocol]["settings"])
+        requested_metrics(options.metrics)
+        return options
 
 
 def requested_metrics(text: str) -> tuple[list[str], bool]:
