@@ -16,10 +16,14 @@ JSON files, every figure in results.json and the two tables in results.md.
 Resuming: results.json is rewritten (atomically) as soon as a row is done. A later invocation with the same --out
 skips the rows already done under the same settings (data, preset, res, kimg, train-args, the configuration's
 recipe and changes; and the evaluation's counts), re-evaluates a row whose evaluation settings alone changed (its
-training is kept), and trains again a row whose training settings changed. Rows of configurations or seeds not
-named this time stay in results.json and in the tables, so the table can be built in several invocations. A row
-interrupted (Ctrl-C) leaves no row; its partly trained run directory is replaced when it is run again. A row
-evaluated with --fid also counts as done for an invocation without --fid (its FID is kept).
+training is kept), extends a row asked for with a longer --kimg and nothing else changed (its run continues from
+its newest checkpoint, exactly as training from the start would end; the minutes add up), and trains again a row
+whose training settings otherwise changed. Rows of configurations or seeds not named this time stay in results.json
+and in the tables, so the table can be built in several invocations. A row interrupted (Ctrl-C) leaves no row; its
+partly trained run directory is replaced when it is run again. An interrupted extension keeps the row at its
+earlier length, and the same invocation again continues it. To keep the shorter row's table too, extend a copy of
+--out (cp -r OUT OUT-LONGER): the copy continues its own run directories. A row evaluated with --fid also counts as
+done for an invocation without --fid (its FID is kept).
 
 A configuration is a recipe name (triangle, vae, wake-sleep, acd, adversarial, reference; docs/objective.md) or
 NAME=RECIPE,key=value,... with objective values on top of the recipe. The default comparison is the paper's
@@ -303,11 +307,17 @@ def drop_row(rows: list[dict], name: str, seed: int) -> tuple[list[dict], int | 
 # ----------------------------------------------------------------------------- one row
 
 
-def train(configuration: Configuration, seed: int, args: argparse.Namespace, out: Path) -> tuple[int, Path, float]:
-    """Train one row in its own process; (exit code, run directory, minutes)."""
+def train(
+    configuration: Configuration,  # the row's configuration
+    seed: int,  # and seed
+    args: argparse.Namespace,  # the command line
+    out: Path,  # --out
+    resume: Path | None = None,  # the row's run directory, to continue to --kimg; None: train from the start
+) -> tuple[int, Path, float]:
+    """Train one row in its own process; (exit code, run directory, minutes of this training)."""
     label = row_label(configuration.name, seed)
     runs = out / "runs" / label
-    if runs.exists():
+    if resume is None and runs.exists():
         shutil.rmtree(runs)  # a row run again is replaced, not resumed: an interrupted one left a partial run
     command = [
         sys.executable,
@@ -316,12 +326,20 @@ def train(configuration: Configuration, seed: int, args: argparse.Namespace, out
         *("--kimg", str(args.kimg), "--seed", str(seed), "--out", str(runs)),
         *configuration.flags(),
         *shlex.split(args.train_args),
+        *(("--resume", str(resume)) if resume is not None else ()),
     ]
     start = time.time()
-    with open(out / f"{label}.log", "w") as log:
+    with open(out / f"{label}.log", "a" if resume is not None else "w") as log:  # a continuation adds to its log
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     run_dirs = sorted(runs.glob("*/")) if runs.exists() else []
     return code, (run_dirs[-1] if run_dirs else runs), (time.time() - start) / 60
+
+
+def kept_run(out: Path, name: str, seed: int) -> Path | None:
+    """The row's run directory under --out when it holds a checkpoint (found there, not by the path results.json
+    stored: a copied --out continues its own copy), else None."""
+    run_dirs = sorted((out / "runs" / row_label(name, seed)).glob("*/"))
+    return run_dirs[-1] if run_dirs and newest_in_directory(run_dirs[-1]) is not None else None
 
 
 def evaluation_plans(
@@ -568,8 +586,16 @@ def tables(rows: list[dict]) -> str:
 # ----------------------------------------------------------------------------- the loop
 
 
-def plan_row(row: dict | None, train_wanted: dict, evaluation_wanted: dict) -> tuple[str, str]:
-    """('skip' | 'evaluate' | 'train', why) for one (configuration, seed) given its row in results.json."""
+def plan_row(
+    row: dict | None,  # its row in results.json
+    train_wanted: dict,  # training_settings of this invocation
+    evaluation_wanted: dict,  # evaluation_settings of this invocation
+    run_dir: Path | None = None,  # its run directory under --out with a checkpoint (kept_run)
+) -> tuple[str, str]:
+    """('skip' | 'evaluate' | 'extend' | 'train', why) for one (configuration, seed) given its row in results.json.
+    A row asked for with a longer --kimg and nothing else changed is extended: its run continues from its newest
+    checkpoint, which ends where training from the start would (the schedule, data order and noise are functions of
+    the images shown; docs/training.md)."""
     if row is None:
         return "train", ""
     settings = row.get("settings")
@@ -577,8 +603,12 @@ def plan_row(row: dict | None, train_wanted: dict, evaluation_wanted: dict) -> t
         return "train", "written by an earlier version of this script"
     if "metrics" not in row:  # its training crashed before a checkpoint (or a figure): nothing to keep
         return "train", f"it has no figures (training exit {row.get('exit_code')})"
-    if settings["train"] != train_wanted:
-        return "train", f"training settings changed: {', '.join(changed_keys(settings['train'], train_wanted))}"
+    done = settings["train"]
+    if done != train_wanted:
+        longer = done["kimg"] < train_wanted["kimg"] and {**done, "kimg": train_wanted["kimg"]} == train_wanted
+        if longer and row.get("exit_code") == 0 and run_dir is not None:
+            return "extend", f"{done['kimg']:g} -> {train_wanted['kimg']:g} kimg, from its newest checkpoint"
+        return "train", f"training settings changed: {', '.join(changed_keys(done, train_wanted))}"
     if evaluation_done(settings["evaluate"], evaluation_wanted):
         return "skip", ""
     if row.get("run_dir") is None or newest_in_directory(Path(row["run_dir"])) is None:
@@ -590,8 +620,8 @@ def plan_row(row: dict | None, train_wanted: dict, evaluation_wanted: dict) -> t
 def run_row(
     configuration: Configuration,  # the row's configuration
     seed: int,  # and seed
-    action: str,  # "train", or "evaluate" (again, its training kept)
-    old: dict | None,  # its row in results.json: the training kept when evaluating again
+    action: str,  # "train", "extend" (its run continued to --kimg) or "evaluate" (again, its training kept)
+    old: dict | None,  # its row in results.json: the training kept or extended
     args: argparse.Namespace,  # the command line
     out: Path,  # --out
     facts: DataFacts,  # of --data
@@ -599,9 +629,12 @@ def run_row(
 ) -> dict | int:
     """Train (unless only its evaluation changed) and measure one row; the row, or an exit code to stop with."""
     label = row_label(configuration.name, seed)
-    if action == "train":
-        code, run_dir, minutes = train(configuration, seed, args, out)
+    if action in ("train", "extend"):
+        resume = kept_run(out, configuration.name, seed) if action == "extend" else None
+        code, run_dir, minutes = train(configuration, seed, args, out, resume)
         print(f"  trained in {minutes:.1f} min (exit {code})", flush=True)
+        if resume is not None:
+            minutes += old["minutes"]  # the row's training time from the start
         if code == EXIT_BAD_INPUT:
             print(f"error: launch/train.py refused {configuration.name}; see {out / label}.log", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -651,16 +684,17 @@ def main(argv: list[str] | None = None) -> int:
             settings = {"train": training_settings(configuration, seed, args, facts)}
             settings["evaluate"] = evaluation_settings(args, facts)
             old = find_row(rows, configuration.name, seed)
-            action, why = plan_row(old, settings["train"], settings["evaluate"])
+            kept = kept_run(out, configuration.name, seed)
+            action, why = plan_row(old, settings["train"], settings["evaluate"], kept)
             if action == "skip":
                 print(f"skip {configuration.name} seed {seed} (done)", flush=True)
                 continue
             if why:
-                verb = "re-run" if action == "train" else "re-evaluate"
+                verb = {"train": "re-run", "extend": "extend", "evaluate": "re-evaluate"}[action]
                 print(f"{verb} {configuration.name} seed {seed}: {why}", flush=True)
             work.append((configuration, seed, action, old, settings))
     for number, (configuration, seed, action, old, settings) in enumerate(work, 1):
-        doing = "training" if action == "train" else "evaluating again"
+        doing = {"train": "training", "extend": "training on", "evaluate": "evaluating again"}[action]
         print(f"[{number}/{len(work)}] {doing} {configuration.name} seed {seed} ...", flush=True)
         place = None
         if action == "train":  # its run directory is replaced now: results.json must not keep its old figures
@@ -669,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             row = run_row(configuration, seed, action, old, args, out, facts, settings)
         except KeyboardInterrupt:
-            print(f"\ninterrupted: {configuration.name} seed {seed} left no row; the finished rows are in "
+            left = "stays at its earlier length" if action == "extend" else "left no row"
+            print(f"\ninterrupted: {configuration.name} seed {seed} {left}; the finished rows are in "
                   f"{out / 'results.json'}", file=sys.stderr)  # fmt: skip
             return EXIT_INTERRUPTED
         if isinstance(row, int):

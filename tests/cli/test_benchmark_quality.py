@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -94,14 +95,16 @@ class FakeRows:
     def __init__(self, monkeypatch, module, interrupt: str | None = None):
         self.trained: list[tuple[str, int]] = []
         self.measured: list[tuple[str, int]] = []
+        self.resumed: list[Path | None] = []  # the run directory each training continued, or None
         self.interrupt = interrupt  # a configuration whose training is interrupted (Ctrl-C)
         monkeypatch.setattr(module, "train", self.train)
         monkeypatch.setattr(module, "measure", self.measure)
 
-    def train(self, configuration, seed, args, out):
+    def train(self, configuration, seed, args, out, resume=None):
         if configuration.name == self.interrupt:
             raise KeyboardInterrupt
         self.trained.append((configuration.name, seed))
+        self.resumed.append(resume)
         run_dir = out / "runs" / f"{configuration.name}-seed{seed}" / "00000-tiny-8"
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run_dir / "checkpoints" / "checkpoint-000000048.pt").touch()  # a run that finished
@@ -165,6 +168,54 @@ def test_resume_skips_done_rows_reruns_changed_ones_and_keeps_other_configuratio
     assert module.main([*base, "--configs", "wake-sleep"]) == 130
     assert "interrupted: wake-sleep seed 0 left no row" in capsys.readouterr().err
     assert (tmp_path / "q" / "results.json").read_text() == before
+
+
+def test_a_longer_kimg_extends_a_row_from_its_checkpoint_and_anything_else_trains_it_again(
+    tmp_path, lmdb8, capsys, monkeypatch
+):
+    module = _benchmark_module()
+    fake = FakeRows(monkeypatch, module)
+    base = ["--data", str(lmdb8), "--preset", "tiny", "--res", "8", "--configs", "triangle", "--seeds", "0", "1"]
+    out = tmp_path / "q"
+    assert module.main([*base, "--kimg", "0.1", "--out", str(out)]) == 0
+    assert fake.resumed == [None, None]
+    capsys.readouterr()
+
+    # The same rows, longer: each continues its own run directory, and its minutes add up.
+    fake.trained.clear()
+    fake.resumed.clear()
+    assert module.main([*base, "--kimg", "0.2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "extend triangle seed 1: 0.1 -> 0.2 kimg, from its newest checkpoint" in printed
+    assert "[2/2] training on triangle seed 1 ..." in printed
+    runs = [out / "runs" / f"triangle-seed{seed}" / "00000-tiny-8" for seed in (0, 1)]
+    assert fake.trained == [("triangle", 0), ("triangle", 1)] and fake.resumed == runs
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [row["settings"]["train"]["kimg"] for row in rows] == [0.2, 0.2]
+    assert [row["minutes"] for row in rows] == [2.0, 4.0]  # (1 + seed) minutes, twice
+
+    # A copy of --out continues its own copy of the runs, not the runs that results.json names.
+    shutil.copytree(out, tmp_path / "copy")
+    fake.resumed.clear()
+    assert module.main([*base, "--kimg", "0.3", "--out", str(tmp_path / "copy")]) == 0
+    assert fake.resumed == [tmp_path / "copy" / run.relative_to(out) for run in runs]
+    capsys.readouterr()
+
+    # Longer and something else changed, or shorter: trained from the start.
+    fake.resumed.clear()
+    assert module.main([*base, "--kimg", "0.4", "--out", str(out), "--train-args", "--ema-kimg 1"]) == 0
+    assert "re-run triangle seed 0: training settings changed: kimg, train_args" in capsys.readouterr().out
+    assert module.main([*base, "--kimg", "0.1", "--out", str(out)]) == 0
+    assert "re-run triangle seed 0: training settings changed: kimg" in capsys.readouterr().out
+    assert fake.resumed == [None] * 4
+
+    # A row whose training failed is not continued.
+    results = json.loads((out / "results.json").read_text())
+    results["rows"][0]["exit_code"] = 1
+    (out / "results.json").write_text(json.dumps(results))
+    fake.resumed.clear()
+    assert module.main([*base, "--kimg", "0.2", "--out", str(out)]) == 0
+    assert fake.resumed == [None, out / "runs" / "triangle-seed1" / "00000-tiny-8"]
 
 
 def row(config: str, seed: int, **metrics) -> dict:
