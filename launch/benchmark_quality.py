@@ -626,11 +626,11 @@ def run_row(
     out: Path,  # --out
     facts: DataFacts,  # of --data
     settings: dict,  # {"train": training_settings, "evaluate": evaluation_settings}
+    resume: Path | None,  # "extend": the run directory it continues (kept_run); else None
 ) -> dict | int:
     """Train (unless only its evaluation changed) and measure one row; the row, or an exit code to stop with."""
     label = row_label(configuration.name, seed)
     if action in ("train", "extend"):
-        resume = kept_run(out, configuration.name, seed) if action == "extend" else None
         code, run_dir, minutes = train(configuration, seed, args, out, resume)
         print(f"  trained in {minutes:.1f} min (exit {code})", flush=True)
         if resume is not None:
@@ -692,8 +692,8 @@ def main(argv: list[str] | None = None) -> int:
             if why:
                 verb = {"train": "re-run", "extend": "extend", "evaluate": "re-evaluate"}[action]
                 print(f"{verb} {configuration.name} seed {seed}: {why}", flush=True)
-            work.append((configuration, seed, action, old, settings))
-    for number, (configuration, seed, action, old, settings) in enumerate(work, 1):
+            work.append((configuration, seed, action, old, settings, kept if action == "extend" else None))
+    for number, (configuration, seed, action, old, settings, resume) in enumerate(work, 1):
         doing = {"train": "training", "extend": "training on", "evaluate": "evaluating again"}[action]
         print(f"[{number}/{len(work)}] {doing} {configuration.name} seed {seed} ...", flush=True)
         place = None
@@ -701,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
             rows, place = drop_row(rows, configuration.name, seed)
             save_rows(out / "results.json", rows)
         try:
-            row = run_row(configuration, seed, action, old, args, out, facts, settings)
+            row = run_row(configuration, seed, action, old, args, out, facts, settings, resume)
         except KeyboardInterrupt:
             left = "stays at its earlier length" if action == "extend" else "left no row"
             print(f"\ninterrupted: {configuration.name} seed {seed} {left}; the finished rows are in "

@@ -46,6 +46,9 @@ def start_and_stop_build(out, stop_signal: int) -> subprocess.CompletedProcess:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it: a test run started as a background job ignores SIGINT, and so would the
+        # build it starts (Python installs its KeyboardInterrupt handler only where SIGINT is not ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 180  # a hang, not a busy machine, is what exceeds it
     while committed_items(out) < KILL_AFTER:
