@@ -45,13 +45,13 @@ from progressive.eval.landscape import (
     barrier_matrix,
     basin_purity,
     class_histograms,
-    descend,
     descend_in_batches,
     merge_minima,
     merge_tree,
     naming_summary,
     nearest_minima,
     plot_disconnectivity,
+    with_gaussian_prior,
 )
 from progressive.eval.sampling import seeded_latents
 from progressive.eval.sources import dataset_images
@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="dataset LMDB for --start data, the class labels and the purity images (default: the run's own)"
     )
     parser.add_argument("--space", choices=("image", "latent"), default="image", help="descend E(x), or E(g(z))")
+    parser.add_argument(
+        "--latent-prior", action="store_true",
+        help="with --space latent: descend E(g(z)) + |z|^2/2, the energy of p(z) exp(-E(g(z))) (docs/landscape.md)",
+    )  # fmt: skip
     parser.add_argument(
         "--max-minima", type=positive(int, "--max-minima"), default=16, help="lowest minima kept (paths: N(N-1)/2)"
     )
@@ -171,12 +175,14 @@ def basins_of_training_images(
     nearest minimum (root-mean-square distance); the basins' purity and class histograms."""
     real = dataset_images(run, args.data, "train", args.purity_images)
     truth = labels.train[: len(real)]
-    nearest, distances = [], []
+    nearest, distances, gradients = [], [], []
     for k, images in enumerate(real.batches(args.batch, device)):
-        ends = descend(energy, to_space(images), settings, seed=args.seed + PURITY_SEED + k)
+        seed = args.seed + PURITY_SEED + k  # one batch: descend_in_batches is descend itself
+        ends, _, gradient = descend_in_batches(energy, to_space(images), settings, len(images), seed=seed)
         index, distance = nearest_minima(ends, minima)
         nearest.append(index)
         distances.append(distance)
+        gradients.append(gradient)
     minimum_of = torch.cat(nearest).tolist()
     distance = torch.cat(distances)
     basin_of = [basins[m] for m in minimum_of]
@@ -204,6 +210,7 @@ def basins_of_training_images(
         "one_basin": float(np.bincount(truth, minlength=classes).max() / len(truth)),  # purity's floor
         "within_merge_distance": float((distance < settings.merge_distance).double().mean()),
         "median_distance": float(distance.median()),
+        "median_gradient": float(torch.cat(gradients).median()),  # at the descents' ends: 0 where they converged
         "per_basin": per_basin,
         "images_per_minimum": [minimum_of.count(i) for i in range(len(minima))],
     }
@@ -246,6 +253,8 @@ def map_landscape(args: argparse.Namespace) -> int:
         check_writable_folder(Path(args.out), "--out", args.out)
     if args.space == "latent" and args.start == "data":
         raise BadInput("--space latent starts from latents; use --start samples")
+    if args.latent_prior and args.space != "latent":
+        raise BadInput("--latent-prior is a term of the latent space's energy; add --space latent")
     device = pick_device(args.device)
     run = load_run(args.checkpoint, device)
     out = Path(args.out) if args.out else run.run_directory / f"landscape-{run.images_shown:09d}"
@@ -275,6 +284,7 @@ def map_landscape(args: argparse.Namespace) -> int:
 
     if args.space == "latent":
         energy, starts = (lambda z: image_energy(generator(z))), latents
+        energy = with_gaussian_prior(energy) if args.latent_prior else energy
     elif args.start == "samples":
         with torch.no_grad():
             energy, starts = image_energy, to_space(generator(latents).float())
@@ -284,7 +294,7 @@ def map_landscape(args: argparse.Namespace) -> int:
 
     print(f"descending {len(starts)} starts ({args.space} space, {settings.descent_steps} steps) ...", flush=True)
     started = time.perf_counter()
-    ends, end_energies = descend_in_batches(energy, starts, settings, args.batch, seed=args.seed)
+    ends, end_energies, end_gradients = descend_in_batches(energy, starts, settings, args.batch, seed=args.seed)
     kept, owner = merge_minima(ends, end_energies, settings.merge_distance)
     distinct = len(kept)
     kept = kept[: args.max_minima]
@@ -328,10 +338,12 @@ def map_landscape(args: argparse.Namespace) -> int:
         "checkpoint": str(run.path),
         "images_shown": run.images_shown,
         "space": args.space,
+        "latent_prior": args.latent_prior,  # the energy is E(g(z)) + |z|^2/2
         "start": args.start,
         "starts": len(starts),
         "settings": dataclasses.asdict(settings),
         "distinct_minima": distinct,  # before --max-minima kept the lowest
+        "median_gradient": float(end_gradients.median()),  # over every start's end: 0 where the descents converged
         "minima": [
             {
                 "index": i,

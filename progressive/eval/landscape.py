@@ -86,17 +86,29 @@ def descend_in_batches(
     settings: LandscapeSettings,
     batch_size: int,  # starts descended together: bounds the memory of the energy's backward pass
     seed: int = 0,  # batch k draws its Langevin noise from seed + k
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the ends of `descend` from every start (N, ...), their energies (N,)), `batch_size` starts at a time.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the ends of `descend` from every start (N, ...), their energies (N,), the root-mean-square over the
+    coordinates of the energy's gradient at each end (N,): near 0 where the descent reached a stationary point),
+    `batch_size` starts at a time.
 
     With N <= batch_size it is `descend(energy, starts, settings, seed)` itself, so results do not depend on it.
     """
-    ends, energies = [], []
+    ends, energies, gradients = [], [], []
     for k, start in enumerate(range(0, len(starts), batch_size)):
         end = descend(energy, starts[start : start + batch_size], settings, seed=seed + k)
+        value, gradient = energy_and_gradient(energy, end)
         ends.append(end)
-        energies.append(energy_and_gradient(energy, end)[0])
-    return torch.cat(ends), torch.cat(energies)
+        energies.append(value)
+        gradients.append(gradient.flatten(1).pow(2).mean(1).sqrt())
+    return torch.cat(ends), torch.cat(energies), torch.cat(gradients)
+
+
+def with_gaussian_prior(energy: EnergyFunction) -> EnergyFunction:
+    """energy(z) + |z|^2 / 2: in latent space, E(g(z)) becomes the energy of p(z) exp(-E(g(z))) with p = N(0, I),
+    the latent distribution that the energy model's tilt of the generator defines (Che et al. 2020's
+    discriminator-driven latent sampling). Its minima stay where the prior has mass; E(g(z)) alone may keep falling
+    as z leaves it."""
+    return lambda z: energy(z) + 0.5 * z.flatten(1).pow(2).sum(1)
 
 
 def nearest_minima(points: torch.Tensor, minima: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

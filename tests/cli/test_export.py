@@ -333,6 +333,13 @@ def test_energy_landscape_of_a_trained_run(trained, tmp_path, capsys):
     assert json.loads((out / "data" / "landscape.json").read_text())["starts"] == 6  # held-out images
     assert energy_landscape.main([str(trained["checkpoint"]), "--space", "latent", "--start", "data"]) == 2
     assert "--space latent starts from latents" in capsys.readouterr().err
+    assert energy_landscape.main([str(trained["checkpoint"]), "--latent-prior"]) == 2  # image space has no prior
+    assert "--latent-prior is a term of the latent space's energy" in capsys.readouterr().err
+    prior = ["--space", "latent", "--latent-prior", "--out", str(out / "prior")]
+    assert energy_landscape.main([str(trained["checkpoint"]), *prior, *small]) == 0
+    report = json.loads((out / "prior" / "landscape.json").read_text())
+    assert report["latent_prior"] and not json.loads((out / "latent" / "landscape.json").read_text())["latent_prior"]
+    assert report["median_gradient"] >= 0
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

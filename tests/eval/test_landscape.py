@@ -18,6 +18,7 @@ from progressive.eval.landscape import (
     basin_purity,
     class_histograms,
     descend,
+    descend_in_batches,
     energy_and_gradient,
     merge_minima,
     merge_tree,
@@ -25,6 +26,7 @@ from progressive.eval.landscape import (
     nearest_minima,
     plot_disconnectivity,
     relaxed_path,
+    with_gaussian_prior,
 )
 
 # Three Gaussian wells: A and B deep and far apart, C shallower, above the line between them.
@@ -101,6 +103,24 @@ def test_minima_barriers_and_basins_of_three_wells():
     assert len(set(basins)) == 1  # a generous threshold: one basin
     merges, basins = merge_tree(own, torch.tensor(barriers), threshold=0.01)
     assert len(set(basins)) == 3 and not any(m.same_basin for m in merges)  # a strict one: each well alone
+
+
+def test_a_gaussian_prior_gives_a_falling_energy_its_minimum_and_the_descent_says_whether_it_converged():
+    slope = torch.tensor([1.0, -2.0], dtype=torch.float64)
+
+    def falling(z: torch.Tensor) -> torch.Tensor:  # a plane: no minimum, |gradient| sqrt(5) everywhere
+        return z @ slope
+
+    settings = LandscapeSettings(descent_steps=2000, step_size=0.01, bounds=None)
+    starts = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ends, energies, gradients = descend_in_batches(with_gaussian_prior(falling), starts, settings, batch_size=2)
+    # z.a + |z|^2/2 is lowest at z = -a, where it is -|a|^2/2 = -2.5; the descent got there: its gradient is ~0
+    torch.testing.assert_close(ends, -slope.expand(5, 2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(energies, torch.full((5,), -2.5, dtype=torch.float64), atol=1e-9, rtol=0)
+    assert float(gradients.max()) < 1e-6
+    ends, _, gradients = descend_in_batches(falling, starts, settings, batch_size=2)  # it never stops falling
+    torch.testing.assert_close(ends, starts - 2000 * 0.01 * slope, atol=1e-9, rtol=0)
+    torch.testing.assert_close(gradients, torch.full((5,), 2.5**0.5, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
 def test_a_band_between_two_points_of_one_well_stays_in_it():
