@@ -71,6 +71,7 @@ def test_two_processes_evaluate_what_one_process_does(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # the stand-in is scripted
 def test_triangle_evaluate_launched_as_two_processes_reports_what_one_process_does(tiny_run, tmp_path):
     from conftest import StandInInception
 
