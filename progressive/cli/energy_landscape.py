@@ -300,7 +300,8 @@ def map_landscape(args: argparse.Namespace) -> int:
     kept = kept[: args.max_minima]
     minima, energies = ends[kept], end_energies[kept]
     seconds["descent"] = time.perf_counter() - started
-    print(f"{len(kept)} distinct minima; barriers for {len(kept) * (len(kept) - 1) // 2} pairs ...", flush=True)
+    pairs = len(kept) * (len(kept) - 1) // 2
+    print(f"{distinct} distinct minima, the {len(kept)} lowest kept; barriers for {pairs} pairs ...", flush=True)
     started = time.perf_counter()
     barriers = barrier_matrix(energy, minima, settings)
     merges, basins = merge_tree(energies, barriers, settings.barrier_threshold)
