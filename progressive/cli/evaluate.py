@@ -101,6 +101,7 @@ def evaluate(args: argparse.Namespace) -> int:
         try:
             quiet = {} if main else {"progress": None, "note": None}  # the main process alone prints
             report = evaluate_run(args.checkpoint, options, shard=Shard.of(processes), **quiet)
+            processes.wait_for_everyone()  # no process tears down its group while another is still in the last gather
         except BadInput:
             if main:
                 raise  # one error line, from the main process; the others fail as quietly

@@ -120,4 +120,5 @@ if __name__ == "__main__":  # a worker: torchrun sets RANK, WORLD_SIZE and the r
     accelerator = Accelerator(cpu=True)
     figures = evaluate_everything(Shard.of(accelerator))
     Path(sys.argv[1], f"rank{accelerator.process_index}.json").write_text(json.dumps(figures))
+    accelerator.wait_for_everyone()  # as the evaluate command: every process leaves the last gather before teardown
     accelerator.end_training()
