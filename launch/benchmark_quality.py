@@ -469,6 +469,7 @@ FIGURES = (
     ("AUROC shuffled", ("metrics", "energy/auroc_shuffled"), "{:.2f}"),
     ("AUROC blurred", ("metrics", "energy/auroc_blurred"), "{:.2f}"),
     ("blurred, paired", ("metrics", "energy/paired_blurred"), "{:.2f}"),  # each image against its own copy
+    ("blurred, within class", ("metrics", "energy/within_class_blurred"), "{:.2f}"),  # labelled data only
     ("SWD", ("metrics", "swd/mean"), "{:.1f}"),
     ("diversity", ("metrics", "diversity/ratio"), "{:.2f}"),
     ("FID", ("metrics", "fid"), "{:.1f}"),

@@ -35,6 +35,7 @@ from progressive.eval.statistics import (
     FeatureStatistics,
     PatchSampler,
     StatisticsAccumulator,
+    between_class_share,
     blur_images,
     blur_sigma,
     check_images,
@@ -57,6 +58,7 @@ from progressive.eval.statistics import (
     shuffle_pixels,
     spread_from_moments,
     swd_from_descriptors,
+    within_class_auroc,
 )
 from progressive.models import bare
 
@@ -117,11 +119,14 @@ def energy_metrics(
     seed: int = 0,  # noise images, constants and pixel permutations
     channels: int = 3,  # the data's mode: 1 for a grayscale set (its `noise` is gray noise), 3 for colour
     shard: Shard = ONE_PROCESS,  # which batches this process scores (every process draws every batch's negatives)
+    labels: torch.Tensor | None = None,  # (N,) the held-out images' classes in batch order, when the data has them
 ) -> dict[str, float]:
     """energy_separation of held-out reals against generated images and five kinds of negatives, each drawn once
     per held-out image: uniform noise (gray and colour), constant images (gray; colour too for colour data),
     pixel-shuffled and Gaussian-blurred held-out images. `noise` repeats the noise of the data's own mode. The
-    shuffled and blurred copies are also held against their own image (`paired_*`, statistics.paired_share)."""
+    shuffled and blurred copies are also held against their own image (`paired_*`, statistics.paired_share).
+    With `labels`, also within each class (`within_class_*`) and the share of the real images' energy variance
+    that lies between the classes (`between_class_share`): where an AUROC over all images is lost."""
     # The colour noise and the permutations draw from `generator` as they always have, so earlier evaluations
     # of colour data reproduce; the negatives added later draw from their own generator.
     generator = torch.Generator().manual_seed(seed)
@@ -150,6 +155,11 @@ def energy_metrics(
     results = energy_separation(real, {"generated": torch.cat(generated), **sets})
     for name in PAIRED:  # each held-out image against its own shuffled and blurred copy
         results[f"energy/paired_{name}"] = paired_share(real, sets[name])
+    if labels is not None:
+        assert labels.shape == real.shape, f"{tuple(labels.shape)} labels for {len(real)} held-out images"
+        results["energy/between_class_share"] = between_class_share(real, labels)
+        for name in PAIRED:
+            results[f"energy/within_class_{name}"] = within_class_auroc(real, sets[name], labels)
     own = "noise_gray" if channels == 1 else "noise_colour"
     results["energy/auroc_noise"] = results[f"energy/auroc_{own}"]
     results["energy/mean_noise"] = results[f"energy/mean_{own}"]
@@ -175,6 +185,7 @@ class MetricInputs:
     energy_form: str = "identity"  # run.config.objective.energy_form
     seed: int = 0  # noise images, pixel permutations, patch positions, KID subsets
     channels: int = 3  # the data's mode: 1 for a grayscale set (gray noise is its own-mode noise), 3 for colour
+    labels: torch.Tensor | None = None  # (N,) classes of the held-out images in order, when the data has labels
     swd_patches: int = 128  # SWD descriptors per image and level
     inception: Any = None  # progressive.eval.inception.InceptionNetwork; needed by fid, kid and is
     fid_reals: Callable[[], Iterable[torch.Tensor]] | None = None  # reals for fid and kid; None: `reals`
@@ -225,7 +236,7 @@ def _sized(m: MetricInputs, count: int) -> Iterator[tuple[int, Callable[[], torc
 def _energy(m: MetricInputs) -> dict[str, float]:
     energy = bare(m.models.energy)
     generated = m.generated(m.samples)
-    return energy_metrics(energy, m.energy_form, m.reals(), generated, m.seed, m.channels, m.shard)
+    return energy_metrics(energy, m.energy_form, m.reals(), generated, m.seed, m.channels, m.shard, m.labels)
 
 
 def _diversity(m: MetricInputs) -> dict[str, float]:

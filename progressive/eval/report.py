@@ -209,6 +209,7 @@ def evaluation_report(
         energy_form=run.config.objective.energy_form,
         seed=options.seed,
         channels=channels,
+        labels=held_out.labels,
         swd_patches=options.swd_patches,
         inception=inception,
         fid_reals=(lambda: fid_real.batches(batch, device)) if fid_real is not None else None,

@@ -97,6 +97,7 @@ class RealImages:
     load: Callable[[int], torch.Tensor]  # index -> (3, R, R) in [-1, 1] at the stage resolution
     alpha: float  # fade-in blend applied to every batch (as in training)
     gray: bool = False  # gray by their source: a grayscale dataset, or converted to gray for a grayscale run
+    labels: torch.Tensor | None = None  # (N,) int64 class of each image, when the dataset has labels
 
     def __len__(self) -> int:
         return len(self.names)
@@ -154,7 +155,17 @@ def dataset_images(run: EvaluatedRun, data: str | None, split: str, limit: int |
         description = f"{source} ({split})"
     if len(dataset) == 0:
         raise BadInput(f"{description} has no images")
-    return stage_images(dataset, limit, run.stage.alpha, run.models.image_channels, split, description)
+    images = stage_images(dataset, limit, run.stage.alpha, run.models.image_channels, split, description)
+    if source is not None:
+        from datasets_prep.reader import read_labels
+
+        try:
+            labels = read_labels(source, split)  # None for an LMDB without labels
+        except ValueError as error:  # a damaged label record: one line
+            raise BadInput(str(error)) from error
+        if labels is not None:
+            images.labels = torch.as_tensor(labels[: len(images)], dtype=torch.int64)
+    return images
 
 
 def stage_images(

@@ -526,6 +526,42 @@ def paired_share(real: torch.Tensor, altered: torch.Tensor) -> float:
     return float(((altered > real).double() + 0.5 * (altered == real).double()).mean())
 
 
+def within_class_auroc(real: torch.Tensor, altered: torch.Tensor, labels: torch.Tensor) -> float:
+    """The AUROC of "the real image has the lower energy" taken within each class (real images of class c against
+    the altered copies of class c), averaged over the classes weighted by their image counts. Between the AUROC
+    over all images (every real image against every copy) and the paired share (each image against its own copy):
+    what is left of the ranking once the energy's level from class to class no longer counts."""
+    assert real.ndim == 1 and real.shape == altered.shape == labels.shape, (
+        f"expected (N,) energies, copies and labels, got {real.shape}, {altered.shape}, {labels.shape}"
+    )
+    if len(real) == 0:
+        raise ValueError("a within-class AUROC needs at least one image")
+    labels = labels.cpu()
+    total = 0.0
+    for label in labels.unique():
+        members = labels == label
+        total += int(members.sum()) * auroc(-real.cpu()[members], -altered.cpu()[members])
+    return total / len(real)
+
+
+def between_class_share(real: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of the real images' energy variance that lies between the classes' mean energies (the correlation
+    ratio eta squared): 0 when every class has the same mean energy, 1 when the energy is a function of the class
+    alone. 0 as well when every energy is equal."""
+    assert real.ndim == 1 and real.shape == labels.shape, f"expected (N,) and (N,), got {real.shape}, {labels.shape}"
+    if len(real) == 0:
+        raise ValueError("a between-class share needs at least one image")
+    real, labels = real.double().cpu(), labels.cpu()
+    total = float(((real - real.mean()) ** 2).sum())
+    if total == 0.0:
+        return 0.0
+    between = sum(
+        int((labels == label).sum()) * float(real[labels == label].mean() - real.mean()) ** 2
+        for label in labels.unique()
+    )
+    return between / total
+
+
 # ----------------------------------------------------------------------------- sample diversity
 
 

@@ -182,6 +182,9 @@ def test_evaluate_classifier_and_energy_on_a_labelled_gray_set(gray_run, tmp_pat
     assert report["settings"]["channels"] == 1 and metrics["energy/auroc_noise"] == metrics["energy/auroc_noise_gray"]
     assert {"energy/auroc_constant", "energy/auroc_blurred", "energy/auroc_noise_colour"} <= set(metrics)
     assert "energy/auroc_constant_colour" not in metrics
+    # The held-out images' labels give the energy's figures by class too.
+    assert 0 <= metrics["energy/between_class_share"] <= 1
+    assert 0 <= metrics["energy/within_class_blurred"] <= 1 and 0 <= metrics["energy/within_class_shuffled"] <= 1
     assert "training the classifier" in capsys.readouterr().out
     assert evaluate.main([*args, str(tmp_path / "again.json"), "--samples", "12"]) == 0
     assert "training the classifier" not in capsys.readouterr().out  # cached
@@ -205,6 +208,7 @@ def test_evaluate_without_labels_skips_the_classifier_or_refuses_it_by_name(
     assert "note: classifier skipped: " in capsys.readouterr().err
     report = json.loads(out.read_text())
     assert "classifier" in report["skipped"] and not any(k.startswith("classifier/") for k in report["metrics"])
+    assert "energy/auroc_blurred" in report["metrics"] and "energy/within_class_blurred" not in report["metrics"]
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

@@ -18,6 +18,7 @@ from progressive.eval.statistics import (
     FeatureStatistics,
     _binomial_blur,
     auroc,
+    between_class_share,
     blur_images,
     blur_sigma,
     class_coverage,
@@ -36,6 +37,7 @@ from progressive.eval.statistics import (
     paired_share,
     predicted_classes,
     shuffle_pixels,
+    within_class_auroc,
 )
 from progressive.presets import build_models
 
@@ -213,6 +215,15 @@ def test_energy_aurocs_against_each_negative_on_energies_with_known_order():
     assert rough["energy/auroc_blurred"] < 0.1  # blurring smooths
     assert rough["energy/paired_blurred"] == 0.0 and rough["energy/paired_shuffled"] == 1.0  # each against its own
     assert rough["energy/auroc_generated"] == pytest.approx(auroc(-Roughness()(colour), -Roughness()(colour[:8])))
+    assert not any("class" in key for key in rough)  # without labels, nothing by class
+
+    labels = torch.arange(40) % 3
+    by_class = energy_metrics(Roughness(), "identity", colour.split(16), [colour[:8]], seed=0, labels=labels)
+    assert {key: by_class[key] for key in rough} == rough  # the labels add figures and change none
+    real, blurred = Roughness()(colour), Roughness()(blur_images(colour, blur_sigma(32)))
+    assert by_class["energy/within_class_blurred"] == pytest.approx(within_class_auroc(real, blurred, labels))
+    assert by_class["energy/within_class_blurred"] < 0.1 and by_class["energy/within_class_shuffled"] == 1.0
+    assert by_class["energy/between_class_share"] == pytest.approx(between_class_share(real, labels))
 
 
 def test_paired_share_holds_each_image_against_its_own_copy():
@@ -226,6 +237,28 @@ def test_paired_share_holds_each_image_against_its_own_copy():
     assert paired_share(real, torch.tensor([1.0, 0.0, 9.0, 10.0])) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)  # ties 1/2
     with pytest.raises(ValueError):
         paired_share(torch.tensor([]), torch.tensor([]))
+
+
+def test_within_class_auroc_and_between_class_share_by_hand():
+    # The same two classes at levels 0 and 10, each copy 1 higher than its image: over all images the AUROC is
+    # 12/16 (above), within each class every real image lies below every copy of its class.
+    real = torch.tensor([0.0, 0.0, 10.0, 10.0])
+    labels = torch.tensor([3, 3, 7, 7])
+    assert within_class_auroc(real, real + 1.0, labels) == 1.0
+    # Class 3, images (0, -1) against copies (0, 5): 0 vs 0 ties (1/2), the other three pairs are ranked right.
+    # Class 7, images (10, 11) against copies (9, 12): the copy 9 lies below both, 12 above both: 2 of 4.
+    uneven = torch.tensor([0.0, -1.0, 10.0, 11.0])
+    assert within_class_auroc(uneven, torch.tensor([0.0, 5.0, 9.0, 12.0]), labels) == pytest.approx(
+        ((0.5 + 1 + 1 + 1) / 4 + 2 / 4) / 2
+    )
+    # Class means 0 and 10 around 5: between-class sum of squares 4 * 25 = 100, the total as well: share 1.
+    assert between_class_share(real, labels) == 1.0
+    # Means -0.5 and 10.5 around 5: between 4 * 5.5^2 = 121, total 25 + 36 + 25 + 36 = 122.
+    assert between_class_share(uneven, labels) == pytest.approx(121 / 122)
+    assert between_class_share(torch.full((4,), 2.0), labels) == 0.0  # no spread at all
+    assert between_class_share(real, torch.tensor([0, 1, 0, 1])) == 0.0  # both classes at mean 5
+    with pytest.raises(ValueError):
+        within_class_auroc(torch.tensor([]), torch.tensor([]), torch.tensor([], dtype=torch.int64))
 
 
 def test_colour_noise_and_permutations_draw_as_before_the_new_negatives():
