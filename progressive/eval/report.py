@@ -163,7 +163,7 @@ def evaluation_report(
     """
     names, explicit = requested_metrics(options.metrics)
     device = next(run.generator_ema.parameters()).device  # where the run's networks are
-    held_out = dataset_images(run, options.data, options.split, options.images)
+    held_out = dataset_images(run, options.data, options.split, options.images, with_labels=True)
     skipped: dict[str, str] = {}
     inception = None
     if any(name in NEEDS_INCEPTION for name in names):

@@ -129,8 +129,11 @@ def folder_images(folder: str, run: EvaluatedRun) -> RealImages:
     )
 
 
-def dataset_images(run: EvaluatedRun, data: str | None, split: str, limit: int | None) -> RealImages:
-    """The first `limit` images (all if None) of `split` of the LMDB `data`, else of the run's own data.
+def dataset_images(
+    run: EvaluatedRun, data: str | None, split: str, limit: int | None, *, with_labels: bool = False
+) -> RealImages:
+    """The first `limit` images (all if None) of `split` of the LMDB `data`, else of the run's own data; with
+    `with_labels`, their class labels too (`.labels`) when the LMDB has labels.
 
     A run trained on the built-in synthetic shapes has no stored split: its "holdout" images are shapes
     drawn with another seed (never shown in training), its "train" images the training shapes themselves.
@@ -156,7 +159,7 @@ def dataset_images(run: EvaluatedRun, data: str | None, split: str, limit: int |
     if len(dataset) == 0:
         raise BadInput(f"{description} has no images")
     images = stage_images(dataset, limit, run.stage.alpha, run.models.image_channels, split, description)
-    if source is not None:
+    if with_labels and source is not None:
         from datasets_prep.reader import read_labels
 
         try:

@@ -536,11 +536,11 @@ def within_class_auroc(real: torch.Tensor, altered: torch.Tensor, labels: torch.
     )
     if len(real) == 0:
         raise ValueError("a within-class AUROC needs at least one image")
-    labels = labels.cpu()
+    real, altered, labels = real.cpu(), altered.cpu(), labels.cpu()
     total = 0.0
     for label in labels.unique():
         members = labels == label
-        total += int(members.sum()) * auroc(-real.cpu()[members], -altered.cpu()[members])
+        total += int(members.sum()) * auroc(-real[members], -altered[members])
     return total / len(real)
 
 
@@ -555,10 +555,10 @@ def between_class_share(real: torch.Tensor, labels: torch.Tensor) -> float:
     total = float(((real - real.mean()) ** 2).sum())
     if total == 0.0:
         return 0.0
-    between = sum(
-        int((labels == label).sum()) * float(real[labels == label].mean() - real.mean()) ** 2
-        for label in labels.unique()
-    )
+    between = 0.0
+    for label in labels.unique():
+        members = real[labels == label]
+        between += len(members) * float(members.mean() - real.mean()) ** 2
     return between / total
 
 
