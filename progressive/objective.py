@@ -62,6 +62,7 @@ class TriangleConfig:
     nll_eps: float = 1e-6  # added to the variance in the latent NLL, as the reference
     generator_steps: int = 1  # K generator updates per iteration (Algorithm 1, step 9's "multiple-step update")
     noise_negatives: float = 0.0  # w_u > 0: uniform-noise images join L_E as negatives, w_u * (mean E(x) - mean E(u))
+    noise_octaves: int = 0  # k > 0: each noise negative is white or drawn 2^j times coarser (j <= k) and smoothed up
     langevin_steps: int = 0  # L > 0: the energy step's samples are G(z) refined by L Langevin steps on E
     langevin_step_size: float = 2.0  # lambda: each step is x <- x - lambda * dE/dx + langevin_noise * N(0, I)
     langevin_noise: float = 0.01  # sigma of each step's Gaussian noise, in pixel units ([-1, 1] images)
@@ -87,6 +88,8 @@ class TriangleConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (isinstance(self.noise_octaves, int) and self.noise_octaves >= 0):
+            raise ValueError(f"noise_octaves must be an integer >= 0, got {self.noise_octaves!r}")
         if not (isinstance(self.langevin_steps, int) and self.langevin_steps >= 0):
             raise ValueError(f"langevin_steps must be an integer >= 0, got {self.langevin_steps!r}")
         if not (isinstance(self.generator_steps, int) and self.generator_steps >= 1):
@@ -258,15 +261,29 @@ def uniform_noise(
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
     generator: torch.Generator | None = None,  # None: the global one
+    octaves: int = 0,  # k > 0: each image is white noise or noise on a grid 2^j coarser, j uniform in 0..k
 ) -> torch.Tensor:
-    """(batch, 3, resolution, resolution) uniform noise in [-1, 1]: the energy step's noise negatives."""
+    """(batch, 3, resolution, resolution) uniform noise in [-1, 1]: the energy step's noise negatives.
+
+    White noise alone teaches the energy model that high frequencies mean high energy, so anything smooth
+    (a blurred image) looks likely. With `octaves` k each image is drawn on a grid of resolution / 2^j pixels,
+    j uniform in 0..k, and upsampled bilinearly (values stay in [-1, 1]): smooth noise at every scale down to a
+    4x4 grid, never a constant image. The white noise is drawn first, so k = 0 draws what it always did.
+    """
     noise = torch.rand(batch, channels, resolution, resolution, generator=generator, device=device, dtype=dtype)
+    if octaves > 0:
+        level = torch.randint(0, octaves + 1, (batch, 1, 1, 1), generator=generator, device=device)
+        for j in range(1, octaves + 1):
+            grid = max(resolution >> j, 4)
+            coarse = torch.rand(batch, channels, grid, grid, generator=generator, device=device, dtype=dtype)
+            smooth = F.interpolate(coarse, size=(resolution, resolution), mode="bilinear", align_corners=False)
+            noise = torch.where(level == j, smooth, noise)
     return as_rgb(noise * 2.0 - 1.0)
 
 
-def uniform_noise_like(images: torch.Tensor, channels: int) -> torch.Tensor:
+def uniform_noise_like(images: torch.Tensor, channels: int, octaves: int = 0) -> torch.Tensor:
     """Uniform noise in [-1, 1] of the images' shape, in their channel mode (grey noise for a grayscale run)."""
-    return uniform_noise(images.shape[0], channels, images.shape[-1], images.device, images.dtype)
+    return uniform_noise(images.shape[0], channels, images.shape[-1], images.device, images.dtype, octaves=octaves)
 
 
 def langevin_refine(energy: nn.Module, images: torch.Tensor, config: TriangleConfig, channels: int = 3) -> torch.Tensor:
@@ -386,7 +403,7 @@ def triangle_step(
         ]
         if config.noise_negatives != 0:
             if noise_images is None:
-                noise_images = uniform_noise_like(x_fake_const, models.image_channels)
+                noise_images = uniform_noise_like(x_fake_const, models.image_channels, config.noise_octaves)
             if noise_images.shape != x.shape:
                 raise ValueError(f"expected noise_images of shape {tuple(x.shape)}, got {tuple(noise_images.shape)}")
             negatives.append(noise_images)

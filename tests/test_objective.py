@@ -19,6 +19,7 @@ from progressive.objective import (
     recipe_config,
     reconstruction_loss,
     train_step,
+    uniform_noise,
     uniform_noise_like,
 )
 from progressive.presets import build_models
@@ -451,6 +452,22 @@ def test_noise_negatives_contrast_real_images_with_uniform_noise():
     expected = expected + penalty * torch.cat([e_real, e_fake, e_noise]).pow(2).mean()
     assert stats["loss_energy"] == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
     assert stats["energy_fake"] == pytest.approx(e_fake.mean().item(), rel=1e-5)
+
+
+def test_noise_octaves_mix_white_noise_with_smooth_noise_of_coarser_grids():
+    white = uniform_noise(64, 1, 32, "cpu", generator=torch.Generator().manual_seed(5))
+    assert torch.equal(uniform_noise(64, 1, 32, "cpu", generator=torch.Generator().manual_seed(5), octaves=0), white)
+    mixed = uniform_noise(64, 1, 32, "cpu", generator=torch.Generator().manual_seed(5), octaves=3)
+    assert mixed.shape == (64, 3, 32, 32) and mixed.abs().max() <= 1 and torch.equal(mixed[:, 0], mixed[:, 2])
+    kept = [torch.equal(m, w) for m, w in zip(mixed, white, strict=True)]  # the white draw comes first
+    roughness = (mixed[:, 0, :, 1:] - mixed[:, 0, :, :-1]).abs().mean(dim=(1, 2))
+    smooth = [i for i, k in enumerate(kept) if not k]
+    assert 8 <= len(smooth) <= 60  # j = 1, 2, 3 each with probability 1/4
+    assert roughness[smooth].max() < 0.5 * roughness[[i for i, k in enumerate(kept) if k]].min()
+    # From a 16x16 grid down to a 4x4 one: the smoothest images are 4x4 grids, never constant images.
+    assert roughness[smooth].min() > 0.02 and mixed[smooth].flatten(1).std(dim=1).min() > 0.1
+    with pytest.raises(ValueError, match="noise_octaves must be an integer >= 0"):
+        TriangleConfig(noise_octaves=-1)
 
 
 def test_grey_noise_and_langevin_steps_keep_a_grayscale_run_grey():

@@ -227,6 +227,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
         "weight_latent_generator": None,
         "generator_steps": 1,
         "noise_negatives": 0.0,
+        "noise_octaves": 0,
         "langevin_steps": 0,
         "langevin_step_size": 2.0,  # inert without Langevin steps: the default, so an old checkpoint compares equal
         "langevin_noise": 0.01,

@@ -294,6 +294,7 @@ class Trainer:
                 noise_images=(self.config.image_channels, stage.resolution)
                 if config.objective.noise_negatives
                 else None,
+                noise_octaves=config.objective.noise_octaves,
             )
             x = self._real_batch(next(batches), stage, noise)
 

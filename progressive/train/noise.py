@@ -38,6 +38,7 @@ def draw_noise(
     rank: int,
     world: int,
     noise_images: tuple[int, int] | None = None,  # (channels, resolution) of the noise negatives, when they are on
+    noise_octaves: int = 0,  # the noise negatives' coarser scales (objective.uniform_noise)
 ) -> IterationNoise:
     """Noise for the whole global batch from (seed, images_shown), sliced to this rank (as the data is)."""
     generator.manual_seed(iteration_seed(seed, images_shown))
@@ -49,5 +50,6 @@ def draw_noise(
     images = None
     if noise_images is not None:  # drawn after the rest, so z, eps and flips are the same with or without them
         channels, resolution = noise_images
-        images = uniform_noise(global_batch, channels, resolution, device, generator=generator)[part]
+        images = uniform_noise(global_batch, channels, resolution, device, generator=generator, octaves=noise_octaves)
+        images = images[part]
     return IterationNoise(z=full[0, part], eps=(full[1, part], full[2, part]), flip=flip[part], noise_images=images)

@@ -122,3 +122,7 @@ def test_noise_negatives_come_from_the_iteration_seed_and_are_sliced_like_the_ba
     assert torch.equal(torch.cat([h.noise_images for h in halves]), whole.noise_images)
     without = draw_noise(generator, 3, 96, 4, 8, 0, 1)
     assert without.noise_images is None and torch.equal(without.z, whole.z) and torch.equal(without.flip, whole.flip)
+    smooth = draw_noise(generator, 3, 96, 4, 8, 0, 1, noise_images=(1, 8), noise_octaves=2)
+    smooth_halves = [draw_noise(generator, 3, 96, 4, 8, r, 2, noise_images=(1, 8), noise_octaves=2) for r in (0, 1)]
+    assert torch.equal(torch.cat([h.noise_images for h in smooth_halves]), smooth.noise_images)
+    assert torch.equal(smooth.z, whole.z) and torch.equal(smooth.flip, whole.flip)
