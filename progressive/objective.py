@@ -8,7 +8,8 @@ One iteration on a real batch x (B images):
   1. z ~ N(0, I), x_fake = G(z) once.
   2. Energy step:     L_E = mean E(x) - mean E(stopgrad x_fake) + w_pen * mean over both of E^2;
                       two options outside D: uniform noise u as more negatives, + w_u (mean E(x) - mean E(u))
-                      (noise_negatives; 1 in the named recipes, 0 in `reference`), and x_fake refined by L
+                      (noise_negatives; 1 in the named recipes, 0 in `reference`; noise_octaves makes part
+                      of u smooth, off in every recipe), and x_fake refined by L
                       Langevin steps on E (langevin_steps; off in every recipe).
   3. Inference step:  L_I = w_rec * sum||G(z_hat) - x||^2 / B + w_kl * KL(q(z|x) || N(0, I))
                             + w_lat * NLL(z | I(stopgrad x_fake)),   z_hat = mu(x) + exp(s(x)/2) * eps1,
