@@ -39,6 +39,7 @@ from progressive.eval.statistics import (
     blur_images,
     blur_sigma,
     check_images,
+    class_means,
     classifier_metrics,
     concatenated_levels,
     constant_images,
@@ -125,8 +126,9 @@ def energy_metrics(
     per held-out image: uniform noise (gray and colour), constant images (gray; colour too for colour data),
     pixel-shuffled and Gaussian-blurred held-out images. `noise` repeats the noise of the data's own mode. The
     shuffled and blurred copies are also held against their own image (`paired_*`, statistics.paired_share).
-    With `labels`, also within each class (`within_class_*`) and the share of the real images' energy variance
-    that lies between the classes (`between_class_share`): where an AUROC over all images is lost."""
+    With `labels`, also within each class (`within_class_*`), the share of the real images' energy variance
+    that lies between the classes (`between_class_share`) and each class's mean energy, real and blurred
+    (`mean_real_class_K`, `mean_blurred_class_K`): where an AUROC over all images is lost."""
     # The colour noise and the permutations draw from `generator` as they always have, so earlier evaluations
     # of colour data reproduce; the negatives added later draw from their own generator.
     generator = torch.Generator().manual_seed(seed)
@@ -160,6 +162,9 @@ def energy_metrics(
         results["energy/between_class_share"] = between_class_share(real, labels)
         for name in PAIRED:
             results[f"energy/within_class_{name}"] = within_class_auroc(real, sets[name], labels)
+        for name, values in (("real", real), ("blurred", sets["blurred"])):  # the level of each class
+            for label, mean in class_means(values, labels).items():
+                results[f"energy/mean_{name}_class_{label}"] = mean
     own = "noise_gray" if channels == 1 else "noise_colour"
     results["energy/auroc_noise"] = results[f"energy/auroc_{own}"]
     results["energy/mean_noise"] = results[f"energy/mean_{own}"]

@@ -544,6 +544,13 @@ def within_class_auroc(real: torch.Tensor, altered: torch.Tensor, labels: torch.
     return total / len(real)
 
 
+def class_means(values: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
+    """{class: mean of its values} for (N,) values and labels, the classes in ascending order."""
+    assert values.ndim == 1 and values.shape == labels.shape, f"expected (N,), got {values.shape}, {labels.shape}"
+    values, labels = values.double().cpu(), labels.cpu()
+    return {int(label): float(values[labels == label].mean()) for label in labels.unique()}
+
+
 def between_class_share(real: torch.Tensor, labels: torch.Tensor) -> float:
     """The share of the real images' energy variance that lies between the classes' mean energies (the correlation
     ratio eta squared): 0 when every class has the same mean energy, 1 when the energy is a function of the class
@@ -555,10 +562,9 @@ def between_class_share(real: torch.Tensor, labels: torch.Tensor) -> float:
     total = float(((real - real.mean()) ** 2).sum())
     if total == 0.0:
         return 0.0
-    between = 0.0
-    for label in labels.unique():
-        members = real[labels == label]
-        between += len(members) * float(members.mean() - real.mean()) ** 2
+    counts = dict(zip(*(t.tolist() for t in labels.unique(return_counts=True)), strict=True))
+    means = class_means(real, labels)
+    between = sum(counts[label] * (mean - float(real.mean())) ** 2 for label, mean in means.items())
     return between / total
 
 

@@ -22,6 +22,7 @@ from progressive.eval.statistics import (
     blur_images,
     blur_sigma,
     class_coverage,
+    class_means,
     classifier_metrics,
     confident_share,
     constant_images,
@@ -224,6 +225,9 @@ def test_energy_aurocs_against_each_negative_on_energies_with_known_order():
     assert by_class["energy/within_class_blurred"] == pytest.approx(within_class_auroc(real, blurred, labels))
     assert by_class["energy/within_class_blurred"] < 0.1 and by_class["energy/within_class_shuffled"] == 1.0
     assert by_class["energy/between_class_share"] == pytest.approx(between_class_share(real, labels))
+    for label in range(3):  # each class's level, real and blurred
+        assert by_class[f"energy/mean_real_class_{label}"] == pytest.approx(float(real[labels == label].mean()))
+        assert by_class[f"energy/mean_blurred_class_{label}"] == pytest.approx(float(blurred[labels == label].mean()))
 
 
 def test_paired_share_holds_each_image_against_its_own_copy():
@@ -257,6 +261,7 @@ def test_within_class_auroc_and_between_class_share_by_hand():
     assert between_class_share(uneven, labels) == pytest.approx(121 / 122)
     assert between_class_share(torch.full((4,), 2.0), labels) == 0.0  # no spread at all
     assert between_class_share(real, torch.tensor([0, 1, 0, 1])) == 0.0  # both classes at mean 5
+    assert class_means(uneven, labels) == {3: -0.5, 7: 10.5}
     with pytest.raises(ValueError):
         within_class_auroc(torch.tensor([]), torch.tensor([]), torch.tensor([], dtype=torch.int64))
 
