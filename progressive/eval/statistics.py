@@ -559,12 +559,13 @@ def between_class_share(real: torch.Tensor, labels: torch.Tensor) -> float:
     if len(real) == 0:
         raise ValueError("a between-class share needs at least one image")
     real, labels = real.double().cpu(), labels.cpu()
-    total = float(((real - real.mean()) ** 2).sum())
+    overall = float(real.mean())
+    total = float(((real - overall) ** 2).sum())
     if total == 0.0:
         return 0.0
-    counts = dict(zip(*(t.tolist() for t in labels.unique(return_counts=True)), strict=True))
-    means = class_means(real, labels)
-    between = sum(counts[label] * (mean - float(real.mean())) ** 2 for label, mean in means.items())
+    between = sum(
+        int((labels == label).sum()) * (mean - overall) ** 2 for label, mean in class_means(real, labels).items()
+    )
     return between / total
 
 
