@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-cache", help="folder of trained classifiers (default: --stats-cache's)")
     parser.add_argument("--batch", type=positive(int, "--batch"), default=64, help="images per forward (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="latents, noise, patch positions (default: 0)")
+    parser.add_argument(
+        "--sample-langevin-steps",
+        type=int,
+        default=0,
+        help="energy-guided samples: Langevin steps on each latent down E(g(z)) + |z|^2/2 (default: 0, plain g(z))",
+    )
+    parser.add_argument("--sample-langevin-step-size", type=float, default=0.01, help="(default: 0.01)")
+    parser.add_argument(
+        "--sample-langevin-temperature", type=float, default=1.0, help="of the steps' noise; 0: descent (default: 1)"
+    )
     parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
     return parser
 

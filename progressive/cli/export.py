@@ -36,8 +36,10 @@ from progressive.cli.common import (
     save_png,
     write_atomically,
 )
+from progressive.eval.report import sample_guidance
 from progressive.eval.sampling import (
     EXPORT_BATCH,
+    check_sample_langevin,
     encode_and_reconstruct,
     energies,
     generate_from_seeds,
@@ -91,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--grid", action="store_true", help="one grid PNG instead of one file per image")
     sample.add_argument("--columns", type=positive(int, "--columns"), help="grid columns (default: about square)")
     sample.add_argument("--generator", choices=("ema", "trained"), default="ema", help="default: ema (averaged)")
+    sample.add_argument(
+        "--sample-langevin-steps",
+        type=int,
+        default=0,
+        help="energy-guided samples: Langevin steps on each latent down E(g(z)) + |z|^2/2 (default: 0, plain g(z))",
+    )
+    sample.add_argument("--sample-langevin-step-size", type=float, default=0.01, help="(default: 0.01)")
+    sample.add_argument(
+        "--sample-langevin-temperature", type=float, default=1.0, help="of the steps' noise; 0: descent (default: 1)"
+    )
 
     recon = commands.add_parser("reconstruct", help="image | g(mu(x)) grids")
     _common(recon)
@@ -144,6 +156,8 @@ def _grid(images: torch.Tensor, columns: int) -> torch.Tensor:
 
 
 def export_samples(args: argparse.Namespace) -> int:
+    langevin = (args.sample_langevin_steps, args.sample_langevin_step_size, args.sample_langevin_temperature)
+    check_sample_langevin(*langevin)
     out = check_output_suffix(args.out, (".png",), "--out") if args.grid else Path(args.out)
     if not args.grid and out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} is a file; give a folder (or --grid with a .png file)")
@@ -153,9 +167,14 @@ def export_samples(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     run = load_run(args.checkpoint, device)
     generator = choose_generator(run, args.generator)
-    parts = generate_from_seeds(generator, seeds, run.models.latent_dim, args.batch, device, args.temperature)
+    guidance = sample_guidance(run, *langevin)
+    parts = generate_from_seeds(
+        generator, seeds, run.models.latent_dim, args.batch, device, args.temperature, guidance=guidance
+    )
     described = f"seeds {seeds[0]}..{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else "seeds as given"
     temperature = f", temperature {args.temperature:g}" if args.temperature != 1 else ""
+    if guidance is not None:
+        temperature += f", {guidance.steps} Langevin steps on E(g(z)) + |z|^2/2"
     channels = run.models.image_channels
     if args.grid:
         images = torch.cat([part.cpu() for part in parts])

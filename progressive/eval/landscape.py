@@ -60,16 +60,26 @@ def energy_and_gradient(energy: EnergyFunction, points: torch.Tensor) -> tuple[t
     return values.detach(), gradient
 
 
-def descend(energy: EnergyFunction, start: torch.Tensor, settings: LandscapeSettings, seed: int = 0) -> torch.Tensor:
+def descend(
+    energy: EnergyFunction,
+    start: torch.Tensor,  # (B, ...) points
+    settings: LandscapeSettings,
+    seed: int = 0,  # the Langevin noise's generator
+    noise: torch.Tensor | None = None,  # (descent_steps, B, ...) standard normal noise to use instead of drawing it
+) -> torch.Tensor:
     """Each start moved down the energy for `descent_steps` steps (Langevin noise when temperature > 0)."""
+    assert noise is None or noise.shape == (settings.descent_steps, *start.shape), "noise: one per step and point"
     generator = torch.Generator(device=start.device).manual_seed(seed)
     x = start.detach().clone()
-    for _ in range(settings.descent_steps):
+    for step in range(settings.descent_steps):
         _, gradient = energy_and_gradient(energy, x)
         x = x - settings.step_size * gradient
         if settings.temperature > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + (2 * settings.step_size * settings.temperature) ** 0.5 * noise
+            if noise is None:
+                drawn = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            else:
+                drawn = noise[step].to(x)
+            x = x + (2 * settings.step_size * settings.temperature) ** 0.5 * drawn
         if settings.bounds is not None:
             x = x.clamp(*settings.bounds)
     return x

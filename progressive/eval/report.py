@@ -19,7 +19,7 @@ from progressive.errors import BadInput
 from progressive.eval.classifier import ClassifierUnavailable, TrainedClassifier, load_or_train_classifier
 from progressive.eval.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
 from progressive.eval.metrics import METRIC_NAMES, NEEDS_INCEPTION, MetricInputs, compute_metric
-from progressive.eval.sampling import ONE_PROCESS, Shard, generate_images
+from progressive.eval.sampling import ONE_PROCESS, EnergyGuidance, Shard, check_sample_langevin, generate_images
 from progressive.eval.sources import EvaluatedRun, RealImages, dataset_images
 from progressive.eval.statistics import FeatureStatistics, StatisticsAccumulator
 
@@ -123,6 +123,9 @@ class EvaluationOptions:
     classifier_cache: str | None = None  # folder of trained classifiers (None: stats_cache's)
     batch: int = 64  # images per forward
     seed: int = 0  # latents, noise, patch positions
+    sample_langevin_steps: int = 0  # energy-guided samples: Langevin steps on each latent (0: plain g(z))
+    sample_langevin_step_size: float = 0.01  # their step size, per unit of the gradient of E(g(z)) + |z|^2/2
+    sample_langevin_temperature: float = 1.0  # their noise's temperature (0: gradient descent)
     device: str = "auto"  # where a checkpoint given by path is loaded: auto (the GPU if present), cpu, cuda:1 ...
 
     def resolved(self) -> EvaluationOptions:
@@ -134,6 +137,9 @@ class EvaluationOptions:
                 raise BadInput(f"protocol {self.protocol!r}: expected one of {', '.join(sorted(PROTOCOLS))}")
             options = dataclasses.replace(self, **PROTOCOLS[self.protocol]["settings"])
         requested_metrics(options.metrics)
+        check_sample_langevin(
+            options.sample_langevin_steps, options.sample_langevin_step_size, options.sample_langevin_temperature
+        )
         return options
 
 
@@ -200,10 +206,13 @@ def evaluation_report(
 
     channels = held_out.data_channels()
     ema, latent_dim, batch = run.generator_ema, run.models.latent_dim, options.batch
+    guidance = sample_guidance(
+        run, options.sample_langevin_steps, options.sample_langevin_step_size, options.sample_langevin_temperature
+    )
     inputs = MetricInputs(
         models=run.models,
         reals=lambda: held_out.batches(batch, device),
-        generated=lambda count: generate_images(ema, count, latent_dim, batch, options.seed, device, shard),
+        generated=lambda count: generate_images(ema, count, latent_dim, batch, options.seed, device, shard, guidance),
         resolution=run.resolution,
         samples=samples,
         energy_form=run.config.objective.energy_form,
@@ -259,6 +268,15 @@ def evaluation_report(
             "is_splits": options.is_splits,
             "swd_patches": options.swd_patches,
             "seed": options.seed,
+            "sample_langevin": (
+                {
+                    "steps": guidance.steps,
+                    "step_size": guidance.step_size,
+                    "temperature": guidance.temperature,
+                }
+                if guidance is not None
+                else None
+            ),
             "energy_form": run.config.objective.energy_form,
             "channels": channels,
         },
@@ -267,6 +285,14 @@ def evaluation_report(
     if options.protocol:
         report["protocol"] = protocol_report(options.protocol, PROTOCOLS[options.protocol], run, inception, metrics)
     return report
+
+
+def sample_guidance(run: EvaluatedRun, steps: int, step_size: float, temperature: float) -> EnergyGuidance | None:
+    """The energy-guided sampler over the run's energy network (progressive/eval/sampling.py); None for 0 steps,
+    plain samples g(z). triangle-evaluate's and triangle-export's --sample-langevin-* flags."""
+    if steps == 0:
+        return None
+    return EnergyGuidance(run.models.energy, run.config.objective.energy_form, steps, step_size, temperature)
 
 
 def report_lines(report: dict) -> list[str]:

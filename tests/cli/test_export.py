@@ -86,6 +86,14 @@ def test_sample_reconstruct_and_energy_exports(trained, tmp_path, capsys):
     assert (cooler / "sample-seed000007.png").read_bytes() != (chosen / "sample-seed000007.png").read_bytes()
     with pytest.raises(SystemExit):  # argparse: one usage line and exit 2
         export.main(["sample", checkpoint, "--out", str(cooler), "--seeds", "7-x"])
+    # Energy-guided samples: other images, the same for a seed however many are drawn.
+    guided, alone = tmp_path / "guided", tmp_path / "guided-alone"
+    langevin = ["--sample-langevin-steps", "3"]
+    assert export.main(["sample", checkpoint, "--out", str(guided), "--seeds", "7-8", *langevin]) == 0
+    assert "3 Langevin steps" in capsys.readouterr().out
+    assert export.main(["sample", checkpoint, "--out", str(alone), "--seeds", "8", *langevin]) == 0
+    name = "sample-seed000008.png"
+    assert (guided / name).read_bytes() == (alone / name).read_bytes() != (chosen / name).read_bytes()
 
     assert export.main(["reconstruct", checkpoint, "--out", str(tmp_path / "recon"), "--pairs-per-grid", "5"]) == 0
     grids = sorted(p.name for p in (tmp_path / "recon").iterdir())
@@ -191,6 +199,11 @@ def test_bad_checkpoints_are_one_line_exit_2_and_earlier_outputs_survive(
         (["sample", "{checkpoint}", "--out", "{out}/x.jpg", "--grid"], "ending in .png"),
         (["sample", "{checkpoint}", "--out", "{file}/x.png", "--grid"], "is a file, not a folder"),
         (["sample", "{checkpoint}", "--out", "{file}/samples"], "is a file, not a folder"),
+        (["sample", "{checkpoint}", "--out", "{out}", "--sample-langevin-steps", "-1"], "--sample-langevin-steps"),
+        (
+            ["sample", "{checkpoint}", "--out", "{out}", "--sample-langevin-step-size", "0"],
+            "--sample-langevin-step-size",
+        ),
         (["reconstruct", "{checkpoint}", "--data", "{data}", "--out", "{file}/o"], "is a file, not a folder"),
         (["energy", "{checkpoint}", "--data", "{data}", "--csv", "{file}/e.csv"], "is a file, not a folder"),
         (["energy", "{checkpoint}", "--data", "{data}", "--csv", "{folder}"], "is a directory"),
