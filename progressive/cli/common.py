@@ -9,6 +9,7 @@ that was already there.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,21 @@ def save_png(image: np.ndarray | torch.Tensor, path: Path, channels: int = 3) ->
         assert spread <= 1, f"a grayscale image's channels differ by up to {spread} levels"
         image = image[:, :, 0]
     write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
+
+
+def add_sample_langevin_flags(parser: argparse.ArgumentParser) -> None:
+    """--sample-langevin-steps, -step-size, -temperature: the energy-guided sampler (progressive/eval/sampling.py
+    EnergyGuidance; checked by check_sample_langevin) of triangle-evaluate and triangle-export sample."""
+    parser.add_argument(
+        "--sample-langevin-steps",
+        type=int,
+        default=0,
+        help="energy-guided samples: Langevin steps on each latent down E(g(z)) + |z|^2/2 (default: 0, plain g(z))",
+    )
+    parser.add_argument("--sample-langevin-step-size", type=float, default=0.01, help="(default: 0.01)")
+    parser.add_argument(
+        "--sample-langevin-temperature", type=float, default=1.0, help="of the steps' noise; 0: descent (default: 1)"
+    )
 
 
 def positive(kind: type, name: str) -> Callable[[str], int | float]:

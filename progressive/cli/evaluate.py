@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from progressive.cli.checks import EXIT_BAD_INPUT, BadInput, check_output_suffix
-from progressive.cli.common import positive, run_main, write_atomically
+from progressive.cli.common import add_sample_langevin_flags, positive, run_main, write_atomically
 from progressive.eval.metrics import METRIC_NAMES
 from progressive.eval.sampling import Shard
 from progressive.evaluation import PROTOCOLS, EvaluationOptions, evaluate_run, report_lines
@@ -72,16 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-cache", help="folder of trained classifiers (default: --stats-cache's)")
     parser.add_argument("--batch", type=positive(int, "--batch"), default=64, help="images per forward (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="latents, noise, patch positions (default: 0)")
-    parser.add_argument(
-        "--sample-langevin-steps",
-        type=int,
-        default=0,
-        help="energy-guided samples: Langevin steps on each latent down E(g(z)) + |z|^2/2 (default: 0, plain g(z))",
-    )
-    parser.add_argument("--sample-langevin-step-size", type=float, default=0.01, help="(default: 0.01)")
-    parser.add_argument(
-        "--sample-langevin-temperature", type=float, default=1.0, help="of the steps' noise; 0: descent (default: 1)"
-    )
+    add_sample_langevin_flags(parser)
     parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
     return parser
 

@@ -29,6 +29,7 @@ from torchvision.utils import make_grid
 
 from progressive.cli.checks import BadInput, check_output_suffix, check_writable_folder
 from progressive.cli.common import (
+    add_sample_langevin_flags,
     choose_generator,
     load_run,
     positive,
@@ -93,16 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--grid", action="store_true", help="one grid PNG instead of one file per image")
     sample.add_argument("--columns", type=positive(int, "--columns"), help="grid columns (default: about square)")
     sample.add_argument("--generator", choices=("ema", "trained"), default="ema", help="default: ema (averaged)")
-    sample.add_argument(
-        "--sample-langevin-steps",
-        type=int,
-        default=0,
-        help="energy-guided samples: Langevin steps on each latent down E(g(z)) + |z|^2/2 (default: 0, plain g(z))",
-    )
-    sample.add_argument("--sample-langevin-step-size", type=float, default=0.01, help="(default: 0.01)")
-    sample.add_argument(
-        "--sample-langevin-temperature", type=float, default=1.0, help="of the steps' noise; 0: descent (default: 1)"
-    )
+    add_sample_langevin_flags(sample)
 
     recon = commands.add_parser("reconstruct", help="image | g(mu(x)) grids")
     _common(recon)
