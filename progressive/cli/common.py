@@ -22,6 +22,7 @@ from PIL import Image
 from datasets_prep.lmdb_format import DatasetFormatError
 from datasets_prep.pixels import signed_to_pixels
 from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
+from progressive.eval.report import GENERATORS
 from progressive.io import write_atomically
 from progressive.pretrained import TrainedRun, open_trained
 
@@ -46,15 +47,6 @@ def run_main(body: Callable[[], int]) -> int:
 def load_run(text: str, device: torch.device) -> TrainedRun:
     """The trained run of checkpoint (or run directory) `text`, networks on `device`, frozen; announced in one line."""
     return open_trained(text, device, say=lambda line: print(line, flush=True))
-
-
-def choose_generator(run: TrainedRun, which: str) -> torch.nn.Module:
-    """ "ema": the moving average (smoother samples); "trained": the generator paired with the inference model."""
-    if which == "ema":
-        return run.generator_ema
-    if which == "trained":
-        return run.models.generator
-    raise BadInput(f"generator must be 'ema' or 'trained', got {which!r}")
 
 
 def load_classifier(source: str, cache: str | None, device: torch.device) -> TrainedClassifier:
@@ -86,9 +78,17 @@ def save_png(image: np.ndarray | torch.Tensor, path: Path, channels: int = 3) ->
     write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
 
 
-def add_sample_langevin_flags(parser: argparse.ArgumentParser) -> None:
-    """--sample-langevin-steps, -step-size, -temperature: the energy-guided sampler (progressive/eval/sampling.py
-    EnergyGuidance; checked by check_sample_langevin) of triangle-evaluate and triangle-export sample."""
+def add_sample_flags(parser: argparse.ArgumentParser) -> None:
+    """How triangle-evaluate and triangle-export sample draw their samples: --generator, --temperature (latents
+    scaled before g) and --sample-langevin-steps, -step-size, -temperature (the energy-guided sampler,
+    progressive/eval/sampling.py EnergyGuidance; checked by check_sample_langevin)."""
+    parser.add_argument("--generator", choices=GENERATORS, default="ema", help="default: ema (averaged)")
+    parser.add_argument(
+        "--temperature",
+        type=positive(float, "--temperature"),
+        default=1.0,
+        help="scale every latent by this (below 1: truncation toward the mean image; default 1)",
+    )
     parser.add_argument(
         "--sample-langevin-steps",
         type=int,

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from progressive.cli.checks import EXIT_BAD_INPUT, BadInput, check_output_suffix
-from progressive.cli.common import add_sample_langevin_flags, positive, run_main, write_atomically
+from progressive.cli.common import add_sample_flags, positive, run_main, write_atomically
 from progressive.eval.metrics import METRIC_NAMES
 from progressive.eval.sampling import Shard
 from progressive.evaluation import PROTOCOLS, EvaluationOptions, evaluate_run, report_lines
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-cache", help="folder of trained classifiers (default: --stats-cache's)")
     parser.add_argument("--batch", type=positive(int, "--batch"), default=64, help="images per forward (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="latents, noise, patch positions (default: 0)")
-    add_sample_langevin_flags(parser)
+    add_sample_flags(parser)
     parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
     return parser
 

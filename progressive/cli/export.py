@@ -29,15 +29,14 @@ from torchvision.utils import make_grid
 
 from progressive.cli.checks import BadInput, check_output_suffix, check_writable_folder
 from progressive.cli.common import (
-    add_sample_langevin_flags,
-    choose_generator,
+    add_sample_flags,
     load_run,
     positive,
     run_main,
     save_png,
     write_atomically,
 )
-from progressive.eval.report import sample_guidance
+from progressive.eval.report import choose_generator, sample_guidance
 from progressive.eval.sampling import (
     EXPORT_BATCH,
     check_sample_langevin,
@@ -85,16 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--seeds", type=seed_list, help="explicit seeds instead of --count/--seed, e.g. 0-63,100,200-205"
     )
-    sample.add_argument(
-        "--temperature",
-        type=positive(float, "--temperature"),
-        default=1.0,
-        help="scale every latent by this (below 1: truncation toward the mean image; default 1)",
-    )
     sample.add_argument("--grid", action="store_true", help="one grid PNG instead of one file per image")
     sample.add_argument("--columns", type=positive(int, "--columns"), help="grid columns (default: about square)")
-    sample.add_argument("--generator", choices=("ema", "trained"), default="ema", help="default: ema (averaged)")
-    add_sample_langevin_flags(sample)
+    add_sample_flags(sample)
 
     recon = commands.add_parser("reconstruct", help="image | g(mu(x)) grids")
     _common(recon)

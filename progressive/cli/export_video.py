@@ -22,12 +22,12 @@ import torch
 
 from progressive.cli.checks import BadInput, check_output_suffix, check_writable_folder
 from progressive.cli.common import (
-    choose_generator,
     load_run,
     positive,
     run_main,
     save_png,
 )
+from progressive.eval.report import choose_generator
 from progressive.eval.sources import read_image
 from progressive.eval.video import (
     EASINGS,

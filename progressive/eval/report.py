@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from progressive.errors import BadInput
 from progressive.eval.classifier import ClassifierUnavailable, TrainedClassifier, load_or_train_classifier
 from progressive.eval.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
@@ -26,8 +28,11 @@ from progressive.eval.statistics import FeatureStatistics, StatisticsAccumulator
 ALWAYS = ("recon", "swd", "energy", "diversity")
 AUTO_INCEPTION = ("fid", "is")  # KID only when asked for: 100 subsets of 1000 features take minutes on a CPU
 AUTO_CLASSIFIER = ("classifier",)  # when the dataset has labels
+GENERATORS = ("ema", "trained")  # choose_generator's names
 
 # The paper's evaluation protocols (section 4.1.1 and 4.2): the settings they fix, and Tables 1 and 2.
+# Every protocol draws its samples as the published figures were drawn: plain g(z) of the averaged generator.
+PROTOCOL_SAMPLING = {"generator": "ema", "temperature": 1.0, "sample_langevin_steps": 0}
 PROTOCOLS: dict[str, dict] = {
     "cifar10": {
         "settings": {"metrics": "is,recon", "split": "holdout", "images": 10_000, "is_samples": 50_000},
@@ -123,6 +128,8 @@ class EvaluationOptions:
     classifier_cache: str | None = None  # folder of trained classifiers (None: stats_cache's)
     batch: int = 64  # images per forward
     seed: int = 0  # latents, noise, patch positions
+    generator: str = "ema"  # the samples' generator: ema (the moving average) or trained (the last one)
+    temperature: float = 1.0  # every latent is scaled by this before g (below 1: truncation toward the mean image)
     sample_langevin_steps: int = 0  # energy-guided samples: Langevin steps on each latent (0: plain g(z))
     sample_langevin_step_size: float = 0.01  # their step size, per unit of the gradient of E(g(z)) + |z|^2/2
     sample_langevin_temperature: float = 1.0  # their noise's temperature (0: gradient descent)
@@ -135,8 +142,12 @@ class EvaluationOptions:
         if self.protocol is not None:
             if self.protocol not in PROTOCOLS:
                 raise BadInput(f"protocol {self.protocol!r}: expected one of {', '.join(sorted(PROTOCOLS))}")
-            options = dataclasses.replace(self, **PROTOCOLS[self.protocol]["settings"])
+            options = dataclasses.replace(self, **PROTOCOL_SAMPLING, **PROTOCOLS[self.protocol]["settings"])
         requested_metrics(options.metrics)
+        if options.generator not in GENERATORS:
+            raise BadInput(f"--generator must be one of {', '.join(GENERATORS)}; got {options.generator!r}")
+        if not 0 < options.temperature < float("inf"):
+            raise BadInput(f"--temperature must be a number above 0; got {options.temperature!r}")
         check_sample_langevin(
             options.sample_langevin_steps, options.sample_langevin_step_size, options.sample_langevin_temperature
         )
@@ -205,14 +216,16 @@ def evaluation_report(
             note(f"note: {which} skipped: {reason}")
 
     channels = held_out.data_channels()
-    ema, latent_dim, batch = run.generator_ema, run.models.latent_dim, options.batch
+    generator, latent_dim, batch = choose_generator(run, options.generator), run.models.latent_dim, options.batch
     guidance = sample_guidance(
         run, options.sample_langevin_steps, options.sample_langevin_step_size, options.sample_langevin_temperature
     )
     inputs = MetricInputs(
         models=run.models,
         reals=lambda: held_out.batches(batch, device),
-        generated=lambda count: generate_images(ema, count, latent_dim, batch, options.seed, device, shard, guidance),
+        generated=lambda count: generate_images(
+            generator, count, latent_dim, batch, options.seed, device, shard, guidance, options.temperature
+        ),
         resolution=run.resolution,
         samples=samples,
         energy_form=run.config.objective.energy_form,
@@ -268,6 +281,8 @@ def evaluation_report(
             "is_splits": options.is_splits,
             "swd_patches": options.swd_patches,
             "seed": options.seed,
+            "generator": options.generator,
+            "temperature": options.temperature,
             "sample_langevin": (
                 {
                     "steps": guidance.steps,
@@ -285,6 +300,16 @@ def evaluation_report(
     if options.protocol:
         report["protocol"] = protocol_report(options.protocol, PROTOCOLS[options.protocol], run, inception, metrics)
     return report
+
+
+def choose_generator(run: EvaluatedRun, which: str) -> nn.Module:
+    """The generator that draws samples: "ema", the moving average (smoother samples), or "trained", the last one,
+    paired with the inference model. triangle-evaluate's, triangle-export's and the video's --generator."""
+    if which == "ema":
+        return run.generator_ema
+    if which == "trained":
+        return run.models.generator
+    raise BadInput(f"--generator must be one of {', '.join(GENERATORS)}; got {which!r}")
 
 
 def sample_guidance(run: EvaluatedRun, steps: int, step_size: float, temperature: float) -> EnergyGuidance | None:

@@ -155,12 +155,13 @@ def generate_images(
     device: torch.device | str,  # where the generator runs
     shard: Shard = ONE_PROCESS,  # which batches this process draws
     guidance: EnergyGuidance | None = None,  # Langevin steps on the latents before drawing; None: g(z)
+    temperature: float = 1.0,  # every z is scaled by this (below 1: truncation toward the mean image)
 ) -> Iterator[torch.Tensor]:
     """Batches of generated images (float32, on `device`) from seeded latents: `count` in all, or the shard's."""
     for index, start in enumerate(range(0, count, batch_size)):
         if shard.owns(index):
             seeds = range(seed + start, seed + min(start + batch_size, count))
-            yield from generate_from_seeds(generator, seeds, latent_dim, batch_size, device, guidance=guidance)
+            yield from generate_from_seeds(generator, seeds, latent_dim, batch_size, device, temperature, guidance)
 
 
 @torch.no_grad()

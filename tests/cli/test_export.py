@@ -259,7 +259,19 @@ def test_evaluate_refuses_fid_without_weights_and_unknown_metrics(trained, tmp_p
     assert len(err.splitlines()) == 1 and "no Inception weights" in err and "--inception PATH" in err
     assert evaluate.main([str(trained["checkpoint"]), "--metrics", "recon,bogus", "--out", str(out)]) == 2
     assert "unknown" in capsys.readouterr().err
+    for bad in (["--temperature", "0"], ["--generator", "last"]):
+        with pytest.raises(SystemExit) as exit_:  # argparse: one usage line and exit 2
+            evaluate.main([str(trained["checkpoint"]), *bad, "--out", str(out)])
+        assert exit_.value.code == 2
     assert not out.exists()
+
+
+def test_evaluate_samples_as_export_draws_them(trained, tmp_path):
+    out = tmp_path / "evaluation.json"
+    flags = ["--metrics", "diversity", "--generator", "trained", "--temperature", "0.5"]
+    assert evaluate.main([str(trained["checkpoint"]), *flags, "--out", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert (settings["generator"], settings["temperature"]) == ("trained", 0.5)
 
 
 @pytest.mark.slow
@@ -366,9 +378,13 @@ def test_evaluate_protocol_prints_the_papers_numbers_and_the_differences(trained
     monkeypatch.setitem(evaluate.PROTOCOLS["celeba"], "settings", small)  # the real counts take minutes
     out = tmp_path / "protocol.json"
     args = [str(trained["checkpoint"]), "--protocol", "celeba", "--inception", str(network), "--no-stats-cache"]
-    assert evaluate.main([*args, "--out", str(out)]) == 0
+    drawn_otherwise = ["--generator", "trained", "--temperature", "0.5", "--sample-langevin-steps", "2"]
+    assert evaluate.main([*args, *drawn_otherwise, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report["metrics"]) >= {"fid", "recon/mse"} and "swd/mean" not in report["metrics"]
+    # The protocol draws its samples as the published figures were drawn, whatever the sampling flags say.
+    settings = report["settings"]
+    assert (settings["generator"], settings["temperature"], settings["sample_langevin"]) == ("ema", 1.0, None)
     assert report["protocol"]["paper"] == {"fid": 31.92, "recon/mse": 0.030}
     assert any("16x16, the paper's celeba row 64x64: not comparable" in d for d in report["protocol"]["differences"])
     printed = capsys.readouterr().out

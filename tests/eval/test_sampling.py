@@ -100,3 +100,29 @@ def test_evaluate_run_with_guided_samples(tiny_run):
     ):
         with pytest.raises(BadInput, match=match):
             evaluate_run(run, metrics="energy", progress=None, **bad)
+
+
+def test_temperature_scales_the_latents_before_g():
+    scaled = torch.cat(list(generate_images(Reshape(), 6, LATENT, 4, 3, "cpu", temperature=0.5)))
+    torch.testing.assert_close(scaled, 0.5 * seeded_latents(range(3, 9), LATENT).view(-1, 3, 2, 2))
+
+
+def test_evaluate_run_draws_from_the_chosen_generator_at_the_chosen_temperature(tiny_run):
+    checkpoint = tiny_run / "checkpoints" / "checkpoint-000000240.pt"
+    run = open_trained(checkpoint)
+    metrics = "energy,diversity,swd"
+    averaged = evaluate_run(run, metrics=metrics, images=8, progress=None)
+    trained = evaluate_run(run, metrics=metrics, images=8, generator="trained", progress=None)
+    assert (averaged["settings"]["generator"], trained["settings"]["generator"]) == ("ema", "trained")
+    assert trained["metrics"] != averaged["metrics"]
+    # "trained" is the last generator itself: the same report as a run whose average is replaced by it.
+    swapped = open_trained(checkpoint)
+    swapped.models.generator_ema = swapped.models.generator
+    assert evaluate_run(swapped, metrics=metrics, images=8, progress=None)["metrics"] == trained["metrics"]
+    # Latents scaled towards 0 draw images nearer each other (g is continuous): less spread than at temperature 1.
+    narrow = evaluate_run(run, metrics=metrics, images=8, temperature=0.1, progress=None)
+    assert narrow["settings"]["temperature"] == 0.1
+    assert narrow["metrics"]["diversity/generated"] < averaged["metrics"]["diversity/generated"]
+    for bad, match in (({"generator": "last"}, "--generator"), ({"temperature": 0.0}, "--temperature")):
+        with pytest.raises(BadInput, match=match):
+            evaluate_run(run, metrics="energy", progress=None, **bad)
