@@ -41,6 +41,8 @@ RESUMABLE_CHANGES = frozenset(
         "report_to",
         "tracker_project",
         "compile",  # the same computation, compiled or not
+        "ema_kimg",  # the moving average is a read-out of the generator: it feeds nothing back into training
+        "ema_rampup",
     }
 )
 

@@ -30,6 +30,26 @@ def test_resume_mid_fade_equals_an_uninterrupted_run(tmp_path, lmdb16):
                 torch.testing.assert_close(value, b["optimizers"][name]["state"][index][key], rtol=0, atol=0)
 
 
+def test_resume_with_another_moving_average_half_life_trains_the_same_networks(tmp_path, lmdb16):
+    """The moving average feeds nothing back: a run resumed with another --ema-kimg trains the same networks and
+    optimiser states as an uninterrupted one, and only its average differs."""
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(straight), "--kimg", "0.24"]) == 0
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(interrupted), "--kimg", "0.168"]) == 0
+    resume = ["--kimg", "0.24", "--resume", "latest", "--ema-kimg", "0.02", "--ema-rampup", "0.5"]
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(interrupted), *resume]) == 0
+    a, b = final_checkpoint(straight), final_checkpoint(interrupted)
+    assert (json.loads(b["config"])["ema_kimg"], json.loads(b["config"])["ema_rampup"]) == (0.02, 0.5)
+    for name in a["networks"]:
+        for key, value in a["networks"][name].items():
+            torch.testing.assert_close(value, b["networks"][name][key], rtol=0, atol=0)
+    for name in a["optimizers"]:
+        for index, state in a["optimizers"][name]["state"].items():
+            for key, value in state.items():
+                torch.testing.assert_close(value, b["optimizers"][name]["state"][index][key], rtol=0, atol=0)
+    assert any(not torch.equal(value, b["generator_ema"][key]) for key, value in a["generator_ema"].items())
+
+
 def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path, lmdb16, capsys):
     out = tmp_path / "runs"
     assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.1"]) == 0
