@@ -144,8 +144,7 @@ class EvaluationOptions:
                 raise BadInput(f"protocol {self.protocol!r}: expected one of {', '.join(sorted(PROTOCOLS))}")
             options = dataclasses.replace(self, **PROTOCOL_SAMPLING, **PROTOCOLS[self.protocol]["settings"])
         requested_metrics(options.metrics)
-        if options.generator not in GENERATORS:
-            raise BadInput(f"--generator must be one of {', '.join(GENERATORS)}; got {options.generator!r}")
+        check_generator(options.generator)
         if not 0 < options.temperature < float("inf"):
             raise BadInput(f"--temperature must be a number above 0; got {options.temperature!r}")
         check_sample_langevin(
@@ -305,11 +304,14 @@ def evaluation_report(
 def choose_generator(run: EvaluatedRun, which: str) -> nn.Module:
     """The generator that draws samples: "ema", the moving average (smoother samples), or "trained", the last one,
     paired with the inference model. triangle-evaluate's, triangle-export's and the video's --generator."""
-    if which == "ema":
-        return run.generator_ema
-    if which == "trained":
-        return run.models.generator
-    raise BadInput(f"--generator must be one of {', '.join(GENERATORS)}; got {which!r}")
+    check_generator(which)
+    return run.generator_ema if which == "ema" else run.models.generator
+
+
+def check_generator(which: str) -> None:
+    """BadInput, named as the commands' --generator flag, unless `which` is one of GENERATORS."""
+    if which not in GENERATORS:
+        raise BadInput(f"--generator must be one of {', '.join(GENERATORS)}; got {which!r}")
 
 
 def sample_guidance(run: EvaluatedRun, steps: int, step_size: float, temperature: float) -> EnergyGuidance | None:
