@@ -114,15 +114,28 @@ def final_checkpoint(out: Path, images: int | None = None) -> dict:
     return load_checkpoint(list_checkpoints(runs[-1] / "checkpoints")[-1])
 
 
-def assert_same_training_state(a: dict, b: dict, atol: float = 0.0) -> None:
-    """Two checkpoints at the same image count with the same weights and moving average (up to `atol`)."""
+def assert_same_training_state(
+    a: dict,
+    b: dict,
+    atol: float = 0.0,  # largest difference allowed in any value
+    average: bool = True,  # also the generator's moving average
+    optimizers: bool = False,  # also every optimiser state (Adam's moments and steps)
+) -> None:
+    """Two checkpoints at the same image count with the same weights (and what is asked for besides, up to `atol`)."""
     assert a["images_shown"] == b["images_shown"]
     for group in ("networks",):
         for name in a[group]:
             for key, value in a[group][name].items():
                 torch.testing.assert_close(value, b[group][name][key], rtol=0, atol=atol, msg=f"{group}.{name}.{key}")
-    for key, value in a["generator_ema"].items():
-        torch.testing.assert_close(value, b["generator_ema"][key], rtol=0, atol=atol, msg=f"generator_ema.{key}")
+    if average:
+        for key, value in a["generator_ema"].items():
+            torch.testing.assert_close(value, b["generator_ema"][key], rtol=0, atol=atol, msg=f"generator_ema.{key}")
+    if optimizers:
+        for name in a["optimizers"]:
+            for index, state in a["optimizers"][name]["state"].items():
+                for key, value in state.items():
+                    other = b["optimizers"][name]["state"][index][key]
+                    torch.testing.assert_close(value, other, rtol=0, atol=atol, msg=f"optimizers.{name}.{index}.{key}")
 
 
 def is_gray(images: torch.Tensor) -> bool:
