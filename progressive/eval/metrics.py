@@ -55,6 +55,7 @@ from progressive.eval.statistics import (
     per_image_mse,
     pixel_moments,
     pyramid_levels,
+    reconstruction_classifier_metrics,
     reconstruction_summary,
     shuffle_pixels,
     spread_from_moments,
@@ -289,15 +290,27 @@ def _inception_score(m: MetricInputs) -> dict[str, float]:
     return {"is/mean": mean, "is/std": std}
 
 
-def _classifier(m: MetricInputs) -> dict[str, float]:
-    def outputs(image_batches) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = _joined_features(m, lambda x: m.classifier.outputs([x]), image_batches)
-        return torch.cat([logits for logits, _ in parts]), torch.cat([features for _, features in parts])
+def _classifier_outputs(m: MetricInputs, image_batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, features) of the classifier over every batch, in batch order, from the shard's `image_batches`."""
+    parts = _joined_features(m, lambda x: m.classifier.outputs([x]), image_batches)
+    return torch.cat([logits for logits, _ in parts]), torch.cat([features for _, features in parts])
 
-    sample_logits, sample_features = outputs(m.generated(m.samples))
-    test_logits, test_features = outputs(m.shard.own(m.reals()))
-    train_features = outputs(m.shard.own(m.classifier_train()))[1] if m.classifier_train else None
+
+def _classifier(m: MetricInputs) -> dict[str, float]:
+    sample_logits, sample_features = _classifier_outputs(m, m.generated(m.samples))
+    test_logits, test_features = _classifier_outputs(m, m.shard.own(m.reals()))
+    train_features = _classifier_outputs(m, m.shard.own(m.classifier_train()))[1] if m.classifier_train else None
     return classifier_metrics(sample_logits, sample_features, test_logits, test_features, train_features)
+
+
+def _recon_classifier(m: MetricInputs) -> dict[str, float]:
+    """The classifier's verdict on g(mu(x)) of the held-out images: what the generator draws at the codes it was
+    trained to decode, so that a gap between samples and reconstructions is the prior's, not the decoder's."""
+    inference, generator = bare(m.models.inference), bare(m.models.generator)
+    test_features = _classifier_outputs(m, m.shard.own(m.reals()))[1]
+    reconstructions = (reconstruct(inference, generator, images) for images in m.shard.own(m.reals()))
+    logits, features = _classifier_outputs(m, reconstructions)
+    return reconstruction_classifier_metrics(logits, features, test_features, m.labels)
 
 
 @dataclass(frozen=True)
@@ -318,6 +331,7 @@ METRICS: dict[str, Metric] = {
     "kid": Metric(_kid, needs_inception=True),
     "is": Metric(_inception_score, needs_inception=True),
     "classifier": Metric(_classifier, needs_classifier=True),
+    "recon_classifier": Metric(_recon_classifier, needs_classifier=True),
 }
 METRIC_NAMES = tuple(METRICS)
 

@@ -20,14 +20,14 @@ from torch import nn
 from progressive.errors import BadInput
 from progressive.eval.classifier import ClassifierUnavailable, TrainedClassifier, load_or_train_classifier
 from progressive.eval.inception import InceptionUnavailable, StatisticsCache, default_cache_directory, load_inception
-from progressive.eval.metrics import METRIC_NAMES, NEEDS_INCEPTION, MetricInputs, compute_metric
+from progressive.eval.metrics import METRIC_NAMES, NEEDS_CLASSIFIER, NEEDS_INCEPTION, MetricInputs, compute_metric
 from progressive.eval.sampling import ONE_PROCESS, EnergyGuidance, Shard, check_sample_langevin, generate_images
 from progressive.eval.sources import EvaluatedRun, RealImages, dataset_images
 from progressive.eval.statistics import FeatureStatistics, StatisticsAccumulator
 
 ALWAYS = ("recon", "swd", "energy", "diversity")
 AUTO_INCEPTION = ("fid", "is")  # KID only when asked for: 100 subsets of 1000 features take minutes on a CPU
-AUTO_CLASSIFIER = ("classifier",)  # when the dataset has labels
+AUTO_CLASSIFIER = ("classifier", "recon_classifier")  # when the dataset has labels
 GENERATORS = ("ema", "trained")  # choose_generator's names
 
 # The paper's evaluation protocols (section 4.1.1 and 4.2): the settings they fix, and Tables 1 and 2.
@@ -194,16 +194,17 @@ def evaluation_report(
                 raise BadInput(f"--metrics is: {inception.source} has features only, no classifier")
             skipped["is"] = f"{inception.source} has features only, no classifier"
     classifier = None
-    if "classifier" in names:
+    judged = [name for name in names if name in NEEDS_CLASSIFIER]
+    if judged:
         try:
             classifier = _classifier(options, run, device, say, shard)
         except ClassifierUnavailable as error:
             if explicit:
-                raise BadInput(f"--metrics classifier: {error}") from error
-            skipped["classifier"] = str(error)
+                raise BadInput(f"--metrics {','.join(judged)}: {error}") from error
+            skipped |= {name: str(error) for name in judged}
     names = [name for name in names if name not in skipped]
     samples = options.samples or len(held_out)
-    classifier_train = dataset_images(run, options.data, "train", samples) if classifier else None
+    classifier_train = dataset_images(run, options.data, "train", samples) if "classifier" in names else None
     fid_real = (
         dataset_images(run, options.data, options.fid_split, options.fid_real_images)
         if {"fid", "kid"} & set(names)

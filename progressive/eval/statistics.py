@@ -230,6 +230,27 @@ def classifier_metrics(
     return results
 
 
+def reconstruction_classifier_metrics(
+    logits: torch.Tensor,  # (N, C) of the reconstructions g(mu(x)) of N held-out images
+    features: torch.Tensor,  # (N, D) their penultimate features
+    test_features: torch.Tensor,  # (N, D) of the held-out images themselves
+    labels: torch.Tensor | None = None,  # (N,) the held-out images' classes; None leaves "accuracy" out
+    threshold: float = CONFIDENT,  # confidence counted by "confident"
+) -> dict[str, float]:
+    """The classifier's verdict on reconstructions (docs/evaluation.md): confident, their confident_share (beside
+    the samples' classifier/confident); frechet, their features against the images'; accuracy, the share put in
+    the image's own class."""
+    assert logits.shape[0] == features.shape[0] == test_features.shape[0], "one reconstruction per held-out image"
+    results = {
+        "recon_classifier/confident": confident_share(logits, threshold),
+        "recon_classifier/frechet": frechet_distance(feature_statistics(features), feature_statistics(test_features)),
+    }
+    if labels is not None:
+        assert labels.shape == (logits.shape[0],), f"{tuple(labels.shape)} labels for {logits.shape[0]} images"
+        results["recon_classifier/accuracy"] = float((predicted_classes(logits)[0] == labels.cpu()).double().mean())
+    return results
+
+
 # ----------------------------------------------------------------------------- sliced Wasserstein distance
 
 

@@ -259,7 +259,7 @@ def test_evaluation_plans_split_all_test_images_from_the_energy_subset(tmp_path)
     (full, full_path), (subset, subset_path) = module.evaluation_plans(
         tmp_path / "c.pt", recipe_config("triangle"), settings, True, "cache", tmp_path / "triangle-seed0"
     )
-    assert full.metrics == "recon,classifier,fid" and full.images == 10_000
+    assert full.metrics == "recon,recon_classifier,classifier,fid" and full.images == 10_000
     assert full.fid_split == "holdout" and full.fid_samples == 10_000 and full.fid_real_images == 10_000
     assert full.classifier_cache == "cache" and full.samples == 10_000
     assert subset.metrics == "swd,diversity,energy" and subset.images == 256
@@ -276,6 +276,11 @@ def test_evaluation_plans_split_all_test_images_from_the_energy_subset(tmp_path)
         tmp_path / "c.pt", recipe_config("vae"), no_fid, False, None, tmp_path / "v"
     )
     assert full.metrics == "recon" and subset.metrics == "swd,diversity"
+    # With labels, reconstructions are judged only where an inference model is trained.
+    (full, _), _ = module.evaluation_plans(
+        tmp_path / "c.pt", recipe_config("adversarial"), no_fid, True, None, tmp_path
+    )
+    assert full.metrics == "classifier"
     # A row evaluated with FID serves a request without it, not the other way round.
     assert module.evaluation_done(settings, no_fid) and not module.evaluation_done(no_fid, settings)
     assert not module.evaluation_done({**settings, "images": 128}, no_fid)

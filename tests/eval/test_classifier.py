@@ -171,7 +171,8 @@ def gray_run(labelled_lmdb, tmp_path_factory) -> Path:
 def test_evaluate_classifier_and_energy_on_a_labelled_gray_set(gray_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DIVERGENCE_TRIANGLE_CACHE", str(tmp_path / "default-cache"))  # never the user's cache
     out = tmp_path / "e.json"
-    args = [str(gray_run), "--metrics", "classifier,energy", "--classifier-cache", str(tmp_path / "c"), "--out"]
+    args = [str(gray_run), "--metrics", "classifier,recon_classifier,energy", "--classifier-cache", str(tmp_path / "c")]
+    args += ["--out"]
     assert evaluate.main([*args, str(out), "--samples", "12"]) == 0
     report = json.loads(out.read_text())
     metrics = report["metrics"]
@@ -179,6 +180,9 @@ def test_evaluate_classifier_and_energy_on_a_labelled_gray_set(gray_run, tmp_pat
             "classifier/frechet", "classifier/frechet_floor"} <= set(metrics)  # fmt: skip
     assert 1 <= metrics["classifier/classes"] <= 10 and 0 <= metrics["classifier/kl_uniform"] <= np.log(10) + 1e-9
     assert metrics["classifier/frechet_floor"] >= 0 and report["classifier"]["test_accuracy"] > 0.5
+    # The same judge on the reconstructions g(mu(x)) of the held-out images.
+    assert 0 <= metrics["recon_classifier/confident"] <= 1 and metrics["recon_classifier/frechet"] >= 0
+    assert 0 <= metrics["recon_classifier/accuracy"] <= 1
     assert report["settings"]["channels"] == 1 and metrics["energy/auroc_noise"] == metrics["energy/auroc_noise_gray"]
     assert {"energy/auroc_constant", "energy/auroc_blurred", "energy/auroc_noise_colour"} <= set(metrics)
     assert "energy/auroc_constant_colour" not in metrics
@@ -204,10 +208,14 @@ def test_evaluate_without_labels_skips_the_classifier_or_refuses_it_by_name(
     assert evaluate.main([*base, "--metrics", "classifier"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--metrics classifier:" in err and not out.exists()
+    assert evaluate.main([*base, "--metrics", "recon,recon_classifier"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--metrics recon_classifier:" in err and not out.exists()
     assert evaluate.main(base) == 0  # auto
-    assert "note: classifier skipped: " in capsys.readouterr().err
+    assert "note: classifier, recon_classifier skipped: " in capsys.readouterr().err
     report = json.loads(out.read_text())
-    assert "classifier" in report["skipped"] and not any(k.startswith("classifier/") for k in report["metrics"])
+    assert {"classifier", "recon_classifier"} <= set(report["skipped"])
+    assert not any(k.startswith(("classifier/", "recon_classifier/")) for k in report["metrics"])
     assert "energy/auroc_blurred" in report["metrics"] and "energy/within_class_blurred" not in report["metrics"]
 
 

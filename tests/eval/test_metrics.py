@@ -37,6 +37,7 @@ from progressive.eval.statistics import (
     noise_images,
     paired_share,
     predicted_classes,
+    reconstruction_classifier_metrics,
     shuffle_pixels,
     within_class_auroc,
 )
@@ -319,6 +320,23 @@ def test_classifier_metrics_on_tiny_inputs():
         }
     )
     assert "classifier/frechet_floor" not in classifier_metrics(sample_logits, sample_features, sure, test_features)
+
+
+def test_reconstruction_classifier_metrics_on_tiny_inputs():
+    sure = 20.0 * torch.eye(3)
+    logits = torch.stack([sure[0], sure[2], torch.zeros(3), sure[1]])  # classes 0, 2, 0 (unsure), 1
+    features = torch.tensor([[0.0], [2.0], [0.0], [2.0]])  # mean 1, unbiased variance 4/3
+    test_features = torch.tensor([[1.0], [1.0], [4.0], [2.0]])  # mean 2, unbiased variance 2
+    labels = torch.tensor([0, 1, 0, 1])
+    results = reconstruction_classifier_metrics(logits, features, test_features, labels)
+    assert results == pytest.approx(
+        {
+            "recon_classifier/confident": 0.75,
+            "recon_classifier/frechet": 1.0 + (math.sqrt(4 / 3) - math.sqrt(2)) ** 2,
+            "recon_classifier/accuracy": 0.75,  # the second image's reconstruction is named class 2, not 1
+        }
+    )
+    assert "recon_classifier/accuracy" not in reconstruction_classifier_metrics(logits, features, test_features)
 
 
 def stand_in_network() -> InceptionNetwork:
