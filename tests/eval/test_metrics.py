@@ -4,6 +4,7 @@ the classifier metrics, the Inception loader."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,8 +13,16 @@ from conftest import StandInInception
 from torch import nn
 
 from progressive.eval import inception as inception_module
+from progressive.eval.classifier import SmallClassifier, TrainedClassifier
 from progressive.eval.inception import InceptionNetwork, InceptionUnavailable, StatisticsCache, load_inception
-from progressive.eval.metrics import energy_metrics, evaluate_metric, reconstruction_metrics
+from progressive.eval.metrics import (
+    MetricInputs,
+    compute_metric,
+    energy_metrics,
+    evaluate_metric,
+    reconstruction_metrics,
+)
+from progressive.eval.sampling import batches
 from progressive.eval.statistics import (
     FeatureStatistics,
     _binomial_blur,
@@ -337,6 +346,40 @@ def test_reconstruction_classifier_metrics_on_tiny_inputs():
         }
     )
     assert "recon_classifier/accuracy" not in reconstruction_classifier_metrics(logits, features, test_features)
+
+
+class EncodeAsItself(nn.Module):
+    """An inference model whose posterior mean is the image itself: with an identity generator, g(mu(x)) = x."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return images, torch.zeros_like(images)
+
+
+def test_recon_classifier_of_perfect_reconstructions_is_the_classifier_on_the_images():
+    torch.manual_seed(0)
+    network = SmallClassifier(classes=3, channels=3).eval()
+    network.head.weight.data *= 300  # decisive logits, so that some images are confidently named and some not
+    judge = TrainedClassifier(network, ["a", "b", "c"], test_accuracy=0.0, train_seconds=0.0, digest="test")
+    images = torch.rand(10, 3, 32, 32) * 2 - 1
+    logits, features = judge.outputs([images])
+    named = predicted_classes(logits)[0]
+    inputs = MetricInputs(
+        models=SimpleNamespace(inference=EncodeAsItself(), generator=nn.Identity()),
+        reals=lambda: batches(images, 3),  # uneven batches: 3, 3, 3, 1
+        generated=lambda count: iter(()),  # no samples are drawn
+        resolution=32,
+        samples=10,
+        labels=named.roll(1),  # every image's label is its neighbour's class: accuracy counts those that agree
+        classifier=judge,
+        batch_size=3,
+    )
+    results = compute_metric("recon_classifier", inputs)
+    assert 0 < results["recon_classifier/confident"] < 1
+    assert results["recon_classifier/confident"] == confident_share(logits)
+    assert results["recon_classifier/frechet"] == pytest.approx(0.0, abs=1e-6)
+    assert results["recon_classifier/accuracy"] == pytest.approx(float((named == named.roll(1)).double().mean()))
+    inputs.labels = named  # the reconstructions are named in the held-out images' order
+    assert compute_metric("recon_classifier", inputs)["recon_classifier/accuracy"] == 1.0
 
 
 def stand_in_network() -> InceptionNetwork:
