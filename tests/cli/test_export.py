@@ -122,7 +122,7 @@ def test_evaluate_writes_json_and_a_line_per_metric(trained, tmp_path, capsys, m
     assert (
         report["held_out"]["images"] == 8
         and report["images_shown"] == 240
-        and set(report["skipped"]) == {"fid", "is", "classifier"}  # shapes have no labels
+        and set(report["skipped"]) == {"fid", "is", "classifier", "recon_classifier"}  # shapes have no labels
     )
     captured = capsys.readouterr()
     printed = captured.out.splitlines()
