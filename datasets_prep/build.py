@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -230,16 +231,35 @@ def _start_worker() -> None:
     use_build_pixel_limit()
 
 
+# How long a stopping build lets the workers finish the window already queued before it kills them.
+DRAIN_SECONDS = 10.0
+
+
+def _drain(pool: WorkerPool, seconds: float) -> None:
+    """Let the workers finish their queued items and exit, for at most `seconds`. Pool.terminate kills workers at
+    once, and one killed while it writes a result holds the result queue's lock, which the pool's own task thread
+    then waits on for ever (the build hung on Ctrl-C during a commit); workers that exited hold nothing."""
+    pool.close()
+    joiner = threading.Thread(target=pool.join, daemon=True)
+    joiner.start()
+    joiner.join(seconds)
+
+
 @contextmanager
 def _worker_pool(workers: int) -> Iterator[WorkerPool]:
-    """A Pool whose workers start with the stop signals blocked until their own handlers are set (above)."""
+    """A Pool whose workers start with the stop signals blocked until their own handlers are set (above), and
+    which, when the build stops on an error or an interrupt, lets them drain (`_drain`) before it terminates them."""
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         pool = Pool(workers, initializer=_start_worker)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal that arrived meanwhile is delivered here
     with pool:
-        yield pool
+        try:
+            yield pool
+        except BaseException:
+            _drain(pool, DRAIN_SECONDS)
+            raise
 
 
 def write_report(env: lmdb.Environment, out: Path, source: Source, metadata: dict) -> Path:
