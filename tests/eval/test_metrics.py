@@ -348,13 +348,6 @@ def test_reconstruction_classifier_metrics_on_tiny_inputs():
     assert "recon_classifier/accuracy" not in reconstruction_classifier_metrics(logits, features, test_features)
 
 
-class EncodeAsItself(nn.Module):
-    """An inference model whose posterior mean is the image itself: with an identity generator, g(mu(x)) = x."""
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return images, torch.zeros_like(images)
-
-
 def test_recon_classifier_of_perfect_reconstructions_is_the_classifier_on_the_images():
     torch.manual_seed(0)
     network = SmallClassifier(classes=3, channels=3).eval()
@@ -364,7 +357,7 @@ def test_recon_classifier_of_perfect_reconstructions_is_the_classifier_on_the_im
     logits, features = judge.outputs([images])
     named = predicted_classes(logits)[0]
     inputs = MetricInputs(
-        models=SimpleNamespace(inference=EncodeAsItself(), generator=nn.Identity()),
+        models=SimpleNamespace(inference=IdentityEncoder(), generator=nn.Unflatten(1, (3, 32, 32))),  # g(mu(x)) = x
         reals=lambda: batches(images, 3),  # uneven batches: 3, 3, 3, 1
         generated=lambda count: iter(()),  # no samples are drawn
         resolution=32,
