@@ -7,10 +7,11 @@ every term below to the paper.
 One iteration on a real batch x (B images):
   1. z ~ N(0, I), x_fake = G(z) once.
   2. Energy step:     L_E = mean E(x) - mean E(stopgrad x_fake) + w_pen * mean over both of E^2;
-                      two options outside D: uniform noise u as more negatives, + w_u (mean E(x) - mean E(u))
+                      options outside D: uniform noise u as more negatives, + w_u (mean E(x) - mean E(u))
                       (noise_negatives; 1 in the named recipes, 0 in `reference`; noise_octaves makes part
-                      of u smooth, off in every recipe), and x_fake refined by L
-                      Langevin steps on E (langevin_steps; off in every recipe).
+                      of u smooth, off in every recipe), x_fake refined by L Langevin steps on E
+                      (langevin_steps; off in every recipe), and + w_var * variance of E over the real
+                      images (real_energy_variance; off in every recipe).
   3. Inference step:  L_I = w_rec * sum||G(z_hat) - x||^2 / B + w_kl * KL(q(z|x) || N(0, I))
                             + w_lat * NLL(z | I(stopgrad x_fake)),   z_hat = mu(x) + exp(s(x)/2) * eps1,
                       with the log-variance s softly bounded to (-c, c) when logvar_bound c > 0.
@@ -64,6 +65,7 @@ class TriangleConfig:
     generator_steps: int = 1  # K generator updates per iteration (Algorithm 1, step 9's "multiple-step update")
     noise_negatives: float = 0.0  # w_u > 0: uniform-noise images join L_E as negatives, w_u * (mean E(x) - mean E(u))
     noise_octaves: int = 0  # k > 0: each noise negative is white or drawn 2^j times coarser (j <= k) and smoothed up
+    real_energy_variance: float = 0.0  # w_var > 0: + w_var * variance of E over the real batch in L_E
     langevin_steps: int = 0  # L > 0: the energy step's samples are G(z) refined by L Langevin steps on E
     langevin_step_size: float = 2.0  # lambda: each step is x <- x - lambda * dE/dx + langevin_noise * N(0, I)
     langevin_noise: float = 0.01  # sigma of each step's Gaussian noise, in pixel units ([-1, 1] images)
@@ -85,7 +87,7 @@ class TriangleConfig:
                 "the generator has no loss: weight_recon_generator, weight_latent_generator and weight_energy "
                 "are all 0 (recipe 'vae' or 'wake-sleep' train it by reconstruction)"
             )
-        for name in ("noise_negatives", "langevin_step_size", "langevin_noise"):
+        for name in ("noise_negatives", "real_energy_variance", "langevin_step_size", "langevin_noise"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -417,6 +419,9 @@ def triangle_step(
             loss_energy = loss_energy + config.noise_negatives * (energy_real - energies[2 * batch :].mean())
         if config.energy_penalty != 0:
             loss_energy = loss_energy + config.energy_penalty * energies.pow(2).mean()
+        if config.real_energy_variance != 0:
+            # Over this process's real images only: the spread of the data's energies, not their level.
+            loss_energy = loss_energy + config.real_energy_variance * energies[:batch].var(unbiased=False)
         grad_norm_energy = update("energy", optimizers.energy, energy, loss_energy, optimizers.grad_clip)
         energy_abs_max = energies.detach().abs().max()
     else:

@@ -410,6 +410,7 @@ def test_old_checkpoint_configurations_resume_with_the_values_added_since():
         "weight_recon_generator",
         "weight_latent_generator",
         "generator_steps",
+        "real_energy_variance",
     ):
         del saved["objective"][key]
     assert config_differences(saved, current) == []
@@ -452,6 +453,28 @@ def test_noise_negatives_contrast_real_images_with_uniform_noise():
     expected = expected + penalty * torch.cat([e_real, e_fake, e_noise]).pow(2).mean()
     assert stats["loss_energy"] == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
     assert stats["energy_fake"] == pytest.approx(e_fake.mean().item(), rel=1e-5)
+
+
+def test_real_energy_variance_adds_the_spread_of_the_real_images_energies():
+    models, x, z, eps = _tiny_setup(seed=4)
+    weight, penalty = 0.7, 0.2
+    config = TriangleConfig(real_energy_variance=weight, energy_penalty=penalty)
+    before = copy.deepcopy(models)
+    stats = train_step(models, build_optimizers(models), x, z=z, eps=eps, config=config)
+    with torch.no_grad():
+        e_real, e_fake = before.energy(x), before.energy(before.generator(z))
+    centred = e_real - e_real.mean()
+    expected = e_real.mean() - e_fake.mean() + penalty * torch.cat([e_real, e_fake]).pow(2).mean()
+    expected = expected + weight * centred.pow(2).mean()  # the population variance, by hand
+    assert centred.pow(2).mean() > 0
+    assert stats["loss_energy"] == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    # The term reaches the energy model's update, and only its update.
+    plain = copy.deepcopy(before)
+    train_step(plain, build_optimizers(plain), x, z=z, eps=eps, config=TriangleConfig(energy_penalty=penalty))
+    assert not torch.equal(_flat(models.energy), _flat(plain.energy))
+    torch.testing.assert_close(_flat(models.inference), _flat(plain.inference), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="real_energy_variance must be a finite number >= 0"):
+        TriangleConfig(real_energy_variance=-0.1)
 
 
 def test_noise_octaves_mix_white_noise_with_smooth_noise_of_coarser_grids():

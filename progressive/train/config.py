@@ -230,6 +230,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
         "generator_steps": 1,
         "noise_negatives": 0.0,
         "noise_octaves": 0,
+        "real_energy_variance": 0.0,
         "langevin_steps": 0,
         "langevin_step_size": 2.0,  # inert without Langevin steps: the default, so an old checkpoint compares equal
         "langevin_noise": 0.01,
