@@ -181,17 +181,21 @@ def predicted_classes(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return index, confidence
 
 
-def class_coverage(predicted: torch.Tensor, classes: int) -> tuple[int, float]:
-    """(classes predicted at least once, KL(h || uniform) in nats) of predicted class indices (N,).
-
-    h is the histogram of predictions over the `classes` classes (counts / N), and KL(h || u) =
-    sum_k h_k log(h_k K) with 0 log 0 = 0: classes never predicted add nothing. 0 means every class is
-    predicted equally often; log K (2.303 for 10 classes) means one class only.
-    """
+def class_histogram(predicted: torch.Tensor, classes: int) -> torch.Tensor:
+    """h: the share of predicted class indices (N,) falling in each of the `classes` classes, (classes,) float64."""
     assert predicted.ndim == 1 and len(predicted) > 0, "expected a non-empty (N,) tensor of class indices"
     counts = torch.bincount(predicted.cpu(), minlength=classes).double()
     assert len(counts) == classes, f"a predicted class lies outside 0..{classes - 1}"
-    share = counts / counts.sum()
+    return counts / counts.sum()
+
+
+def class_coverage(predicted: torch.Tensor, classes: int) -> tuple[int, float]:
+    """(classes predicted at least once, KL(h || uniform) in nats) of predicted class indices (N,).
+
+    h is `class_histogram`, and KL(h || u) = sum_k h_k log(h_k K) with 0 log 0 = 0: classes never predicted add
+    nothing. 0 means every class is predicted equally often; log K (2.303 for 10 classes) means one class only.
+    """
+    share = class_histogram(predicted, classes)
     present = share > 0
     kl = float((share[present] * torch.log(share[present] * classes)).sum())
     return int(present.sum()), max(kl, 0.0)
@@ -212,11 +216,13 @@ def classifier_metrics(
 ) -> dict[str, float]:
     """A domain classifier's verdict on generated images, beside the same for real ones (docs/evaluation.md).
 
-    classes / kl_uniform: class_coverage of the samples' predictions; confident / confident_real: confident_share
-    of samples and test images; frechet: Frechet distance of the features, samples vs test images;
-    frechet_floor: the same, training vs test images (what a perfect generator would score, for that count).
+    classes / kl_uniform: class_coverage of the samples' predictions; share_class_K: the share of samples
+    predicted as class K (their class_histogram); confident / confident_real: confident_share of samples and test
+    images; frechet: Frechet distance of the features, samples vs test images; frechet_floor: the same, training
+    vs test images (what a perfect generator would score, for that count).
     """
-    coverage, kl = class_coverage(predicted_classes(sample_logits)[0], sample_logits.shape[1])
+    predicted, classes = predicted_classes(sample_logits)[0], sample_logits.shape[1]
+    coverage, kl = class_coverage(predicted, classes)
     test_statistics = feature_statistics(test_features)
     results = {
         "classifier/classes": float(coverage),
@@ -225,6 +231,8 @@ def classifier_metrics(
         "classifier/confident_real": confident_share(test_logits, threshold),
         "classifier/frechet": frechet_distance(feature_statistics(sample_features), test_statistics),
     }
+    for k, share in enumerate(class_histogram(predicted, classes).tolist()):
+        results[f"classifier/share_class_{k}"] = share
     if train_features is not None:
         results["classifier/frechet_floor"] = frechet_distance(feature_statistics(train_features), test_statistics)
     return results

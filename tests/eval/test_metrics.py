@@ -326,6 +326,9 @@ def test_classifier_metrics_on_tiny_inputs():
             "classifier/confident_real": 1.0,
             "classifier/frechet": 1.0 + (math.sqrt(4 / 3) - math.sqrt(3)) ** 2,
             "classifier/frechet_floor": 1.0,
+            "classifier/share_class_0": 0.75,  # the class histogram of the samples' predictions
+            "classifier/share_class_1": 0.25,
+            "classifier/share_class_2": 0.0,
         }
     )
     assert "classifier/frechet_floor" not in classifier_metrics(sample_logits, sample_features, sure, test_features)
