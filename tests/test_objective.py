@@ -468,7 +468,7 @@ def test_real_energy_variance_adds_the_spread_of_the_real_images_energies():
     expected = expected + weight * centred.pow(2).mean()  # the population variance, by hand
     assert centred.pow(2).mean() > 0
     assert stats["loss_energy"] == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
-    # The term reaches the energy model's update, and only its update.
+    # The term reaches the energy model's update (and through it the generator's), not the inference model's.
     plain = copy.deepcopy(before)
     train_step(plain, build_optimizers(plain), x, z=z, eps=eps, config=TriangleConfig(energy_penalty=penalty))
     assert not torch.equal(_flat(models.energy), _flat(plain.energy))
