@@ -11,7 +11,9 @@ One iteration on a real batch x (B images):
                       (noise_negatives; 1 in the named recipes, 0 in `reference`; noise_octaves makes part
                       of u smooth, off in every recipe), x_fake refined by L Langevin steps on E
                       (langevin_steps; off in every recipe), and + w_var * variance of E over the real
-                      images (real_energy_variance; off in every recipe).
+                      images (real_energy_variance; off in every recipe), and reconstructions
+                      G(z_hat) of the real images as more negatives, + w_r (mean E(x) - mean E(G(z_hat)))
+                      (reconstruction_negatives; off in every recipe).
   3. Inference step:  L_I = w_rec * sum||G(z_hat) - x||^2 / B + w_kl * KL(q(z|x) || N(0, I))
                             + w_lat * NLL(z | I(stopgrad x_fake)),   z_hat = mu(x) + exp(s(x)/2) * eps1,
                       with the log-variance s softly bounded to (-c, c) when logvar_bound c > 0.
@@ -66,6 +68,7 @@ class TriangleConfig:
     noise_negatives: float = 0.0  # w_u > 0: uniform-noise images join L_E as negatives, w_u * (mean E(x) - mean E(u))
     noise_octaves: int = 0  # k > 0: each noise negative is white or drawn 2^j times coarser (j <= k) and smoothed up
     real_energy_variance: float = 0.0  # w_var > 0: + w_var * variance of E over the real batch in L_E
+    reconstruction_negatives: float = 0.0  # w_r > 0: G(z_hat) of the real images join L_E as negatives, weight w_r
     langevin_steps: int = 0  # L > 0: the energy step's samples are G(z) refined by L Langevin steps on E
     langevin_step_size: float = 2.0  # lambda: each step is x <- x - lambda * dE/dx + langevin_noise * N(0, I)
     langevin_noise: float = 0.01  # sigma of each step's Gaussian noise, in pixel units ([-1, 1] images)
@@ -87,7 +90,8 @@ class TriangleConfig:
                 "the generator has no loss: weight_recon_generator, weight_latent_generator and weight_energy "
                 "are all 0 (recipe 'vae' or 'wake-sleep' train it by reconstruction)"
             )
-        for name in ("noise_negatives", "real_energy_variance", "langevin_step_size", "langevin_noise"):
+        options = ("noise_negatives", "reconstruction_negatives", "real_energy_variance")
+        for name in (*options, "langevin_step_size", "langevin_noise"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -247,6 +251,17 @@ def posterior_of(
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """z_hat = mu + exp(logvar / 2) * eps."""
     return mu + torch.exp(0.5 * logvar) * eps
+
+
+@torch.no_grad()
+def _reconstructions(
+    inference: nn.Module, generator: nn.Module, x: torch.Tensor, eps: torch.Tensor, config: TriangleConfig
+) -> torch.Tensor:
+    """G(z_hat), z_hat = mu(x) + exp(s(x)/2) * eps: the reconstructions the inference step is about to train on
+    (the same eps, the networks before this iteration's updates), as negatives of the energy step: one negative
+    of each real image's own class and place, so the contrast is not weighted by where the generator draws."""
+    mu, logvar = posterior(bare(inference), x, config)
+    return bare(generator)(reparameterize(mu, logvar, eps))
 
 
 # ----------------------------------------------------------------------------- the energy step's negatives
@@ -412,11 +427,15 @@ def triangle_step(
             if noise_images.shape != x.shape:
                 raise ValueError(f"expected noise_images of shape {tuple(x.shape)}, got {tuple(noise_images.shape)}")
             negatives.append(noise_images)
+        if config.reconstruction_negatives != 0:
+            negatives.append(_reconstructions(inference, generator, x, eps[0], config))
         energies = energy_from_output(energy(torch.cat([x, *negatives])), config.energy_form)
-        energy_real, energy_fake = energies[:batch].mean(), energies[batch : 2 * batch].mean()
+        energy_real, energy_fake, *extra = energies.split([batch, *(len(images) for images in negatives)])
+        energy_real, energy_fake = energy_real.mean(), energy_fake.mean()
         loss_energy = energy_real - energy_fake
-        if config.noise_negatives != 0:
-            loss_energy = loss_energy + config.noise_negatives * (energy_real - energies[2 * batch :].mean())
+        weights = [w for w in (config.noise_negatives, config.reconstruction_negatives) if w != 0]
+        for weight, extra_energies in zip(weights, extra, strict=True):  # noise, then reconstructions, when on
+            loss_energy = loss_energy + weight * (energy_real - extra_energies.mean())
         if config.energy_penalty != 0:
             loss_energy = loss_energy + config.energy_penalty * energies.pow(2).mean()
         if config.real_energy_variance != 0:

@@ -411,6 +411,7 @@ def test_old_checkpoint_configurations_resume_with_the_values_added_since():
         "weight_latent_generator",
         "generator_steps",
         "real_energy_variance",
+        "reconstruction_negatives",
     ):
         del saved["objective"][key]
     assert config_differences(saved, current) == []
@@ -475,6 +476,42 @@ def test_real_energy_variance_adds_the_spread_of_the_real_images_energies():
     torch.testing.assert_close(_flat(models.inference), _flat(plain.inference), rtol=0, atol=0)
     with pytest.raises(ValueError, match="real_energy_variance must be a finite number >= 0"):
         TriangleConfig(real_energy_variance=-0.1)
+
+
+def test_reconstruction_negatives_contrast_real_images_with_their_own_reconstructions():
+    """w_r (mean E(x) - mean E(G(z_hat))), z_hat from the step's eps1 and the networks before the update, beside
+    the noise negatives (noise first, then reconstructions); the inference step is unchanged by it."""
+    models, x, z, eps = _tiny_setup(seed=5)
+    weight, noise_weight, penalty, bound = 0.6, 0.5, 0.2, 5.0
+    config = TriangleConfig(
+        reconstruction_negatives=weight, noise_negatives=noise_weight, energy_penalty=penalty, logvar_bound=bound
+    )
+    before = copy.deepcopy(models)
+    torch.manual_seed(12)  # with z and eps given, the noise images are the step's first random draw
+    stats = train_step(models, build_optimizers(models), x, z=z, eps=eps, config=config)
+    torch.manual_seed(12)
+    noise = torch.rand(x.shape) * 2 - 1
+    with torch.no_grad():
+        mu, logvar = before.inference(x)
+        logvar = bound * torch.tanh(logvar / bound)
+        reconstructions = before.generator(mu + torch.exp(0.5 * logvar) * eps[0])
+        e_real, e_fake = before.energy(x), before.energy(before.generator(z))
+        e_noise, e_rec = before.energy(noise), before.energy(reconstructions)
+    expected = e_real.mean() - e_fake.mean() + noise_weight * (e_real.mean() - e_noise.mean())
+    expected = expected + weight * (e_real.mean() - e_rec.mean())
+    expected = expected + penalty * torch.cat([e_real, e_fake, e_noise, e_rec]).pow(2).mean()
+    assert (e_rec - e_noise).abs().max() > 1e-3  # the two sets' energies differ, so their order matters
+    assert stats["loss_energy"] == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    plain = copy.deepcopy(before)
+    torch.manual_seed(12)
+    plain_stats = train_step(
+        plain, build_optimizers(plain), x, z=z, eps=eps, config=config.replace(reconstruction_negatives=0)
+    )
+    assert stats["loss_inference"] == pytest.approx(plain_stats["loss_inference"], rel=1e-6)
+    torch.testing.assert_close(_flat(models.inference), _flat(plain.inference), rtol=0, atol=0)
+    assert not torch.equal(_flat(models.energy), _flat(plain.energy))
+    with pytest.raises(ValueError, match="reconstruction_negatives must be a finite number >= 0"):
+        TriangleConfig(reconstruction_negatives=-1)
 
 
 def test_noise_octaves_mix_white_noise_with_smooth_noise_of_coarser_grids():
