@@ -253,6 +253,9 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
     return mu + torch.exp(0.5 * logvar) * eps
 
 
+# ----------------------------------------------------------------------------- the energy step's negatives
+
+
 @torch.no_grad()
 def _reconstructions(
     inference: nn.Module, generator: nn.Module, x: torch.Tensor, eps: torch.Tensor, config: TriangleConfig
@@ -262,9 +265,6 @@ def _reconstructions(
     of each real image's own class and place, so the contrast is not weighted by where the generator draws."""
     mu, logvar = posterior(bare(inference), x, config)
     return bare(generator)(reparameterize(mu, logvar, eps))
-
-
-# ----------------------------------------------------------------------------- the energy step's negatives
 
 
 def in_channel_mode(t: torch.Tensor, channels: int) -> torch.Tensor:

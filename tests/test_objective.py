@@ -482,7 +482,7 @@ def test_reconstruction_negatives_contrast_real_images_with_their_own_reconstruc
     """w_r (mean E(x) - mean E(G(z_hat))), z_hat from the step's eps1 and the networks before the update, beside
     the noise negatives (noise first, then reconstructions); the inference step is unchanged by it."""
     models, x, z, eps = _tiny_setup(seed=5)
-    weight, noise_weight, penalty, bound = 0.6, 0.5, 0.2, 5.0
+    weight, noise_weight, penalty, bound = 2.0, 0.5, 0.2, 5.0
     config = TriangleConfig(
         reconstruction_negatives=weight, noise_negatives=noise_weight, energy_penalty=penalty, logvar_bound=bound
     )
@@ -500,7 +500,8 @@ def test_reconstruction_negatives_contrast_real_images_with_their_own_reconstruc
     expected = e_real.mean() - e_fake.mean() + noise_weight * (e_real.mean() - e_noise.mean())
     expected = expected + weight * (e_real.mean() - e_rec.mean())
     expected = expected + penalty * torch.cat([e_real, e_fake, e_noise, e_rec]).pow(2).mean()
-    assert (e_rec - e_noise).abs().max() > 1e-3  # the two sets' energies differ, so their order matters
+    swapped = (weight - noise_weight) * (e_noise.mean() - e_rec.mean())  # the weights given to the wrong sets
+    assert abs(swapped.item()) > 1e-5  # far outside the tolerance below, so the order is checked
     assert stats["loss_energy"] == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
     plain = copy.deepcopy(before)
     torch.manual_seed(12)
