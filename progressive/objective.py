@@ -90,8 +90,13 @@ class TriangleConfig:
                 "the generator has no loss: weight_recon_generator, weight_latent_generator and weight_energy "
                 "are all 0 (recipe 'vae' or 'wake-sleep' train it by reconstruction)"
             )
-        options = ("noise_negatives", "reconstruction_negatives", "real_energy_variance")
-        for name in (*options, "langevin_step_size", "langevin_noise"):
+        for name in (
+            "noise_negatives",
+            "reconstruction_negatives",
+            "real_energy_variance",
+            "langevin_step_size",
+            "langevin_noise",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -416,31 +421,33 @@ def triangle_step(
     # 2. Energy step. Real and generated images go through one forward (one DDP reduction); without
     #    batch statistics in the energy model this equals two separate forwards.
     if config.trains_energy:
-        negatives = [
+        samples = (
             x_fake_const
             if config.langevin_steps == 0
             else langevin_refine(energy, x_fake_const, config, models.image_channels)
-        ]
+        )
+        more_negatives = []  # (weight, images): sets contrasted with the data beside the samples, each weighed
         if config.noise_negatives != 0:
             if noise_images is None:
                 noise_images = uniform_noise_like(x_fake_const, models.image_channels, config.noise_octaves)
             if noise_images.shape != x.shape:
                 raise ValueError(f"expected noise_images of shape {tuple(x.shape)}, got {tuple(noise_images.shape)}")
-            negatives.append(noise_images)
+            more_negatives.append((config.noise_negatives, noise_images))
         if config.reconstruction_negatives != 0:
-            negatives.append(_reconstructions(inference, generator, x, eps[0], config))
+            reconstructions = _reconstructions(inference, generator, x, eps[0], config)
+            more_negatives.append((config.reconstruction_negatives, reconstructions))
+        negatives = [samples, *(images for _, images in more_negatives)]
         energies = energy_from_output(energy(torch.cat([x, *negatives])), config.energy_form)
-        energy_real, energy_fake, *extra = energies.split([batch, *(len(images) for images in negatives)])
-        energy_real, energy_fake = energy_real.mean(), energy_fake.mean()
+        real_energies, fake_energies, *more_energies = energies.split([batch, *(len(n) for n in negatives)])
+        energy_real, energy_fake = real_energies.mean(), fake_energies.mean()
         loss_energy = energy_real - energy_fake
-        weights = [w for w in (config.noise_negatives, config.reconstruction_negatives) if w != 0]
-        for weight, extra_energies in zip(weights, extra, strict=True):  # noise, then reconstructions, when on
-            loss_energy = loss_energy + weight * (energy_real - extra_energies.mean())
+        for (weight, _), set_energies in zip(more_negatives, more_energies, strict=True):
+            loss_energy = loss_energy + weight * (energy_real - set_energies.mean())
         if config.energy_penalty != 0:
             loss_energy = loss_energy + config.energy_penalty * energies.pow(2).mean()
         if config.real_energy_variance != 0:
             # Over this process's real images only: the spread of the data's energies, not their level.
-            loss_energy = loss_energy + config.real_energy_variance * energies[:batch].var(unbiased=False)
+            loss_energy = loss_energy + config.real_energy_variance * real_energies.var(unbiased=False)
         grad_norm_energy = update("energy", optimizers.energy, energy, loss_energy, optimizers.grad_clip)
         energy_abs_max = energies.detach().abs().max()
     else:
