@@ -19,11 +19,12 @@ recipe and changes; and the evaluation's counts), re-evaluates a row whose evalu
 training is kept), extends a row asked for with a longer --kimg and nothing else changed (its run continues from
 its newest checkpoint, exactly as training from the start would end; the minutes add up), and trains again a row
 whose training settings otherwise changed. Rows of configurations or seeds not named this time stay in results.json
-and in the tables, so the table can be built in several invocations. A row interrupted (Ctrl-C) leaves no row; its
-partly trained run directory is replaced when it is run again. An interrupted extension keeps the row at its
-earlier length, and the same invocation again continues it. To keep the shorter row's table too, extend a copy of
---out (cp -r OUT OUT-LONGER): the copy continues its own run directories. A row evaluated with --fid also counts as
-done for an invocation without --fid (its FID is kept).
+and in the tables, so the table can be built in several invocations. A row interrupted (Ctrl-C, or a signal that
+stops its training process alone, such as a scheduler's SIGTERM) leaves no row; its partly trained run directory is
+replaced when it is run again. An interrupted extension keeps the row at its earlier length, and the same
+invocation again continues it. To keep the shorter row's table too, extend a copy of --out (cp -r OUT
+OUT-LONGER): the copy continues its own run directories. A row evaluated with --fid also counts as done for an
+invocation without --fid (its FID is kept).
 
 A configuration is a recipe name (triangle, vae, wake-sleep, acd, adversarial, reference; docs/objective.md) or
 NAME=RECIPE,key=value,... with objective values on top of the recipe. The default comparison is the paper's
@@ -46,7 +47,8 @@ Figures (held-out images; a network the configuration does not train gets none):
               about an hour per row on a CPU
 and from the training: whether it stopped early, updates skipped (non-finite), the largest |E| and lowest sample
 diversity at any tick, and the minutes it took.
-Exit codes: 0 done (whatever the figures), 2 bad input, 130 interrupted.
+Exit codes: 0 done (whatever the figures), 2 bad input, 130 interrupted; a row's training stopped by a signal
+(launch/train.py's 128 + N after its checkpoint: 143 for SIGTERM) stops the benchmark with the same code, unmeasured.
 """
 
 from __future__ import annotations
@@ -385,6 +387,15 @@ class EvaluationFailed(Exception):
     """evaluate_run refused a row: (exit code, its error line)."""
 
 
+class TrainingStopped(Exception):
+    """launch/train.py was stopped by a signal after writing a checkpoint (its exit code, 128 + the signal's number:
+    Ctrl-C sent to it alone, or a scheduler's SIGTERM or SIGUSR1): the row is not finished and is not measured."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
 def evaluate_flags(checkpoint: Path, options: EvaluationOptions) -> list[str]:
     """triangle-evaluate's arguments for the same evaluation: its flags are EvaluationOptions' fields, one for one."""
     flags = [str(checkpoint)]
@@ -638,6 +649,8 @@ def run_row(
     if action in ("train", "extend"):
         code, run_dir, minutes = train(configuration, seed, args, out, resume)
         print(f"  trained in {minutes:.1f} min (exit {code})", flush=True)
+        if code > 128:  # stopped by a signal: measuring it would record a row that did not reach --kimg
+            raise TrainingStopped(code)
         if resume is not None:
             minutes += old["minutes"]  # the row's training time from the start
         if code == EXIT_BAD_INPUT:
@@ -707,11 +720,11 @@ def main(argv: list[str] | None = None) -> int:
             save_rows(out / "results.json", rows)
         try:
             row = run_row(configuration, seed, action, old, args, out, facts, settings, resume)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TrainingStopped) as stop:
             left = "stays at its earlier length" if action == "extend" else "left no row"
             print(f"\ninterrupted: {configuration.name} seed {seed} {left}; the finished rows are in "
                   f"{out / 'results.json'}", file=sys.stderr)  # fmt: skip
-            return EXIT_INTERRUPTED
+            return stop.exit_code if isinstance(stop, TrainingStopped) else EXIT_INTERRUPTED
         if isinstance(row, int):
             return row
         rows = put_row(rows, row, place)

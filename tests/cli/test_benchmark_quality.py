@@ -97,6 +97,7 @@ class FakeRows:
         self.measured: list[tuple[str, int]] = []
         self.resumed: list[Path | None] = []  # the run directory each training continued, or None
         self.interrupt = interrupt  # a configuration whose training is interrupted (Ctrl-C)
+        self.exit_code = 0  # what each training process returns (128 + N: stopped by signal N after a checkpoint)
         monkeypatch.setattr(module, "train", self.train)
         monkeypatch.setattr(module, "measure", self.measure)
 
@@ -108,7 +109,7 @@ class FakeRows:
         run_dir = out / "runs" / f"{configuration.name}-seed{seed}" / "00000-tiny-8"
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run_dir / "checkpoints" / "checkpoint-000000048.pt").touch()  # a run that finished
-        return 0, run_dir, 1.0 + seed
+        return self.exit_code, run_dir, 1.0 + seed
 
     def measure(self, configuration, seed, run_dir, args, out, evaluation, facts):
         self.measured.append((configuration.name, seed))
@@ -216,6 +217,41 @@ def test_a_longer_kimg_extends_a_row_from_its_checkpoint_and_anything_else_train
     fake.resumed.clear()
     assert module.main([*base, "--kimg", "0.2", "--out", str(out)]) == 0
     assert fake.resumed == [None, out / "runs" / "triangle-seed1" / "00000-tiny-8"]
+
+
+def test_a_training_stopped_by_a_signal_is_not_measured_and_stops_the_benchmark_with_its_code(
+    tmp_path, lmdb8, capsys, monkeypatch
+):
+    module = _benchmark_module()
+    fake = FakeRows(monkeypatch, module)
+    out = tmp_path / "q"
+    base = ["--data", str(lmdb8), "--preset", "tiny", "--res", "8", "--seeds", "0", "--out", str(out)]
+    assert module.main([*base, "--configs", "triangle", "--kimg", "0.1"]) == 0
+    before = (out / "results.json").read_text()
+    capsys.readouterr()
+
+    # A scheduler's SIGTERM reaches the training process alone: it checkpoints and exits 128 + 15.
+    fake.exit_code = 143
+    fake.measured.clear()
+    assert module.main([*base, "--configs", "triangle", "--kimg", "0.2"]) == 143
+    assert "interrupted: triangle seed 0 stays at its earlier length" in capsys.readouterr().err
+    assert fake.measured == [] and (out / "results.json").read_text() == before
+    fake.exit_code = 130  # Ctrl-C sent to it alone, on a row not yet in the table
+    assert module.main([*base, "--configs", "vae", "--kimg", "0.1"]) == 130
+    assert "interrupted: vae seed 0 left no row" in capsys.readouterr().err
+    assert fake.measured == [] and (out / "results.json").read_text() == before
+
+    # The same command again continues the extension, and a training that failed otherwise is still measured.
+    fake.exit_code = 0
+    fake.resumed.clear()
+    assert module.main([*base, "--configs", "triangle", "--kimg", "0.2"]) == 0
+    assert fake.resumed == [out / "runs" / "triangle-seed0" / "00000-tiny-8"]
+    fake.exit_code = 3  # stopped on non-finite gradients: its last checkpoint is measured, its code kept
+    assert module.main([*base, "--configs", "vae", "--kimg", "0.1"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["config"], r["settings"]["train"]["kimg"], r["exit_code"]) for r in rows] == [
+        ("triangle", 0.2, 0), ("vae", 0.1, 3)
+    ]  # fmt: skip
 
 
 def row(config: str, seed: int, **metrics) -> dict:
