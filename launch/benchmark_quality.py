@@ -19,12 +19,12 @@ recipe and changes; and the evaluation's counts), re-evaluates a row whose evalu
 training is kept), extends a row asked for with a longer --kimg and nothing else changed (its run continues from
 its newest checkpoint, exactly as training from the start would end; the minutes add up), and trains again a row
 whose training settings otherwise changed. Rows of configurations or seeds not named this time stay in results.json
-and in the tables, so the table can be built in several invocations. A row interrupted (Ctrl-C, or a signal that
-stops its training process alone, such as a scheduler's SIGTERM) leaves no row; its partly trained run directory is
-replaced when it is run again. An interrupted extension keeps the row at its earlier length, and the same
-invocation again continues it. To keep the shorter row's table too, extend a copy of --out (cp -r OUT
-OUT-LONGER): the copy continues its own run directories. A row evaluated with --fid also counts as done for an
-invocation without --fid (its FID is kept).
+and in the tables, so the table can be built in several invocations. A row interrupted (Ctrl-C or SIGTERM, to this
+process or to its training process alone) leaves no row; the training writes its checkpoint first (Ctrl-C and SIGTERM
+are relayed to it), and its partly trained run directory is replaced when it is run again. An interrupted extension
+keeps the row at its earlier length, and the same invocation again continues it. To keep the shorter row's table
+too, extend a copy of --out (cp -r OUT OUT-LONGER): the copy continues its own run directories. A row evaluated with
+--fid also counts as done for an invocation without --fid (its FID is kept).
 
 A configuration is a recipe name (triangle, vae, wake-sleep, acd, adversarial, reference; docs/objective.md) or
 NAME=RECIPE,key=value,... with objective values on top of the recipe. The default comparison is the paper's
@@ -59,6 +59,7 @@ import dataclasses
 import json
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,7 @@ from progressive.train.optim import OPTIMIZER_KEYS
 TRAIN = Path(__file__).with_name("train.py")
 DEFAULT_CONFIGS = ["triangle", "vae", "wake-sleep", "adversarial"]  # the paper's Table 2 rows, and E+G alone
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+STOP_GRACE_SECONDS = 60  # how long a training told to stop may take to write its checkpoint before it is killed
 # Bumped when the figures a row holds change meaning or gain keys: older rows are then evaluated again.
 EVALUATION_VERSION = 3  # 3: recon_classifier
 
@@ -334,9 +336,32 @@ def train(
     ]
     start = time.time()
     with open(out / f"{label}.log", "a" if resume is not None else "w") as log:  # a continuation adds to its log
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        code = run_training(command, log)
     run_dirs = sorted(runs.glob("*/")) if runs.exists() else []
     return code, (run_dirs[-1] if run_dirs else runs), (time.time() - start) / 60
+
+
+def run_training(command: list[str], log) -> int:
+    """Run a training process to its end; its exit code. Ctrl-C or SIGTERM sent to this process is relayed to it and
+    it gets STOP_GRACE_SECONDS to write its checkpoint and exit 128 + N (subprocess.run would SIGKILL it a quarter of a
+    second after a Ctrl-C, losing what it trained since its last checkpoint). launch/train.py ignores repeated stop
+    signals, so a terminal's Ctrl-C that reached both processes is not counted twice. A second Ctrl-C kills it."""
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: process.send_signal(number))
+    try:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            return EXIT_INTERRUPTED  # killed below, without a checkpoint: the run continues from its previous one
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if process.poll() is None:  # it outlived its grace, or a second Ctrl-C came
+            process.kill()
+            process.wait()
 
 
 def kept_run(out: Path, name: str, seed: int) -> Path | None:

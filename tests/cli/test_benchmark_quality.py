@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -252,6 +256,41 @@ def test_a_training_stopped_by_a_signal_is_not_measured_and_stops_the_benchmark_
     assert [(r["config"], r["settings"]["train"]["kimg"], r["exit_code"]) for r in rows] == [
         ("triangle", 0.2, 0), ("vae", 0.1, 3)
     ]  # fmt: skip
+
+
+# A training process as launch/train.py behaves on a stop signal: it notes the first one, takes a while to write its
+# checkpoint (longer than the quarter second subprocess.run would give it), then exits 128 + N.
+STOPPABLE_TRAINING = """
+import pathlib, signal, sys, time
+stop = []
+for number in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(number, lambda n, f: stop or stop.append(n))
+print("training", flush=True)
+while not stop:
+    time.sleep(0.01)
+time.sleep(1.0)
+pathlib.Path(sys.argv[1]).write_text("checkpoint")
+sys.exit(128 + stop[0])
+"""
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_to_the_benchmark_reaches_its_training_which_checkpoints_before_it_ends(tmp_path, number):
+    module = _benchmark_module()
+    log_path, checkpoint = tmp_path / "row.log", tmp_path / "checkpoint"
+
+    def stop_the_benchmark_once_training():
+        deadline = time.monotonic() + 60
+        while "training" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), number)  # to the benchmark alone, as `kill` or a scheduler would
+
+    handler = signal.getsignal(signal.SIGTERM)
+    with open(log_path, "w") as log:
+        threading.Thread(target=stop_the_benchmark_once_training, daemon=True).start()
+        code = module.run_training([sys.executable, "-c", STOPPABLE_TRAINING, str(checkpoint)], log)
+    assert code == 128 + number and checkpoint.read_text() == "checkpoint"
+    assert signal.getsignal(signal.SIGTERM) is handler  # the relay is gone with the training
 
 
 def row(config: str, seed: int, **metrics) -> dict:
