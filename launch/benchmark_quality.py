@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets_prep.lmdb_format import DatasetFormatError, read_metadata
-from progressive.cli.checks import EXIT_BAD_INPUT
+from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_SIGNAL_BASE
 from progressive.cli.common import positive
 from progressive.errors import BadInput
 from progressive.eval import inception
@@ -81,7 +81,7 @@ from progressive.train.optim import OPTIMIZER_KEYS
 
 TRAIN = Path(__file__).with_name("train.py")
 DEFAULT_CONFIGS = ["triangle", "vae", "wake-sleep", "adversarial"]  # the paper's Table 2 rows, and E+G alone
-EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+EXIT_INTERRUPTED = EXIT_SIGNAL_BASE + signal.SIGINT  # 130, the shell's code for Ctrl-C
 STOP_GRACE_SECONDS = 60  # how long a training told to stop may take to write its checkpoint before it is killed
 # Bumped when the figures a row holds change meaning or gain keys: older rows are then evaluated again.
 EVALUATION_VERSION = 3  # 3: recon_classifier
@@ -674,7 +674,7 @@ def run_row(
     if action in ("train", "extend"):
         code, run_dir, minutes = train(configuration, seed, args, out, resume)
         print(f"  trained in {minutes:.1f} min (exit {code})", flush=True)
-        if code > 128:  # stopped by a signal: measuring it would record a row that did not reach --kimg
+        if code > EXIT_SIGNAL_BASE:  # stopped by a signal: measuring it would record a row that did not reach --kimg
             raise TrainingStopped(code)
         if resume is not None:
             minutes += old["minutes"]  # the row's training time from the start

@@ -11,10 +11,18 @@ from pathlib import Path
 from progressive.errors import BadInput
 from progressive.io import check_writable_folder
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "BadInput", "check_output_suffix", "check_writable_folder"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_SIGNAL_BASE",
+    "BadInput",
+    "check_output_suffix",
+    "check_writable_folder",
+]
 
 EXIT_FAILED = 1  # something went wrong that is not the input's fault (a full disk during a write)
 EXIT_BAD_INPUT = 2
+EXIT_SIGNAL_BASE = 128  # stopped by signal N after a checkpoint: exit 128 + N, what a shell reports for it
 
 
 def check_output_suffix(path: str, suffixes: tuple[str, ...], option: str) -> Path:

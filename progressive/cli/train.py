@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from progressive.cli.checks import EXIT_BAD_INPUT, BadInput
+from progressive.cli.checks import EXIT_BAD_INPUT, EXIT_SIGNAL_BASE, BadInput
 from progressive.cli.dry_run import dry_run_plan, dry_run_precision, print_dry_run, read_throughput
 from progressive.cli.failures import failure_report, is_main_process, report
 from progressive.objective import DEFAULT_RECIPE, RECIPES, TriangleConfig
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             session.run()
         except Stopped as stop:
-            return 128 + stop.signal_number  # what a shell reports for a process ended by that signal
+            return EXIT_SIGNAL_BASE + stop.signal_number
         except Exception as error:
             code, every_rank, message = failure_report(error, config)
             return report(every_rank or session.accelerator.is_main_process, message, code)
