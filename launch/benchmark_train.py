@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from progressive.nets.layers import resolutions
 from progressive.objective import triangle_step
-from progressive.presets import PRESETS
+from progressive.presets import PRESETS, network_widths
 from progressive.train.batches import fit_schedule, smallest_gpu_memory_gib
 from progressive.train.compile import COMPILE_MODES, recompilation_budget
 from progressive.train.config import preset_config
@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per resolution")
     parser.add_argument("--count-ops", action="store_true", help="also count ATen operator calls per iteration")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for networks and images")
+    parser.add_argument("--channel-base", type=int, help="progressive presets: channel rule's base (train.py's flag)")
+    parser.add_argument("--channel-max", type=int, help="progressive presets: most channels (train.py's flag)")
     parser.add_argument(
         "--compile",
         choices=COMPILE_MODES,
@@ -99,6 +101,7 @@ def main() -> None:
             seed=0,
             channels_last=args.channels_last,
             compile_mode=args.compile,
+            widths=network_widths(args.preset, args.channel_base, args.channel_max),
         )
     except ValueError as error:
         parser.error(str(error))

@@ -6,9 +6,9 @@
     model = PretrainedTriangle.from_pretrained("exported")   # or a Hub repository id
     images = model.sample(seeds=range(16))               # the averaged generator, as `triangle-export sample`
 
-`config.json` holds what rebuilds the networks (the preset, the image channels, the stage reached, the energy form) and
-`model.safetensors` the four networks' weights (generator, its moving average, energy, inference): the
-preset code plus these two files are all a user needs. Through huggingface_hub's PyTorchModelHubMixin.
+`config.json` holds what rebuilds the networks (the preset and its widths, the image channels, the stage reached, the
+energy form) and `model.safetensors` the four networks' weights (generator, its moving average, energy, inference):
+the preset code plus these two files are all a user needs. Through huggingface_hub's PyTorchModelHubMixin.
 """
 
 from __future__ import annotations
@@ -47,9 +47,11 @@ class PretrainedTriangle(
         energy_form: str = "identity",  # E(x) from the energy network's output (TriangleConfig.energy_form)
         images_shown: int = 0,  # real images shown when the weights were taken (provenance)
         image_channels: int = 3,  # 1: a grayscale run's generator (gray samples); absent from older config.json: 3
+        channel_base: int | None = None,  # the run's --channel-base (None, and absent from older exports: preset's)
+        channel_max: int | None = None,  # the run's --channel-max (None, and absent from older exports: preset's)
     ):
         super().__init__()
-        models = build_models(preset, image_channels=image_channels)
+        models = build_models(preset, image_channels, channel_base, channel_max)
         models.set_stage(resolution, alpha)
         self.generator, self.energy, self.inference = models.generator, models.energy, models.inference
         self.generator_ema = copy.deepcopy(models.generator).requires_grad_(False)
@@ -72,6 +74,8 @@ class PretrainedTriangle(
             energy_form=run.config.objective.energy_form,
             images_shown=run.images_shown,
             image_channels=run.config.image_channels,
+            channel_base=run.config.channel_base,
+            channel_max=run.config.channel_max,
         )
         for name, net in run.models.networks().items():
             getattr(model, name).load_state_dict(net.state_dict())

@@ -1,6 +1,7 @@
 """Named presets, one table: each preset's networks, growth schedule and training defaults (`PRESETS`).
 
-`build_models(name, image_channels=3)` builds a preset's three networks (1: a grayscale generator);
+`build_models(name, image_channels=3)` builds a preset's three networks (1: a grayscale generator; the progressive
+presets' widths can be overridden: `ProgressiveNetworks`);
 `train.schedule.ScheduleConfig.for_preset` and `train.config.preset_config` read its schedule and training defaults
 from the same entry.
 """
@@ -104,37 +105,39 @@ def _progressive(
     )
 
 
-def _celebahq(image_channels: int) -> TriangleModels:
-    """4 -> 1024 with the progressive-GAN channels: 512 up to 32x32, halving after (16 at 1024)."""
-    return _progressive(
-        latent_dim=512, max_resolution=1024, channel_base=16384, channel_max=512, image_channels=image_channels
-    )
+@dataclass(frozen=True)
+class ProgressiveNetworks:
+    """A progressive preset's three networks: one channel rule, clamp(channel_base // r, 1, channel_max) channels at
+    resolution r. `channel_base` and `channel_max` can be overridden per run (--channel-base, --channel-max), as
+    stylegan2-ada's --cbase and --cmax: the same architecture, wider or narrower."""
+
+    latent_dim: int  # dimension of z
+    max_resolution: int  # last resolution of the growth
+    channel_base: int  # channels at resolution r: channel_base // r, clamped
+    channel_max: int  # upper clamp of the channel rule
+
+    def __call__(
+        self, image_channels: int, channel_base: int | None = None, channel_max: int | None = None
+    ) -> TriangleModels:
+        return _progressive(
+            latent_dim=self.latent_dim,
+            max_resolution=self.max_resolution,
+            channel_base=self.channel_base if channel_base is None else channel_base,
+            channel_max=self.channel_max if channel_max is None else channel_max,
+            image_channels=image_channels,
+        )
 
 
-def _lsun(image_channels: int) -> TriangleModels:
-    """4 -> 256 with the same channel rule as celebahq."""
-    return _progressive(
-        latent_dim=512, max_resolution=256, channel_base=16384, channel_max=512, image_channels=image_channels
-    )
-
-
-def _demo(image_channels: int) -> TriangleModels:
-    """4 -> 32 with 64 channels up to 8x8, 32 at 16x16, 16 at 32x32: the CPU demo."""
-    return _progressive(
-        latent_dim=64, max_resolution=32, channel_base=512, channel_max=64, image_channels=image_channels
-    )
-
-
-def _tiny(image_channels: int) -> TriangleModels:
-    """4 -> 32 with 4 channels (2 at 32x32): fast tests."""
-    return _progressive(latent_dim=8, max_resolution=32, channel_base=64, channel_max=4, image_channels=image_channels)
-
-
-def _tiny1024(image_channels: int) -> TriangleModels:
-    """4 -> 1024 with 4 channels up to 16x16, 2 at 32x32, 1 from 64x64: shape tests at every resolution."""
-    return _progressive(
-        latent_dim=8, max_resolution=1024, channel_base=64, channel_max=4, image_channels=image_channels
-    )
+# celebahq: 4 -> 1024 with the progressive-GAN channels, 512 up to 32x32, halving after (16 at 1024).
+_celebahq = ProgressiveNetworks(latent_dim=512, max_resolution=1024, channel_base=16384, channel_max=512)
+# lsun: 4 -> 256 with the same channel rule as celebahq.
+_lsun = ProgressiveNetworks(latent_dim=512, max_resolution=256, channel_base=16384, channel_max=512)
+# demo: 4 -> 32 with 64 channels up to 8x8, 32 at 16x16, 16 at 32x32: the CPU demo.
+_demo = ProgressiveNetworks(latent_dim=64, max_resolution=32, channel_base=512, channel_max=64)
+# tiny: 4 -> 32 with 4 channels (2 at 32x32): fast tests.
+_tiny = ProgressiveNetworks(latent_dim=8, max_resolution=32, channel_base=64, channel_max=4)
+# tiny1024: 4 -> 1024 with 4 channels up to 16x16, 2 at 32x32, 1 from 64x64: shape tests at every resolution.
+_tiny1024 = ProgressiveNetworks(latent_dim=8, max_resolution=1024, channel_base=64, channel_max=4)
 
 
 # A tenth of the optimiser's rates at every resolution of the 512-channel presets: Adam moves each plain weight by
@@ -176,7 +179,7 @@ _PROGRESSIVE_512_MEMORY = PeakMemory(
 class Preset:
     """Everything a preset decides: its networks, its growth schedule and its training defaults."""
 
-    models: Callable[[int], TriangleModels]  # (image_channels) -> the three networks (weights: global torch seed)
+    models: Callable[..., TriangleModels]  # (image_channels) -> the three networks (weights: global torch seed)
     schedule: dict[str, Any]  # ScheduleConfig values: resolutions, phase lengths, batch sizes, rate multipliers
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig values on top of its defaults
     memory: PeakMemory | None = None  # peak memory per resolution and image, for --batch auto (train/batches.py)
@@ -258,13 +261,34 @@ def preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def build_models(name: str, image_channels: int = 3) -> TriangleModels:
-    """Build the generator, energy model and inference model of preset `name`.
+def network_widths(name: str, channel_base: int | None, channel_max: int | None) -> dict[str, int]:
+    """The width overrides given (None: the preset's) as build_models keywords; ValueError for a value that is not a
+    positive integer, or for widths given to a preset with fixed channels (the paper's fixed-resolution networks)."""
+    widths = {key: value for key, value in (("channel_base", channel_base), ("channel_max", channel_max))}
+    widths = {key: value for key, value in widths.items() if value is not None}
+    for key, value in widths.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    if widths and not isinstance(preset(name).models, ProgressiveNetworks):
+        progressive = sorted(key for key, entry in PRESETS.items() if isinstance(entry.models, ProgressiveNetworks))
+        raise ValueError(
+            f"--channel-base and --channel-max apply to the progressive presets ({', '.join(progressive)}); "
+            f"preset {name} has the paper's fixed channels"
+        )
+    return widths
 
-    image_channels=1 (a grayscale dataset) gives a generator whose samples are gray by construction; the energy
-    and inference models are the same either way (docs/architecture.md, "Grayscale")."""
+
+def build_models(
+    name: str,  # preset (PRESETS)
+    image_channels: int = 3,  # 1: a generator whose samples are gray by construction (docs/architecture.md)
+    channel_base: int | None = None,  # progressive presets only: the channel rule's base instead of the preset's
+    channel_max: int | None = None,  # progressive presets only: the channel rule's clamp instead of the preset's
+) -> TriangleModels:
+    """Build the generator, energy model and inference model of preset `name` (ValueError: network_widths). The
+    energy and inference models are the same whatever `image_channels`."""
     check_image_channels(image_channels)
-    return preset(name).models(image_channels)
+    widths = network_widths(name, channel_base, channel_max)
+    return preset(name).models(image_channels, **widths)
 
 
 def default_preset(resolution: int | None) -> str:

@@ -66,10 +66,14 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     # Checkpoints written before named recipes existed trained the reference objective; those written before
     # grayscale runs existed have no image_channels and were colour (TrainConfig's default, 3).
     config = merge_config(preset_config(values["preset"], values.get("recipe", "reference")), values)
-    models = build_models(config.preset, image_channels=config.image_channels).to(device)
+
+    def networks() -> TriangleModels:
+        return build_models(config.preset, image_channels=config.image_channels, **config.widths)
+
+    models = networks().to(device)
     for name, net in models.networks().items():
         net.load_state_dict(saved.networks[name])
-    models.generator_ema = build_models(config.preset, image_channels=config.image_channels).generator.to(device)
+    models.generator_ema = networks().generator.to(device)
     models.generator_ema.load_state_dict(saved.generator_ema)
     models.generator_ema.requires_grad_(False)
     stage = stage_at(config.schedule, saved.images_shown, config.optimizer)

@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="dataset LMDB built by `python -m datasets_prep build` (default: synthetic)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default: by --res, see docs)")
     parser.add_argument(
+        "--channel-base",
+        type=int,
+        help="progressive presets: channel_base // R channels at resolution R (default: the preset's; demo 512)",
+    )
+    parser.add_argument(
+        "--channel-max", type=int, help="progressive presets: most channels at any resolution (default: preset's)"
+    )
+    parser.add_argument(
         "--recipe",
         help=f"objective recipe, one of {', '.join(RECIPES)} (default: {DEFAULT_RECIPE}; docs/objective.md)",
     )

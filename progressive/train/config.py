@@ -52,6 +52,8 @@ class TrainConfig:
     """Everything a training run depends on (one keyword per line, as written to config.json)."""
 
     preset: str = "demo"  # model preset (progressive/presets.py)
+    channel_base: int | None = None  # progressive presets: channel_base // r channels at resolution r; None: preset's
+    channel_max: int | None = None  # progressive presets: at most this many channels at any resolution; None: preset's
     resolution: int = 32  # final resolution (--res); growth stops here
     data: str | None = None  # dataset LMDB; None trains on the built-in synthetic shapes
     synthetic_images: int = 4096  # size of the synthetic dataset used without --data
@@ -92,6 +94,7 @@ class TrainConfig:
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         check_image_channels(self.image_channels)
+        presets.network_widths(self.preset, self.channel_base, self.channel_max)
         positive = ["tick_kimg", "snapshot_kimg", "checkpoint_kimg", "ema_kimg", "keep_checkpoints", "max_nonfinite"]
         positive += ["grid_images", "metric_images", "collective_timeout_min"] + ([] if self.kimg is None else ["kimg"])
         for name in [*positive, "workers", "metric_kimg", "synthetic_images", "progress_seconds"]:
@@ -108,6 +111,11 @@ class TrainConfig:
         judged = [m for m in self.metrics if m in NEEDS_CLASSIFIER]
         if judged:  # the trainer loads no classifier: these run after training, with triangle-evaluate
             raise ValueError(f"--metrics {','.join(judged)} needs the domain classifier; run it with triangle-evaluate")
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """The networks' width overrides as build_models keywords ({} for the preset's own)."""
+        return presets.network_widths(self.preset, self.channel_base, self.channel_max)
 
     @property
     def total_images(self) -> int:
@@ -221,7 +229,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # Values added after checkpoints were first written, with the value that reproduces the older behaviour:
 # a checkpoint without them resumes as if it had them.
 ADDED_LATER: dict[str, dict[str, Any]] = {
-    "": {"recipe": "reference", "channels_last": False, "compile": "no", "image_channels": 3},
+    "": {
+        "recipe": "reference",
+        "channels_last": False,
+        "compile": "no",
+        "image_channels": 3,
+        "channel_base": None,
+        "channel_max": None,
+    },
     "objective": {
         "energy_penalty": 0.0,
         "logvar_bound": 0.0,
