@@ -179,7 +179,7 @@ _PROGRESSIVE_512_MEMORY = PeakMemory(
 class Preset:
     """Everything a preset decides: its networks, its growth schedule and its training defaults."""
 
-    models: Callable[..., TriangleModels]  # (image_channels) -> the three networks (weights: global torch seed)
+    models: Callable[..., TriangleModels]  # (image_channels[, widths]) -> the networks (weights: global torch seed)
     schedule: dict[str, Any]  # ScheduleConfig values: resolutions, phase lengths, batch sizes, rate multipliers
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig values on top of its defaults
     memory: PeakMemory | None = None  # peak memory per resolution and image, for --batch auto (train/batches.py)
@@ -264,8 +264,8 @@ def preset(name: str) -> Preset:
 def network_widths(name: str, channel_base: int | None, channel_max: int | None) -> dict[str, int]:
     """The width overrides given (None: the preset's) as build_models keywords; ValueError for a value that is not a
     positive integer, or for widths given to a preset with fixed channels (the paper's fixed-resolution networks)."""
-    widths = {key: value for key, value in (("channel_base", channel_base), ("channel_max", channel_max))}
-    widths = {key: value for key, value in widths.items() if value is not None}
+    given = {"channel_base": channel_base, "channel_max": channel_max}
+    widths = {key: value for key, value in given.items() if value is not None}
     for key, value in widths.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
