@@ -27,7 +27,8 @@ too, extend a copy of --out (cp -r OUT OUT-LONGER): the copy continues its own r
 --fid also counts as done for an invocation without --fid (its FID is kept).
 
 A configuration is a recipe name (triangle, vae, wake-sleep, acd, adversarial, reference; docs/objective.md) or
-NAME=RECIPE,key=value,... with objective values on top of the recipe. The default comparison is the paper's
+NAME=RECIPE,key=value,... with objective or optimiser values on top of the recipe, or the networks' widths
+(channel_base, channel_max: launch/train.py's --channel-base, --channel-max). The default comparison is the paper's
 Table 2 (triangle, vae, wake-sleep) and E and G alone (adversarial). Run-to-run noise at short lengths is as
 large as the differences between configurations: compare over several --seeds (docs/benchmarks.md).
 
@@ -82,6 +83,7 @@ from progressive.train.optim import OPTIMIZER_KEYS
 TRAIN = Path(__file__).with_name("train.py")
 DEFAULT_CONFIGS = ["triangle", "vae", "wake-sleep", "adversarial"]  # the paper's Table 2 rows, and E+G alone
 EXIT_INTERRUPTED = EXIT_SIGNAL_BASE + signal.SIGINT  # 130, the shell's code for Ctrl-C
+NETWORK_KEYS = frozenset({"channel_base", "channel_max"})  # the networks' widths a configuration may set (train.py)
 STOP_GRACE_SECONDS = 60  # how long a training told to stop may take to write its checkpoint before it is killed
 # Bumped when the figures a row holds change meaning or gain keys: older rows are then evaluated again.
 EVALUATION_VERSION = 3  # 3: recon_classifier
@@ -89,11 +91,11 @@ EVALUATION_VERSION = 3  # 3: recon_classifier
 
 @dataclass
 class Configuration:
-    """One configuration of the comparison: a recipe and objective values on top of it."""
+    """One configuration of the comparison: a recipe and objective, optimiser or width values on top of it."""
 
     name: str  # row label and run directory name
     recipe: str  # objective.RECIPES key
-    changes: dict[str, str] = field(default_factory=dict)  # objective or optimiser key -> value, as given
+    changes: dict[str, str] = field(default_factory=dict)  # objective, optimiser or width key -> value, as given
 
     def flags(self) -> list[str]:
         flags = ["--recipe", self.recipe]
@@ -122,13 +124,14 @@ def parse_configuration(text: str) -> Configuration:
         raise ValueError(f"configuration {text!r}: unknown recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
     if pairs and not named:
         raise ValueError(f"configuration {text!r}: name it, e.g. mine={text}")
-    keys = {f.name for f in dataclasses.fields(TriangleConfig)} | OPTIMIZER_KEYS
+    keys = {f.name for f in dataclasses.fields(TriangleConfig)} | OPTIMIZER_KEYS | NETWORK_KEYS
     changes = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in keys:
             raise ValueError(
-                f"configuration {text!r}: {pair!r} is not key=value with a TriangleConfig key (or OptimizerConfig)"
+                f"configuration {text!r}: {pair!r} is not key=value with a TriangleConfig key (or OptimizerConfig, or "
+                f"a width: {', '.join(sorted(NETWORK_KEYS))})"
             )
         changes[key] = value
     if not name or "/" in name:
@@ -242,7 +245,7 @@ def training_settings(configuration: Configuration, seed: int, args: argparse.Na
         "train_args": shlex.split(args.train_args),  # as launch/train.py receives them
         "recipe": configuration.recipe,  # objective recipe
         "recipe_values": dict(RECIPES[configuration.recipe]),  # what it meant: a recipe redefined is trained again
-        "changes": configuration.changes,  # objective values on top of it
+        "changes": configuration.changes,  # objective, optimiser or width values on top of it
     }
 
 

@@ -393,6 +393,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, lmdb8, capsys, args, message):
     assert not (tmp_path / "q").exists()
 
 
+def test_a_configuration_may_set_the_networks_widths_and_training_receives_them(capsys):
+    from conftest import run_train_main
+
+    wide = _benchmark_module().parse_configuration("wide=triangle,channel_base=1024,lr_energy=5e-5")
+    assert wide.flags() == ["--recipe", "triangle", "--channel-base", "1024", "--lr-energy", "5e-5"]
+    assert run_train_main(["--preset", "demo", *wide.flags(), "--dry-run", "--json"]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert (config["channel_base"], config["channel_max"], config["optimizer"]["lr_energy"]) == (1024, None, 5e-5)
+
+
 def test_data_without_a_holdout_split_is_refused(tmp_path, build_shapes_lmdb, capsys):
     data = build_shapes_lmdb(tmp_path / "no-holdout.lmdb", 8, max_res=4, holdout=0)
     assert _benchmark_module().main(["--data", str(data), "--out", str(tmp_path / "q")]) == 2
