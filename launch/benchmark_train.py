@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from progressive.nets.layers import resolutions
 from progressive.objective import triangle_step
-from progressive.presets import PRESETS, network_widths
+from progressive.presets import PRESETS
 from progressive.train.batches import fit_schedule, smallest_gpu_memory_gib
 from progressive.train.compile import COMPILE_MODES, recompilation_budget
 from progressive.train.config import preset_config
@@ -101,7 +101,8 @@ def main() -> None:
             seed=0,
             channels_last=args.channels_last,
             compile_mode=args.compile,
-            widths=network_widths(args.preset, args.channel_base, args.channel_max),
+            channel_base=args.channel_base,
+            channel_max=args.channel_max,
         )
     except ValueError as error:
         parser.error(str(error))

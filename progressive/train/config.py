@@ -113,11 +113,6 @@ class TrainConfig:
             raise ValueError(f"--metrics {','.join(judged)} needs the domain classifier; run it with triangle-evaluate")
 
     @property
-    def widths(self) -> dict[str, int]:
-        """The networks' width overrides as build_models keywords ({} for the preset's own)."""
-        return presets.network_widths(self.preset, self.channel_base, self.channel_max)
-
-    @property
     def total_images(self) -> int:
         """Real images to show in the whole run."""
         if self.kimg is None:

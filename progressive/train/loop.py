@@ -135,7 +135,8 @@ class Trainer:
             channels_last=config.channels_last,
             compile_mode=config.compile,
             image_channels=config.image_channels,
-            widths=config.widths,
+            channel_base=config.channel_base,
+            channel_max=config.channel_max,
         )
         self.models, self.optimizers = prepared.models, prepared.optimizers
         self.ema = prepared.models.generator_ema  # the generator's moving average

@@ -35,13 +35,14 @@ def prepare_training(
     channels_last: bool = False,  # NHWC networks (same maths; faster convolutions on GPUs)
     compile_mode: str = "no",  # torch.compile mode for the networks (train/compile.py), or "no"
     image_channels: int = 3,  # the data's: 1 builds a generator that draws gray images (TrainConfig.image_channels)
-    widths: dict[str, int] | None = None,  # channel_base / channel_max overrides (TrainConfig.widths); None: preset's
+    channel_base: int | None = None,  # the progressive channel rule's base (TrainConfig.channel_base); None: preset's
+    channel_max: int | None = None,  # its upper clamp (TrainConfig.channel_max); None: the preset's
 ) -> PreparedTraining:
     """Build, place and wrap the networks of `preset`; ValueError for fp16 where it cannot run (see GuardedUpdate)
     and for Accelerate's own dynamo backend (see train/compile.py)."""
     check_accelerate(accelerator)
     torch.manual_seed(seed)  # identical initial weights on every rank
-    models = build_models(preset, image_channels=image_channels, **(widths or {})).to(accelerator.device)
+    models = build_models(preset, image_channels, channel_base, channel_max).to(accelerator.device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for net in models.networks().values():
         net.to(memory_format=memory_format)

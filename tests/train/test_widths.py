@@ -11,7 +11,7 @@ from conftest import TINY, run_train_main
 
 from progressive.hub import PretrainedTriangle
 from progressive.nets.layers import channels_per_resolution
-from progressive.presets import build_models
+from progressive.presets import build_models, network_widths
 from progressive.pretrained import load_trained
 from progressive.train.checkpoint import list_checkpoints, load_checkpoint
 from progressive.train.config import TrainConfig, config_differences, merge_config, preset_config
@@ -76,7 +76,8 @@ def test_checkpoints_and_configs_written_before_the_widths_existed_load_with_the
     old = json.loads(state["config"])
     del old["channel_base"], old["channel_max"]
     config = merge_config(preset_config("tiny"), old)
-    assert config.widths == {} and (config.channel_base, config.channel_max) == (None, None)
+    assert (config.channel_base, config.channel_max) == (None, None)
+    assert network_widths("tiny", config.channel_base, config.channel_max) == {}
     assert not config_differences(old, config.to_dict())
 
 
