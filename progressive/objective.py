@@ -238,9 +238,12 @@ def posterior(inference: nn.Module, x: torch.Tensor, config: TriangleConfig) -> 
     return mu, bound_logvar(logvar, config.logvar_bound)
 
 
+Posterior = tuple[torch.Tensor, torch.Tensor]  # (mu, logvar) of q(z|x)
+
+
 def posterior_of(
     inference: nn.Module, real: torch.Tensor | None, fake: torch.Tensor | None, config: TriangleConfig
-) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+) -> tuple[Posterior, Posterior, torch.Tensor]:
     """((mu, logvar) of `real`, (mu, logvar) of `fake`, every logvar) from one forward of the images given (one DDP
     reduction); the pair of an image set not given is empty. At least one must be given."""
     inputs = [images for images in (real, fake) if images is not None]
@@ -418,6 +421,29 @@ def triangle_step(
         )
     x_fake_const = x_fake.detach()
 
+    def inference_forward() -> tuple[Posterior, Posterior, torch.Tensor, torch.Tensor | None]:
+        """The inference step's forward: only the terms with a weight are computed (real images encoded for the
+        reconstruction and the KL, generated ones for the latent NLL). Returns (mu, logvar) of the real images,
+        of the generated ones, every logvar, and G(z_hat) (None without reconstruction)."""
+        encode_real = config.weight_recon != 0 or config.weight_kl != 0
+        encode_fake = config.weight_latent != 0
+        real, fake, logvar_all = posterior_of(
+            inference, x if encode_real else None, x_fake_const if encode_fake else None, config
+        )
+        reconstruction = bare(generator)(reparameterize(*real, eps[0])) if config.weight_recon != 0 else None
+        return real, fake, logvar_all, reconstruction
+
+    # The reconstructions the inference step trains on are the energy step's third set of negatives when
+    # reconstruction_negatives is on. Nothing in that forward depends on E, so it then runs before the energy step
+    # and G(z_hat) is computed once (otherwise it waits, so that its graph does not add to the energy step's memory).
+    shares_reconstructions = (
+        config.trains_energy
+        and config.trains_inference
+        and config.weight_recon != 0
+        and config.reconstruction_negatives != 0
+    )
+    encoded = inference_forward() if shares_reconstructions else None
+
     # 2. Energy step. Real and generated images go through one forward (one DDP reduction); without
     #    batch statistics in the energy model this equals two separate forwards.
     if config.trains_energy:
@@ -434,7 +460,11 @@ def triangle_step(
                 raise ValueError(f"expected noise_images of shape {tuple(x.shape)}, got {tuple(noise_images.shape)}")
             more_negatives.append((config.noise_negatives, noise_images))
         if config.reconstruction_negatives != 0:
-            reconstructions = _reconstructions(inference, generator, x, eps[0], config)
+            reconstructions = (
+                encoded[3].detach()
+                if encoded is not None
+                else _reconstructions(inference, generator, x, eps[0], config)
+            )
             more_negatives.append((config.reconstruction_negatives, reconstructions))
         negatives = [samples, *(images for _, images in more_negatives)]
         energies = energy_from_output(energy(torch.cat([x, *negatives])), config.energy_form)
@@ -453,23 +483,18 @@ def triangle_step(
     else:
         energy_real = energy_fake = loss_energy = grad_norm_energy = energy_abs_max = zero
 
-    # 3. Inference step. Only the terms with a weight are computed: real images are encoded for the
-    #    reconstruction and the KL, generated ones for the latent NLL.
+    # 3. Inference step (its forward above, or here).
     recon = kl = nll = loss_inference = grad_norm_inference = logvar_min = logvar_max = zero
     if config.trains_inference:
-        encode_real = config.weight_recon != 0 or config.weight_kl != 0
-        encode_fake = config.weight_latent != 0
-        (mu, logvar), (mu_fake, logvar_fake), logvar_all = posterior_of(
-            inference, x if encode_real else None, x_fake_const if encode_fake else None, config
-        )
+        (mu, logvar), (mu_fake, logvar_fake), logvar_all, reconstruction = encoded or inference_forward()
         logvar_min, logvar_max = torch.aminmax(logvar_all.detach())
         if config.weight_recon != 0:
-            recon = reconstruction_loss(bare(generator)(reparameterize(mu, logvar, eps[0])), x)
+            recon = reconstruction_loss(reconstruction, x)
             loss_inference = loss_inference + config.weight_recon * recon
         if config.weight_kl != 0:
             kl = kl_to_prior(mu, logvar, config.kl_reduction)
             loss_inference = loss_inference + config.weight_kl * kl
-        if encode_fake:
+        if config.weight_latent != 0:
             nll = latent_nll(z, mu_fake, logvar_fake, config.nll_eps)
             loss_inference = loss_inference + config.weight_latent * nll
         grad_norm_inference = update("inference", optimizers.inference, inference, loss_inference, optimizers.grad_clip)

@@ -516,6 +516,24 @@ def test_reconstruction_negatives_contrast_real_images_with_their_own_reconstruc
         TriangleConfig(reconstruction_negatives=-1)
 
 
+def test_reconstruction_negatives_reuse_the_inference_steps_reconstructions():
+    """The energy step's reconstructions are the inference step's G(z_hat): the option adds no forward of G or I."""
+
+    def forwards(config: TriangleConfig) -> dict[str, int]:
+        models, x, z, eps = _tiny_setup(seed=6)
+        counts = {"generator": 0, "inference": 0}
+        for name in counts:
+            getattr(models, name).register_forward_hook(lambda *_, name=name: counts.__setitem__(name, counts[name] + 1))
+        train_step(models, build_optimizers(models), x, z=z, eps=eps, config=config)
+        return counts
+
+    plain = forwards(TriangleConfig())
+    assert plain == {"generator": 3, "inference": 2}  # G(z); G(z_hat) of each step; I of each step
+    assert forwards(TriangleConfig(reconstruction_negatives=1.0)) == plain
+    # Without a reconstruction term there is nothing to share: the negatives take their own forward of I and G.
+    assert forwards(TriangleConfig(weight_recon=0.0, reconstruction_negatives=1.0)) == {"generator": 2, "inference": 3}
+
+
 def test_noise_octaves_mix_white_noise_with_smooth_noise_of_coarser_grids():
     white = uniform_noise(64, 1, 32, "cpu", generator=torch.Generator().manual_seed(5))
     assert torch.equal(uniform_noise(64, 1, 32, "cpu", generator=torch.Generator().manual_seed(5), octaves=0), white)
