@@ -522,8 +522,12 @@ def test_reconstruction_negatives_reuse_the_inference_steps_reconstructions():
     def forwards(config: TriangleConfig) -> dict[str, int]:
         models, x, z, eps = _tiny_setup(seed=6)
         counts = {"generator": 0, "inference": 0}
+
+        def counter(name: str):
+            return lambda *_: counts.__setitem__(name, counts[name] + 1)
+
         for name in counts:
-            getattr(models, name).register_forward_hook(lambda *_, name=name: counts.__setitem__(name, counts[name] + 1))
+            getattr(models, name).register_forward_hook(counter(name))
         train_step(models, build_optimizers(models), x, z=z, eps=eps, config=config)
         return counts
 
