@@ -74,3 +74,16 @@ def test_batch_norm_statistics_cover_the_batch_of_every_process(tmp_path, build_
     assert any(key.endswith("running_var") for key in a["networks"]["generator"])
     assert_same_training_state(a, b, atol=2e-5)  # 3 iterations; per-process statistics drifted by 2e-3
     assert a["rank_digests"][0] == a["rank_digests"][1]  # parameters and running statistics equal on both ranks
+
+
+@pytest.mark.slow
+def test_reconstruction_negatives_train_alike_in_two_processes_and_one(tmp_path, lmdb16, accelerate_command):
+    """With the option, the inference network's forward runs before the energy step (docs/objective.md): two
+    processes still reduce each network once per iteration, stay equal and match one process."""
+    args = [*TINY, "--data", str(lmdb16), "--kimg", "0.192", "--reconstruction-negatives", "1"]
+    result = _accelerate(accelerate_command, [*args, "--out", str(tmp_path / "two")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = final_checkpoint(tmp_path / "two")
+    assert two["rank_digests"][0] == two["rank_digests"][1]
+    assert train([*args, "--out", str(tmp_path / "one")]) == 0
+    assert_same_training_state(two, final_checkpoint(tmp_path / "one"), atol=1e-4)  # as the test above, at 192
