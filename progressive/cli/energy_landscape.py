@@ -46,6 +46,7 @@ from progressive.eval.landscape import (
     basin_purity,
     class_histograms,
     descend_in_batches,
+    kmeans_groups,
     merge_minima,
     merge_tree,
     naming_summary,
@@ -175,11 +176,14 @@ def basins_of_training_images(
     nearest minimum (root-mean-square distance); the basins' purity and class histograms."""
     real = dataset_images(run, args.data, "train", args.purity_images)
     truth = labels.train[: len(real)]
-    nearest, distances, gradients = [], [], []
+    nearest, distances, gradients, starts, ends = [], [], [], [], []
     for k, images in enumerate(real.batches(args.batch, device)):
         seed = args.seed + PURITY_SEED + k  # one batch: descend_in_batches is descend itself
-        ends, _, gradient = descend_in_batches(energy, to_space(images), settings, len(images), seed=seed)
-        index, distance = nearest_minima(ends, minima)
+        start = to_space(images)
+        end, _, gradient = descend_in_batches(energy, start, settings, len(images), seed=seed)
+        index, distance = nearest_minima(end, minima)
+        starts.append(start.cpu())
+        ends.append(end.cpu())
         nearest.append(index)
         distances.append(distance)
         gradients.append(gradient)
@@ -187,7 +191,15 @@ def basins_of_training_images(
     distance = torch.cat(distances)
     basin_of = [basins[m] for m in minimum_of]
     classes = len(labels.class_names)
-    histograms = class_histograms(basin_of, truth.tolist(), classes)
+    labelled = truth.tolist()
+    # References with no energy in them: as many k-means clusters as basins (and as minima) of the same images,
+    # before the descent (pixels, or mu(x) in latent space) and after it.
+    clustered = {
+        f"kmeans_{when}{suffix}": basin_purity(kmeans_groups(torch.cat(points), count, seed=args.seed), labelled)
+        for when, points in (("starts", starts), ("ends", ends))
+        for suffix, count in (("", len(set(basins))), ("_minima", len(minima)))
+    }
+    histograms = class_histograms(basin_of, labelled, classes)
     per_basin = []
     for basin in sorted(set(basins)):
         counts = histograms.get(basin, [0] * classes)
@@ -204,10 +216,11 @@ def basins_of_training_images(
         "images": len(real),
         "split": "train",
         "assignment": "nearest minimum in the graph (root-mean-square distance after descent)",
-        "purity": basin_purity(basin_of, truth.tolist()),
+        "purity": basin_purity(basin_of, labelled),
         "basins": len(set(basins)),
-        "purity_minima": basin_purity(minimum_of, truth.tolist()),  # the finest partition: one group per minimum
+        "purity_minima": basin_purity(minimum_of, labelled),  # the finest partition: one group per minimum
         "one_basin": float(np.bincount(truth, minlength=classes).max() / len(truth)),  # purity's floor
+        **clustered,
         "within_merge_distance": float((distance < settings.merge_distance).double().mean()),
         "median_distance": float(distance.median()),
         "median_gradient": float(torch.cat(gradients).median()),  # at the descents' ends: 0 where they converged
@@ -235,7 +248,8 @@ def summary_line(naming: dict | None, purity: dict | None, skipped: dict[str, st
     if purity:
         parts.append(
             f"basin purity {purity['purity']:.2f} over {purity['basins']} basins ({purity['images']} training "
-            f"images; per minimum {purity['purity_minima']:.2f}, one basin {purity['one_basin']:.2f})"
+            f"images; per minimum {purity['purity_minima']:.2f}, one basin {purity['one_basin']:.2f}, "
+            f"k-means of the starts {purity['kmeans_starts']:.2f})"
         )
     else:
         parts.append(f"no basin purity ({skipped.get('purity', '--purity-images 0')})")

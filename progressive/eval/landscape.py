@@ -17,7 +17,8 @@
 
 4. **What the basins hold** (Figure 11 on a labelled set). Labelled points (training images) descend with the
    same settings and join the basin of the nearest minimum found (root-mean-square distance); the basins' purity
-   is the share of points whose basin's most common class is their own. A classifier names each minimum.
+   is the share of points whose basin's most common class is their own, read against as many k-means clusters
+   of the same points (no energy in them). A classifier names each minimum.
 
 Everything takes an energy function on a batch of points (B, ...) -> (B,), so it runs on a trained energy
 model, on E(g(z)), or on a hand-written energy (the tests check it against analytic minima and barriers).
@@ -252,6 +253,35 @@ def basin_purity(groups: Sequence[int], labels: Sequence[int]) -> float:
     for group, label in zip(groups, labels, strict=True):
         per_group.setdefault(int(group), Counter())[int(label)] += 1
     return sum(max(counter.values()) for counter in per_group.values()) / len(labels)
+
+
+def kmeans_groups(points: torch.Tensor, groups: int, seed: int = 0, iterations: int = 100) -> list[int]:
+    """Each point's cluster among `groups` by k-means (Lloyd's iterations from k-means++ seeds, Euclidean distance
+    over the flattened coordinates, float64), the same `seed` giving the same clusters.
+
+    A reference partition with no energy in it: the purity of the basins reads against the purity of as many
+    clusters of the same points by distance alone.
+    """
+    flat = points.detach().flatten(1).to("cpu", torch.float64)
+    assert 1 <= groups <= len(flat), f"{groups} clusters of {len(flat)} points"
+    rng = torch.Generator().manual_seed(seed)
+    centres = flat[torch.randint(len(flat), (1,), generator=rng)]
+    while len(centres) < groups:  # k-means++: the next seed drawn in proportion to its squared distance
+        gap = torch.cdist(flat, centres).min(dim=1).values.pow(2)
+        if float(gap.sum()) == 0:  # fewer distinct points than clusters: the rest are duplicates
+            gap = torch.ones_like(gap)
+        centres = torch.cat([centres, flat[torch.multinomial(gap, 1, generator=rng)]])
+    assignment = torch.cdist(flat, centres).argmin(dim=1)
+    for _ in range(iterations):
+        for k in range(groups):
+            members = flat[assignment == k]
+            if len(members):  # an emptied cluster keeps its centre
+                centres[k] = members.mean(dim=0)
+        updated = torch.cdist(flat, centres).argmin(dim=1)
+        if torch.equal(updated, assignment):
+            break
+        assignment = updated
+    return assignment.tolist()
 
 
 def naming_summary(named: Sequence[tuple[str, float]], threshold: float) -> dict:

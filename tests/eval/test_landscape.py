@@ -20,6 +20,7 @@ from progressive.eval.landscape import (
     descend,
     descend_in_batches,
     energy_and_gradient,
+    kmeans_groups,
     merge_minima,
     merge_tree,
     naming_summary,
@@ -145,6 +146,22 @@ def test_purity_counts_each_groups_majority():
     assert basin_purity(groups, labels) == pytest.approx((2 + 2) / 5)
     assert basin_purity([0] * 5, labels) == pytest.approx(2 / 5)  # one basin: the largest class's share
     assert basin_purity(list(range(5)), labels) == 1.0  # one point per group
+
+
+def test_kmeans_reference_recovers_separated_blobs_and_repeats_with_its_seed():
+    rng = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 5.0, 5.0]])
+    labels = [k % 3 for k in range(90)]
+    points = centres[labels] + 0.3 * torch.randn(90, 3, generator=rng)
+    groups = kmeans_groups(points.view(90, 1, 3), 3, seed=1)  # any shape: flattened after the batch dimension
+    assert len(set(groups)) == 3 and basin_purity(groups, labels) == 1.0
+    assert kmeans_groups(points, 3, seed=1) == groups
+    assert kmeans_groups(points, 1) == [0] * 90  # one cluster: the purity floor, as one basin
+    assert basin_purity(kmeans_groups(points, 2, seed=3), labels) == pytest.approx(60 / 90)  # two blobs share one
+    twice = kmeans_groups(torch.cat([centres, centres]), 4)  # fewer distinct points than clusters
+    assert twice[:3] == twice[3:] and len(set(twice)) == 3  # equal points share a cluster; one cluster stays empty
+    with pytest.raises(AssertionError, match="clusters of"):
+        kmeans_groups(points, 91)
 
 
 def test_purity_of_a_double_well_whose_sides_carry_their_own_labels():
@@ -282,6 +299,8 @@ def test_the_command_names_minima_and_measures_the_basins_purity(labelled_run, u
         majority = sum(max(b["counts"].values()) for b in purity["per_basin"])
         assert purity["purity"] == pytest.approx(majority / 20) and purity["one_basin"] == 0.5  # labels alternate
         assert purity["one_basin"] <= purity["purity"] <= purity["purity_minima"] <= 1
+        for name in ("kmeans_starts", "kmeans_starts_minima", "kmeans_ends", "kmeans_ends_minima"):
+            assert purity["one_basin"] <= purity[name] <= 1, name
         assert Image.open(out / "minima.png").mode == "L"  # a grayscale run's minima
         if importlib.util.find_spec("matplotlib") is not None:
             assert Image.open(out / "disconnectivity.png").size[1] > 400
