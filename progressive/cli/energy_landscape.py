@@ -45,6 +45,7 @@ from progressive.eval.landscape import (
     barrier_matrix,
     basin_purity,
     class_histograms,
+    clustering_view,
     descend_in_batches,
     kmeans_groups,
     merge_minima,
@@ -182,8 +183,8 @@ def basins_of_training_images(
         start = to_space(images)
         end, _, gradient = descend_in_batches(energy, start, settings, len(images), seed=seed)
         index, distance = nearest_minima(end, minima)
-        starts.append(start.cpu())
-        ends.append(end.cpu())
+        starts.append(clustering_view(start))
+        ends.append(clustering_view(end))
         nearest.append(index)
         distances.append(distance)
         gradients.append(gradient)

@@ -255,6 +255,18 @@ def basin_purity(groups: Sequence[int], labels: Sequence[int]) -> float:
     return sum(max(counter.values()) for counter in per_group.values()) / len(labels)
 
 
+CLUSTER_SIDE = 32  # images are clustered at most this many pixels a side (see clustering_view)
+
+
+def clustering_view(points: torch.Tensor) -> torch.Tensor:
+    """Points as the k-means reference clusters them, on the CPU: images (B, C, H, W) larger than CLUSTER_SIDE a side
+    averaged down to it, anything else (latent codes, small images) as it is. A thousand images of 1024 x 1024 would
+    otherwise hold gigabytes twice over (before and after the descent) for a reference read at a glance."""
+    if points.dim() == 4 and max(points.shape[-2:]) > CLUSTER_SIDE:
+        points = torch.nn.functional.adaptive_avg_pool2d(points.detach(), CLUSTER_SIDE)
+    return points.detach().cpu()
+
+
 def kmeans_groups(points: torch.Tensor, groups: int, seed: int = 0, iterations: int = 100) -> list[int]:
     """Each point's cluster among `groups` by k-means (Lloyd's iterations from k-means++ seeds, Euclidean distance
     over the flattened coordinates, float64), the same `seed` giving the same clusters.

@@ -17,6 +17,7 @@ from progressive.eval.landscape import (
     barrier_matrix,
     basin_purity,
     class_histograms,
+    clustering_view,
     descend,
     descend_in_batches,
     energy_and_gradient,
@@ -162,6 +163,16 @@ def test_kmeans_reference_recovers_separated_blobs_and_repeats_with_its_seed():
     assert twice[:3] == twice[3:] and len(set(twice)) == 3  # equal points share a cluster; one cluster stays empty
     with pytest.raises(AssertionError, match="clusters of"):
         kmeans_groups(points, 91)
+
+
+def test_large_images_are_clustered_at_32_pixels_a_side_and_codes_as_they_are():
+    large = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    small = clustering_view(large)
+    assert small.shape == (2, 3, 32, 32)
+    assert torch.allclose(small[0, 0, 0, 0], large[0, 0, :2, :2].mean())  # each pixel the mean of a 2 x 2 block
+    assert torch.equal(clustering_view(large[:, :, :32, :32]), large[:, :, :32, :32])
+    codes = torch.randn(5, 64, 1, 1)
+    assert torch.equal(clustering_view(codes), codes)
 
 
 def test_purity_of_a_double_well_whose_sides_carry_their_own_labels():
