@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -414,7 +415,13 @@ def test_old_checkpoint_configurations_resume_with_the_values_added_since():
         "reconstruction_negatives",
     ):
         del saved["objective"][key]
+    for key in ("lr_rampdown_start_kimg", "lr_rampdown_kimg", "lr_rampdown_floor"):
+        del saved["optimizer"][key]
     assert config_differences(saved, current) == []
+    ramped = preset_config("tiny", "reference")
+    ramped = dataclasses.replace(ramped, optimizer=dataclasses.replace(ramped.optimizer, lr_rampdown_kimg=10.0))
+    ramped = ramped.to_dict()
+    assert config_differences(saved, ramped) == ["optimizer.lr_rampdown_kimg: 0.0 -> 10.0"]
     assert config_differences(saved, preset_config("tiny", "triangle").to_dict())  # but not another objective
 
 

@@ -246,6 +246,11 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
         "langevin_step_size": 2.0,  # inert without Langevin steps: the default, so an old checkpoint compares equal
         "langevin_noise": 0.01,
     },
+    "optimizer": {
+        "lr_rampdown_start_kimg": 0.0,
+        "lr_rampdown_kimg": 0.0,
+        "lr_rampdown_floor": 0.1,  # inert without a ramp-down: the default, so an old checkpoint compares equal
+    },
 }
 
 
@@ -258,8 +263,9 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     """
     saved, current = json.loads(json.dumps(with_optimizer_section(saved))), json.loads(json.dumps(current))
     saved = {**ADDED_LATER[""], **saved}
-    if isinstance(saved.get("objective"), dict):
-        saved["objective"] = {**ADDED_LATER["objective"], **saved["objective"]}
+    for section in ("objective", "optimizer"):
+        if isinstance(saved.get(section), dict):
+            saved[section] = {**ADDED_LATER[section], **saved[section]}
     changes: dict[str, tuple[Any, Any]] = {}
     for key in sorted(set(saved) | set(current)):
         if key in RESUMABLE_CHANGES:

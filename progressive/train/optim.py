@@ -1,4 +1,5 @@
-"""The optimiser configuration: one Adam per network, its learning rates, their decay and gradient clipping.
+"""The optimiser configuration: one Adam per network, its learning rates, their decay and ramp-down, and gradient
+clipping.
 
 Apart from the objective (`TriangleConfig` says what is minimised; this says how the steps are taken). The
 learning rates at a given number of images shown are the schedule's (`train/schedule.py` `learning_rates`,
@@ -32,6 +33,9 @@ class OptimizerConfig:
     grad_clip: float = 100.0  # gradient-norm clipping per network; <= 0 disables it
     lr_decay: float = 0.998  # learning rates are multiplied by this ...
     lr_decay_images: int = 50_000  # ... every this many real images shown
+    lr_rampdown_start_kimg: float = 0.0  # a half-cosine ramp-down of all rates begins after this many kimg ...
+    lr_rampdown_kimg: float = 0.0  # ... and lasts this many kimg (0: no ramp-down) ...
+    lr_rampdown_floor: float = 0.1  # ... down to this fraction of the rates, kept from then on
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -40,6 +44,11 @@ class OptimizerConfig:
                 raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         if self.lr_decay_images <= 0:
             raise ValueError(f"lr_decay_images must be positive, got {self.lr_decay_images}")
+        for name in ("lr_rampdown_start_kimg", "lr_rampdown_kimg"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if not 0 <= self.lr_rampdown_floor <= 1:
+            raise ValueError(f"lr_rampdown_floor must be between 0 and 1, got {self.lr_rampdown_floor}")
 
 
 OPTIMIZER_KEYS = frozenset(f.name for f in dataclasses.fields(OptimizerConfig))

@@ -8,6 +8,7 @@ configuration and `images_shown`, a resumed run needs only that counter to conti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from progressive.nets.layers import blend_reals, check_resolution_range, is_power_of_two, resolutions
@@ -117,14 +118,28 @@ def images_or_per_resolution(text: str) -> int | dict[int, int | float]:
 def learning_rates(config: OptimizerConfig, images_shown: int) -> dict[str, float]:
     """Per-network learning rates after `images_shown` real images.
 
-    base * lr_decay ** (images_shown // lr_decay_images): a pure function of the images shown.
+    base * lr_decay ** (images_shown // lr_decay_images) * rampdown_factor: a pure function of the images shown.
     """
-    factor = config.lr_decay ** (images_shown // config.lr_decay_images)
+    factor = config.lr_decay ** (images_shown // config.lr_decay_images) * rampdown_factor(config, images_shown)
     return {
         "energy": config.lr_energy * factor,
         "inference": config.lr_inference * factor,
         "generator": config.lr_generator * factor,
     }
+
+
+def rampdown_factor(config: OptimizerConfig, images_shown: int) -> float:
+    """1 before the ramp-down, a half cosine from 1 to lr_rampdown_floor during it, the floor after it.
+
+    Placed by images shown (start and length in kimg), not by the run's length, so that a run extended past its
+    end keeps the rates it ended with and a resumed run follows the same course as an uninterrupted one.
+    """
+    if config.lr_rampdown_kimg <= 0:
+        return 1.0
+    done = (images_shown - config.lr_rampdown_start_kimg * 1000) / (config.lr_rampdown_kimg * 1000)
+    done = min(max(done, 0.0), 1.0)
+    floor = config.lr_rampdown_floor
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
 
 
 @dataclass(frozen=True)

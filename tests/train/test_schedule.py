@@ -9,7 +9,14 @@ import torch
 
 from progressive.presets import PRESETS, build_models
 from progressive.train.optim import OptimizerConfig
-from progressive.train.schedule import ScheduleConfig, Stage, blend_reals, schedule_table, stage_at
+from progressive.train.schedule import (
+    ScheduleConfig,
+    Stage,
+    blend_reals,
+    learning_rates,
+    schedule_table,
+    stage_at,
+)
 
 K = 1_000
 
@@ -130,6 +137,24 @@ def test_learning_rates_follow_the_optimizer_decay_times_the_resolution_multipli
     assert at_16.learning_rates == pytest.approx({"energy": 2.5e-5, "inference": 5e-5, "generator": 1e-4})
     default = stage_at(schedule, 0)
     assert default.learning_rates == pytest.approx({"energy": 1e-4, "inference": 3e-4, "generator": 3e-4})
+
+
+def test_learning_rates_ramp_down_along_a_half_cosine_placed_by_images_shown():
+    optimizer = OptimizerConfig(
+        lr_generator=4e-4, lr_decay=1.0, lr_rampdown_start_kimg=2, lr_rampdown_kimg=4, lr_rampdown_floor=0.25
+    )
+    generator = {images: learning_rates(optimizer, images)["generator"] for images in (0, 1999, 2000, 4000, 6000)}
+    assert generator[0] == generator[1999] == generator[2000] == pytest.approx(4e-4)
+    assert generator[4000] == pytest.approx(4e-4 * (0.25 + 0.75 * 0.5))  # half-way: cos(pi/2) = 0
+    assert generator[6000] == pytest.approx(1e-4)
+    assert learning_rates(optimizer, 10**9)["energy"] == pytest.approx(0.25 * 1e-4)  # the floor stays
+    inside = [learning_rates(optimizer, images)["inference"] for images in range(2000, 6001, 250)]
+    assert all(later < earlier for earlier, later in zip(inside, inside[1:], strict=False))
+    without = OptimizerConfig(lr_decay=1.0, lr_rampdown_start_kimg=2, lr_rampdown_floor=0.25)  # length 0: off
+    assert learning_rates(without, 10**9) == learning_rates(without, 0)
+    for bad in ({"lr_rampdown_kimg": -1.0}, {"lr_rampdown_start_kimg": -1.0}, {"lr_rampdown_floor": 1.5}):
+        with pytest.raises(ValueError, match="lr_rampdown"):
+            OptimizerConfig(**bad)
 
 
 def simulate(schedule: ScheduleConfig, images_shown: int, stop: int) -> tuple[list[Stage], int]:
