@@ -9,7 +9,7 @@ from typing import Any
 
 from progressive.cli.checks import BadInput
 from progressive.train.config import TrainConfig
-from progressive.train.schedule import schedule_table
+from progressive.train.schedule import schedule_table, stage_at
 
 
 def dry_run_precision(precision: str) -> str:
@@ -55,14 +55,33 @@ def dry_run_plan(config: TrainConfig, throughput: dict | None = None, notes: lis
             phase["measured_batch_size"] = measured_batch.get(stage.resolution, stage.batch_size)
         phases.append(phase)
     plan: dict[str, Any] = {"config": config.to_dict(), "phases": phases, "training_kimg": config.total_images / 1000}
+    # The rates a phase's start does not show: the decay and the ramp-down run on within the last, open phase.
+    at_end = stage_at(config.schedule, config.total_images, config.optimizer)
+    plan["learning_rates_at_end"] = dict(at_end.learning_rates)
     if speed:
         plan["projected_hours"] = sum(p["hours"] for p in phases if p["hours"] is not None)
         plan["unmeasured_resolutions"] = sorted(
             {p["resolution"] for p in phases if p["hours"] is None and p["trained_images"]}
         )
         plan["throughput"] = {key: throughput.get(key) for key in ("device", "processes", "mixed_precision")}
-    plan["notes"] = list(notes or [])
+    plan["notes"] = list(notes or []) + rampdown_notes(config)
     return plan
+
+
+def rampdown_notes(config: TrainConfig) -> list[str]:
+    """Where the learning-rate ramp-down lies against the training's length, as a line for the dry run."""
+    optimizer = config.optimizer
+    if optimizer.lr_rampdown_kimg <= 0:
+        return []
+    start, end = optimizer.lr_rampdown_start_kimg, optimizer.lr_rampdown_start_kimg + optimizer.lr_rampdown_kimg
+    floor = optimizer.lr_rampdown_floor
+    where = f"learning rates ramp down from {start:g} to {end:g} kimg, to {floor:g} of their value"
+    length = config.total_images / 1000
+    if start >= length:
+        return [f"{where}: after the training's end ({length:g} kimg), so never in this run"]
+    if end > length:
+        return [f"{where}: the training ends ({length:g} kimg) before the ramp-down does"]
+    return [where]
 
 
 def print_dry_run(plan: dict) -> None:
@@ -90,6 +109,8 @@ def print_dry_run(plan: dict) -> None:
             f" {end}  {rates}{hours}"
         )
     print(f"\ntraining length: {plan['training_kimg']:.1f} kimg")
+    rates = ", ".join(f"{plan['learning_rates_at_end'][n]:.2e}" for n in ("energy", "inference", "generator"))
+    print(f"learning rates at the end (E, I, G): {rates}")
     if projected:
         measured = plan["throughput"]
         where = f"{measured['processes'] or 1} x {measured['device'] or '?'}, {measured['mixed_precision']}"

@@ -31,6 +31,22 @@ def test_dry_run_prints_configuration_and_schedule_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_dry_run_shows_the_learning_rates_at_the_end_and_where_the_ramp_down_lies(tmp_path, capsys):
+    ramp = ["--lr-decay", "1", "--lr-rampdown-start-kimg", "0.12", "--lr-rampdown-kimg", "0.12"]
+    assert train([*TINY, "--out", str(tmp_path / "runs"), *ramp, "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["learning_rates_at_end"] == pytest.approx({"energy": 1e-5, "inference": 3e-5, "generator": 3e-5})
+    assert plan["notes"][-1] == "learning rates ramp down from 0.12 to 0.24 kimg, to 0.1 of their value"
+    assert train([*TINY, "--out", str(tmp_path / "runs"), *ramp, "--kimg", "0.2", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    # at 0.2 kimg two thirds of the ramp are done: 0.1 + 0.9 * (1 + cos(2 pi / 3)) / 2 = 0.325 of the rates
+    assert "learning rates at the end (E, I, G): 3.25e-05, 9.75e-05, 9.75e-05\n" in printed
+    assert "the training ends (0.2 kimg) before the ramp-down does" in printed
+    assert train([*TINY, "--out", str(tmp_path / "runs"), *ramp, "--kimg", "0.1", "--dry-run", "--json"]) == 0
+    never = json.loads(capsys.readouterr().out)["notes"][-1]
+    assert never.endswith("after the training's end (0.1 kimg), so never in this run")
+
+
 def test_dry_run_projects_the_training_time_from_a_benchmark(tmp_path, capsys):
     measured = tmp_path / "speed.json"
     speed = {"4": 0.0048, "8": 0.0096}  # images/s: 48 images at 4x4 take 10,000 s
