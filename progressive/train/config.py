@@ -254,12 +254,17 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
 }
 
 
-def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def config_changes(
+    saved: dict[str, Any], current: dict[str, Any], images_shown: int | None = None
+) -> dict[str, tuple[Any, Any]]:
     """{key: (saved, current)} for every value that differs, ignoring RESUMABLE_CHANGES; nested keys as 'a.b'.
 
     Both sides are compared as JSON (so per-resolution tables compare equal whatever their key type);
     values missing from `saved` that ADDED_LATER knows take their older-behaviour value; a `saved` of the
-    layout before the optimiser section is read in today's (with_optimizer_section).
+    layout before the optimiser section is read in today's (with_optimizer_section). Given the `images_shown` of
+    a checkpoint, the learning-rate ramp-down's values are ignored too where neither side's ramp-down has begun
+    by then: every step taken so far had the same rates under both, so the resumed run is the one `current`
+    would have trained from the start.
     """
     saved, current = json.loads(json.dumps(with_optimizer_section(saved))), json.loads(json.dumps(current))
     saved = {**ADDED_LATER[""], **saved}
@@ -277,7 +282,20 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
                     changes[f"{key}.{inner}"] = (a.get(inner, "<missing>"), b.get(inner, "<missing>"))
         elif a != b:
             changes[key] = (a, b)
+    if images_shown is not None and not any(
+        rampdown_begun(values.get("optimizer", {}), images_shown) for values in (saved, current)
+    ):
+        changes = {key: change for key, change in changes.items() if key.partition(".")[2] not in RAMPDOWN_KEYS}
     return changes
+
+
+RAMPDOWN_KEYS = frozenset(ADDED_LATER["optimizer"])
+
+
+def rampdown_begun(optimizer: dict[str, Any], images_shown: int) -> bool:
+    """Whether a run with these optimizer values took any of its first `images_shown` images' steps at ramped rates."""
+    length, start = optimizer.get("lr_rampdown_kimg", 0.0), optimizer.get("lr_rampdown_start_kimg", 0.0)
+    return length > 0 and start * 1000 < images_shown
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -71,10 +71,10 @@ class Stopped(Exception):
 def check_checkpoint_belongs(
     state: dict[str, Any], config: TrainConfig, dataset_fingerprint: str, source: Path
 ) -> None:
-    """ConfigurationMismatch unless a loaded checkpoint was trained with `config` (RESUMABLE_CHANGES aside),
-    CheckpointError unless on the dataset of `dataset_fingerprint`; KeyError for a damaged one."""
+    """ConfigurationMismatch unless a loaded checkpoint was trained with `config` (RESUMABLE_CHANGES and a ramp-down
+    not yet begun aside), CheckpointError unless on the dataset of `dataset_fingerprint`; KeyError for a damaged one."""
     saved = CheckpointContents.from_dict(state)
-    changes = config_changes(json.loads(saved.config), config.to_dict())
+    changes = config_changes(json.loads(saved.config), config.to_dict(), saved.images_shown)
     if changes:
         raise ConfigurationMismatch(source, changes)
     if saved.dataset_fingerprint != dataset_fingerprint:

@@ -52,6 +52,29 @@ def test_resume_with_another_configuration_or_dataset_says_what_differs(tmp_path
     assert train([*TINY, "--data", str(moved), "--out", str(out), "--resume", "latest", "--kimg", "0.104"]) == 0
 
 
+def test_a_ramp_down_not_yet_begun_may_be_added_on_resume_and_ends_where_it_would_from_the_start(
+    tmp_path, lmdb16, capsys
+):
+    """Every step before a ramp-down's start has the same rates with it or without it: adding one that starts at or
+    after the checkpoint resumes exactly into the run that had it from the start; one already begun is refused."""
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    ramp = ["--lr-rampdown-start-kimg", "0.168", "--lr-rampdown-kimg", "0.048"]
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(straight), "--kimg", "0.24", *ramp]) == 0
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(interrupted), "--kimg", "0.168"]) == 0
+    begun = ["--lr-rampdown-start-kimg", "0.1", "--lr-rampdown-kimg", "0.048"]
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(interrupted), "--resume", "latest", *begun]) == 2
+    assert "optimizer.lr_rampdown_start_kimg: 0.0 -> 0.1" in capsys.readouterr().err
+    resume = ["--kimg", "0.24", "--resume", "latest", *ramp]
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(interrupted), *resume]) == 0
+    a, b = final_checkpoint(straight), final_checkpoint(interrupted)
+    assert_same_training_state(a, b, optimizers=True)
+    rates = [group["lr"] for group in b["optimizers"]["generator"]["param_groups"]]
+    assert rates == pytest.approx([0.1 * 3e-4] * len(rates))  # the last steps (from 216 images) at the floor
+    # Resumed without the ramp-down it has begun, the run is refused: its rates so far were ramped.
+    assert train([*TINY, "--data", str(lmdb16), "--out", str(straight), "--kimg", "0.3", "--resume", "latest"]) == 2
+    assert "optimizer.lr_rampdown_kimg: 0.048 -> 0.0" in capsys.readouterr().err
+
+
 def test_resume_from_a_damaged_checkpoint_is_one_line_exit_2(tmp_path, lmdb16, capsys):
     out = tmp_path / "runs"
     assert train([*TINY, "--data", str(lmdb16), "--out", str(out), "--kimg", "0.1"]) == 0
