@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -241,6 +241,15 @@ def posterior(inference: nn.Module, x: torch.Tensor, config: TriangleConfig) -> 
 Posterior = tuple[torch.Tensor, torch.Tensor]  # (mu, logvar) of q(z|x)
 
 
+class InferenceForward(NamedTuple):
+    """The inference step's forward, as far as its weights ask (triangle_step)."""
+
+    real: Posterior  # (mu, logvar) of the real images (of an empty batch without reconstruction and KL)
+    fake: Posterior  # (mu, logvar) of the generated images (of an empty batch without the latent NLL)
+    logvar_all: torch.Tensor  # every log-variance computed, for the health statistics
+    reconstruction: torch.Tensor | None  # G(z_hat), z_hat ~ q(z|x); None without reconstruction
+
+
 def posterior_of(
     inference: nn.Module, real: torch.Tensor | None, fake: torch.Tensor | None, config: TriangleConfig
 ) -> tuple[Posterior, Posterior, torch.Tensor]:
@@ -421,17 +430,16 @@ def triangle_step(
         )
     x_fake_const = x_fake.detach()
 
-    def inference_forward() -> tuple[Posterior, Posterior, torch.Tensor, torch.Tensor | None]:
+    def inference_forward() -> InferenceForward:
         """The inference step's forward: only the terms with a weight are computed (real images encoded for the
-        reconstruction and the KL, generated ones for the latent NLL). Returns (mu, logvar) of the real images,
-        of the generated ones, every logvar, and G(z_hat) (None without reconstruction)."""
+        reconstruction and the KL, generated ones for the latent NLL)."""
         encode_real = config.weight_recon != 0 or config.weight_kl != 0
         encode_fake = config.weight_latent != 0
         real, fake, logvar_all = posterior_of(
             inference, x if encode_real else None, x_fake_const if encode_fake else None, config
         )
         reconstruction = bare(generator)(reparameterize(*real, eps[0])) if config.weight_recon != 0 else None
-        return real, fake, logvar_all, reconstruction
+        return InferenceForward(real, fake, logvar_all, reconstruction)
 
     # The reconstructions the inference step trains on are the energy step's third set of negatives when
     # reconstruction_negatives is on. Nothing in that forward depends on E, so it then runs before the energy step
@@ -461,7 +469,7 @@ def triangle_step(
             more_negatives.append((config.noise_negatives, noise_images))
         if config.reconstruction_negatives != 0:
             reconstructions = (
-                encoded[3].detach()
+                encoded.reconstruction.detach()
                 if encoded is not None
                 else _reconstructions(inference, generator, x, eps[0], config)
             )
