@@ -254,6 +254,15 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
 }
 
 
+RAMPDOWN_KEYS = frozenset(ADDED_LATER["optimizer"])  # the learning-rate ramp-down's values
+
+
+def rampdown_begun(optimizer: dict[str, Any], images_shown: int) -> bool:
+    """Whether a run with these optimizer values took any of its first `images_shown` images' steps at ramped rates."""
+    length, start = optimizer.get("lr_rampdown_kimg", 0.0), optimizer.get("lr_rampdown_start_kimg", 0.0)
+    return length > 0 and start * 1000 < images_shown
+
+
 def config_changes(
     saved: dict[str, Any], current: dict[str, Any], images_shown: int | None = None
 ) -> dict[str, tuple[Any, Any]]:
@@ -287,15 +296,6 @@ def config_changes(
     ):
         changes = {key: change for key, change in changes.items() if key.partition(".")[2] not in RAMPDOWN_KEYS}
     return changes
-
-
-RAMPDOWN_KEYS = frozenset(ADDED_LATER["optimizer"])
-
-
-def rampdown_begun(optimizer: dict[str, Any], images_shown: int) -> bool:
-    """Whether a run with these optimizer values took any of its first `images_shown` images' steps at ramped rates."""
-    length, start = optimizer.get("lr_rampdown_kimg", 0.0), optimizer.get("lr_rampdown_start_kimg", 0.0)
-    return length > 0 and start * 1000 < images_shown
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
