@@ -27,10 +27,11 @@ too, extend a copy of --out (cp -r OUT OUT-LONGER): the copy continues its own r
 --fid also counts as done for an invocation without --fid (its FID is kept).
 
 A configuration is a recipe name (triangle, vae, wake-sleep, acd, adversarial, reference; docs/objective.md) or
-NAME=RECIPE,key=value,... with objective or optimiser values on top of the recipe, or the networks' widths
-(channel_base, channel_max: launch/train.py's --channel-base, --channel-max). The default comparison is the paper's
-Table 2 (triangle, vae, wake-sleep) and E and G alone (adversarial). Run-to-run noise at short lengths is as
-large as the differences between configurations: compare over several --seeds (docs/benchmarks.md).
+NAME=RECIPE,key=value,... with objective or optimiser values on top of the recipe, or the networks' sizes
+(channel_base, channel_max, latent_dim: launch/train.py's --channel-base, --channel-max, --latent-dim). The
+default comparison is the paper's Table 2 (triangle, vae, wake-sleep) and E and G alone (adversarial). Run-to-run
+noise at short lengths is as large as the differences between configurations: compare over several --seeds
+(docs/benchmarks.md).
 
 Figures (held-out images; a network the configuration does not train gets none):
   recon       MSE of g(mu(x)) in [-1, 1] (the paper's Table 2) and in [0, 1], over --recon-images (default all)
@@ -83,7 +84,7 @@ from progressive.train.optim import OPTIMIZER_KEYS
 TRAIN = Path(__file__).with_name("train.py")
 DEFAULT_CONFIGS = ["triangle", "vae", "wake-sleep", "adversarial"]  # the paper's Table 2 rows, and E+G alone
 EXIT_INTERRUPTED = EXIT_SIGNAL_BASE + signal.SIGINT  # 130, the shell's code for Ctrl-C
-NETWORK_KEYS = frozenset({"channel_base", "channel_max"})  # the networks' widths a configuration may set (train.py)
+NETWORK_KEYS = frozenset({"channel_base", "channel_max", "latent_dim"})  # network sizes a configuration may set
 STOP_GRACE_SECONDS = 60  # how long a training told to stop may take to write its checkpoint before it is killed
 # Bumped when the figures a row holds change meaning or gain keys: older rows are then evaluated again.
 EVALUATION_VERSION = 3  # 3: recon_classifier
@@ -95,7 +96,7 @@ class Configuration:
 
     name: str  # row label and run directory name
     recipe: str  # objective.RECIPES key
-    changes: dict[str, str] = field(default_factory=dict)  # objective, optimiser or width key -> value, as given
+    changes: dict[str, str] = field(default_factory=dict)  # objective, optimiser or network-size key -> value, as given
 
     def flags(self) -> list[str]:
         flags = ["--recipe", self.recipe]
@@ -131,7 +132,7 @@ def parse_configuration(text: str) -> Configuration:
         if not sep or key not in keys:
             raise ValueError(
                 f"configuration {text!r}: {pair!r} is not key=value with a TriangleConfig key (or OptimizerConfig, or "
-                f"a width: {', '.join(sorted(NETWORK_KEYS))})"
+                f"a network size: {', '.join(sorted(NETWORK_KEYS))})"
             )
         changes[key] = value
     if not name or "/" in name:

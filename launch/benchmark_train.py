@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for networks and images")
     parser.add_argument("--channel-base", type=int, help="progressive presets: channel rule's base (train.py's flag)")
     parser.add_argument("--channel-max", type=int, help="progressive presets: most channels (train.py's flag)")
+    parser.add_argument("--latent-dim", type=int, help="progressive presets: dimension of z (train.py's flag)")
     parser.add_argument(
         "--compile",
         choices=COMPILE_MODES,
@@ -103,6 +104,7 @@ def main() -> None:
             compile_mode=args.compile,
             channel_base=args.channel_base,
             channel_max=args.channel_max,
+            latent_dim=args.latent_dim,
         )
     except ValueError as error:
         parser.error(str(error))

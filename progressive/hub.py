@@ -49,9 +49,10 @@ class PretrainedTriangle(
         image_channels: int = 3,  # 1: a grayscale run's generator (gray samples); absent from older config.json: 3
         channel_base: int | None = None,  # the run's --channel-base (None, and absent from older exports: preset's)
         channel_max: int | None = None,  # the run's --channel-max (None, and absent from older exports: preset's)
+        latent_dim: int | None = None,  # the run's --latent-dim (None, and absent from older exports: preset's)
     ):
         super().__init__()
-        models = build_models(preset, image_channels, channel_base, channel_max)
+        models = build_models(preset, image_channels, channel_base, channel_max, latent_dim)
         models.set_stage(resolution, alpha)
         self.generator, self.energy, self.inference = models.generator, models.energy, models.inference
         self.generator_ema = copy.deepcopy(models.generator).requires_grad_(False)
@@ -76,6 +77,7 @@ class PretrainedTriangle(
             image_channels=run.config.image_channels,
             channel_base=run.config.channel_base,
             channel_max=run.config.channel_max,
+            latent_dim=run.config.latent_dim,
         )
         for name, net in run.models.networks().items():
             getattr(model, name).load_state_dict(net.state_dict())

@@ -108,8 +108,9 @@ def _progressive(
 @dataclass(frozen=True)
 class ProgressiveNetworks:
     """A progressive preset's three networks: one channel rule, clamp(channel_base // r, 1, channel_max) channels at
-    resolution r. `channel_base` and `channel_max` can be overridden per run (--channel-base, --channel-max), as
-    stylegan2-ada's --cbase and --cmax: the same architecture, wider or narrower."""
+    resolution r, and z of `latent_dim` dimensions. `channel_base`, `channel_max` and `latent_dim` can be overridden
+    per run (--channel-base, --channel-max, as stylegan2-ada's --cbase and --cmax; --latent-dim): the same
+    architecture, wider or narrower, with a larger or smaller latent space."""
 
     latent_dim: int  # dimension of z
     max_resolution: int  # last resolution of the growth
@@ -117,10 +118,14 @@ class ProgressiveNetworks:
     channel_max: int  # upper clamp of the channel rule
 
     def __call__(
-        self, image_channels: int, channel_base: int | None = None, channel_max: int | None = None
+        self,
+        image_channels: int,
+        channel_base: int | None = None,
+        channel_max: int | None = None,
+        latent_dim: int | None = None,
     ) -> TriangleModels:
         return _progressive(
-            latent_dim=self.latent_dim,
+            latent_dim=self.latent_dim if latent_dim is None else latent_dim,
             max_resolution=self.max_resolution,
             channel_base=self.channel_base if channel_base is None else channel_base,
             channel_max=self.channel_max if channel_max is None else channel_max,
@@ -261,21 +266,24 @@ def preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def network_widths(name: str, channel_base: int | None, channel_max: int | None) -> dict[str, int]:
-    """The width overrides given (None: the preset's) as build_models keywords; ValueError for a value that is not a
-    positive integer, or for widths given to a preset with fixed channels (the paper's fixed-resolution networks)."""
-    given = {"channel_base": channel_base, "channel_max": channel_max}
-    widths = {key: value for key, value in given.items() if value is not None}
-    for key, value in widths.items():
+def network_overrides(
+    name: str, channel_base: int | None, channel_max: int | None, latent_dim: int | None = None
+) -> dict[str, int]:
+    """The overrides given (None: the preset's) as build_models keywords; ValueError for a value that is not a
+    positive integer, or for an override given to a preset with fixed networks (the paper's fixed-resolution ones)."""
+    given = {"channel_base": channel_base, "channel_max": channel_max, "latent_dim": latent_dim}
+    overrides = {key: value for key, value in given.items() if value is not None}
+    for key, value in overrides.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
-    if widths and not isinstance(preset(name).models, ProgressiveNetworks):
+    if overrides and not isinstance(preset(name).models, ProgressiveNetworks):
         progressive = sorted(key for key, entry in PRESETS.items() if isinstance(entry.models, ProgressiveNetworks))
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in overrides)
         raise ValueError(
-            f"--channel-base and --channel-max apply to the progressive presets ({', '.join(progressive)}); "
-            f"preset {name} has the paper's fixed channels"
+            f"{flags}: progressive presets only ({', '.join(progressive)}); "
+            f"preset {name} has the paper's fixed networks"
         )
-    return widths
+    return overrides
 
 
 def build_models(
@@ -283,12 +291,13 @@ def build_models(
     image_channels: int = 3,  # 1: a generator whose samples are gray by construction (docs/architecture.md)
     channel_base: int | None = None,  # progressive presets only: the channel rule's base instead of the preset's
     channel_max: int | None = None,  # progressive presets only: the channel rule's clamp instead of the preset's
+    latent_dim: int | None = None,  # progressive presets only: the dimension of z instead of the preset's
 ) -> TriangleModels:
-    """Build the generator, energy model and inference model of preset `name` (ValueError: network_widths). The
+    """Build the generator, energy model and inference model of preset `name` (ValueError: network_overrides). The
     energy and inference models are the same whatever `image_channels`."""
     check_image_channels(image_channels)
-    widths = network_widths(name, channel_base, channel_max)
-    return preset(name).models(image_channels, **widths)
+    overrides = network_overrides(name, channel_base, channel_max, latent_dim)
+    return preset(name).models(image_channels, **overrides)
 
 
 def default_preset(resolution: int | None) -> str:

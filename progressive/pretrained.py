@@ -68,7 +68,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     config = merge_config(preset_config(values["preset"], values.get("recipe", "reference")), values)
 
     def networks() -> TriangleModels:
-        return build_models(config.preset, config.image_channels, config.channel_base, config.channel_max)
+        return build_models(config.preset, config.image_channels, **config.network_overrides())
 
     models = networks().to(device)
     for name, net in models.networks().items():

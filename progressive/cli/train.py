@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel-max", type=int, help="progressive presets: most channels at any resolution (default: preset's)"
     )
     parser.add_argument(
+        "--latent-dim", type=int, help="progressive presets: dimension of z (default: the preset's; demo 64)"
+    )
+    parser.add_argument(
         "--recipe",
         help=f"objective recipe, one of {', '.join(RECIPES)} (default: {DEFAULT_RECIPE}; docs/objective.md)",
     )

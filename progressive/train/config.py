@@ -54,6 +54,7 @@ class TrainConfig:
     preset: str = "demo"  # model preset (progressive/presets.py)
     channel_base: int | None = None  # progressive presets: channel_base // r channels at resolution r; None: preset's
     channel_max: int | None = None  # progressive presets: at most this many channels at any resolution; None: preset's
+    latent_dim: int | None = None  # progressive presets: dimension of z; None: the preset's (demo 64, celebahq 512)
     resolution: int = 32  # final resolution (--res); growth stops here
     data: str | None = None  # dataset LMDB; None trains on the built-in synthetic shapes
     synthetic_images: int = 4096  # size of the synthetic dataset used without --data
@@ -94,7 +95,7 @@ class TrainConfig:
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         check_image_channels(self.image_channels)
-        presets.network_widths(self.preset, self.channel_base, self.channel_max)
+        self.network_overrides()
         positive = ["tick_kimg", "snapshot_kimg", "checkpoint_kimg", "ema_kimg", "keep_checkpoints", "max_nonfinite"]
         positive += ["grid_images", "metric_images", "collective_timeout_min"] + ([] if self.kimg is None else ["kimg"])
         for name in [*positive, "workers", "metric_kimg", "synthetic_images", "progress_seconds"]:
@@ -118,6 +119,11 @@ class TrainConfig:
         if self.kimg is None:
             return self.schedule.total_images
         return int(round(self.kimg * 1000))
+
+    def network_overrides(self) -> dict[str, int]:
+        """The run's --channel-base, --channel-max and --latent-dim that differ from the preset's, as build_models
+        keywords (ValueError: presets.network_overrides)."""
+        return presets.network_overrides(self.preset, self.channel_base, self.channel_max, self.latent_dim)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,6 +237,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
         "image_channels": 3,
         "channel_base": None,
         "channel_max": None,
+        "latent_dim": None,
     },
     "objective": {
         "energy_penalty": 0.0,

@@ -135,8 +135,7 @@ class Trainer:
             channels_last=config.channels_last,
             compile_mode=config.compile,
             image_channels=config.image_channels,
-            channel_base=config.channel_base,
-            channel_max=config.channel_max,
+            **config.network_overrides(),
         )
         self.models, self.optimizers = prepared.models, prepared.optimizers
         self.ema = prepared.models.generator_ema  # the generator's moving average

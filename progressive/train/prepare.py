@@ -37,12 +37,13 @@ def prepare_training(
     image_channels: int = 3,  # the data's: 1 builds a generator that draws gray images (TrainConfig.image_channels)
     channel_base: int | None = None,  # the progressive channel rule's base (TrainConfig.channel_base); None: preset's
     channel_max: int | None = None,  # its upper clamp (TrainConfig.channel_max); None: the preset's
+    latent_dim: int | None = None,  # the dimension of z (TrainConfig.latent_dim); None: the preset's
 ) -> PreparedTraining:
     """Build, place and wrap the networks of `preset`; ValueError for fp16 where it cannot run (see GuardedUpdate)
     and for Accelerate's own dynamo backend (see train/compile.py)."""
     check_accelerate(accelerator)
     torch.manual_seed(seed)  # identical initial weights on every rank
-    models = build_models(preset, image_channels, channel_base, channel_max).to(accelerator.device)
+    models = build_models(preset, image_channels, channel_base, channel_max, latent_dim).to(accelerator.device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for net in models.networks().values():
         net.to(memory_format=memory_format)

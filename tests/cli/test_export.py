@@ -424,7 +424,8 @@ def test_pretrained_export_loads_without_the_checkpoint_format(trained, tmp_path
     assert {"config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
     config = json.loads((out / "config.json").read_text())
     assert config == {"preset": "tiny", "resolution": 16, "alpha": 1.0, "energy_form": "identity", "images_shown": 240,
-                      "image_channels": 3, "channel_base": None, "channel_max": None}  # fmt: skip
+                      "image_channels": 3, "channel_base": None, "channel_max": None,
+                      "latent_dim": None}  # fmt: skip
     assert not list(out.glob(".pretrained-*"))  # the staging folder is gone
     (out / "README.md").write_text("my card")  # a model card already there is kept on a new export
     assert export.main(["pretrained", str(trained["run"]), "--out", str(out)]) == 0
