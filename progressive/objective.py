@@ -72,6 +72,7 @@ class TriangleConfig:
     langevin_steps: int = 0  # L > 0: the energy step's samples are G(z) refined by L Langevin steps on E
     langevin_step_size: float = 2.0  # lambda: each step is x <- x - lambda * dE/dx + langevin_noise * N(0, I)
     langevin_noise: float = 0.01  # sigma of each step's Gaussian noise, in pixel units ([-1, 1] images)
+    weight_prior_mmd: float = 0.0  # w_mmd > 0: + w_mmd * MMD^2(the batch's codes z_hat, its prior draws z) in L_I
 
     def __post_init__(self) -> None:
         if self.energy_form not in ENERGY_FORMS:
@@ -94,6 +95,7 @@ class TriangleConfig:
             "noise_negatives",
             "reconstruction_negatives",
             "real_energy_variance",
+            "weight_prior_mmd",
             "langevin_step_size",
             "langevin_noise",
         ):
@@ -115,7 +117,7 @@ class TriangleConfig:
     @property
     def trains_inference(self) -> bool:
         """The inference model is updated only when one of its terms has a weight."""
-        return any(w != 0 for w in (self.weight_recon, self.weight_kl, self.weight_latent))
+        return any(w != 0 for w in (self.weight_recon, self.weight_kl, self.weight_latent, self.weight_prior_mmd))
 
     @property
     def generator_recon_weight(self) -> float:
@@ -248,6 +250,7 @@ class InferenceForward(NamedTuple):
     fake: Posterior  # (mu, logvar) of the generated images (of an empty batch without the latent NLL)
     logvar_all: torch.Tensor  # every log-variance computed, for the health statistics
     reconstruction: torch.Tensor | None  # G(z_hat), z_hat ~ q(z|x); None without reconstruction
+    codes: torch.Tensor | None  # z_hat ~ q(z|x) of the real images; None without reconstruction and prior MMD
 
 
 def posterior_of(
@@ -268,6 +271,34 @@ def posterior_of(
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """z_hat = mu + exp(logvar / 2) * eps."""
     return mu + torch.exp(0.5 * logvar) * eps
+
+
+# Inverse multiquadratic kernels C / (C + |a - b|^2) at these multiples of C = 2 d (Tolstikhin et al. 2018, WAE):
+# heavy tails keep a gradient on codes far from the prior's mass, where a Gaussian kernel's vanishes.
+MMD_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def prior_mmd(codes: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Unbiased MMD^2 between codes (N, d) and prior draws (M, d), N, M >= 2, with the kernels of MMD_SCALES.
+
+    The aggregate posterior's distance from N(0, I) that the per-image KL does not see: narrow posteriors can each
+    pay their KL while all of them crowd into one region of the prior, leaving "holes" where prior samples land
+    on codes no image has (InfoVAE, Zhao et al. 2019; WAE-MMD, Tolstikhin et al. 2018).
+    """
+    codes, prior = _full_precision(codes), _full_precision(prior)
+    n, m, d = codes.shape[0], prior.shape[0], codes.shape[1]
+    if n < 2 or m < 2:
+        raise ValueError(f"prior_mmd needs at least two codes and two prior draws, got {n} and {m}")
+    both = torch.cat([codes, prior])
+    squared = torch.cdist(both, both).pow(2)
+    kernel = sum(c * 2 * d / (c * 2 * d + squared) for c in MMD_SCALES)
+    within_codes, within_prior, across = kernel[:n, :n], kernel[n:, n:], kernel[:n, n:]
+    off_diagonal = len(MMD_SCALES)  # k(a, a) = 1 at every scale: the diagonal is left out of the unbiased sums
+    return (
+        (within_codes.sum() - off_diagonal * n) / (n * (n - 1))
+        + (within_prior.sum() - off_diagonal * m) / (m * (m - 1))
+        - 2 * across.mean()
+    )
 
 
 # ----------------------------------------------------------------------------- the energy step's negatives
@@ -369,6 +400,7 @@ STATISTICS: dict[str, str] = {
     "loss_generator": "loss/generator",  # L_G
     "recon": "terms/recon_inference",  # reconstruction term of L_I (unweighted)
     "kl": "terms/kl",  # KL(q(z|x) || N(0, I)) of L_I
+    "prior_mmd": "terms/prior_mmd",  # MMD^2 of the codes from the prior (weight_prior_mmd; 0 when off)
     "latent_nll": "terms/latent_nll_inference",  # latent NLL of generated images in L_I
     "energy_real": "energy/real",  # mean E(x) over real images
     "energy_fake": "energy/fake",  # mean E(G(z)) in the energy step
@@ -433,13 +465,14 @@ def triangle_step(
     def inference_forward() -> InferenceForward:
         """The inference step's forward: only the terms with a weight are computed (real images encoded for the
         reconstruction and the KL, generated ones for the latent NLL)."""
-        encode_real = config.weight_recon != 0 or config.weight_kl != 0
+        encode_real = config.weight_recon != 0 or config.weight_kl != 0 or config.weight_prior_mmd != 0
         encode_fake = config.weight_latent != 0
         real, fake, logvar_all = posterior_of(
             inference, x if encode_real else None, x_fake_const if encode_fake else None, config
         )
-        reconstruction = bare(generator)(reparameterize(*real, eps[0])) if config.weight_recon != 0 else None
-        return InferenceForward(real, fake, logvar_all, reconstruction)
+        codes = reparameterize(*real, eps[0]) if config.weight_recon != 0 or config.weight_prior_mmd != 0 else None
+        reconstruction = bare(generator)(codes) if config.weight_recon != 0 else None
+        return InferenceForward(real, fake, logvar_all, reconstruction, codes)
 
     # The reconstructions the inference step trains on are the energy step's third set of negatives when
     # reconstruction_negatives is on. Nothing in that forward depends on E, so it then runs before the energy step
@@ -492,9 +525,9 @@ def triangle_step(
         energy_real = energy_fake = loss_energy = grad_norm_energy = energy_abs_max = zero
 
     # 3. Inference step (its forward above, or here).
-    recon = kl = nll = loss_inference = grad_norm_inference = logvar_min = logvar_max = zero
+    recon = kl = mmd = nll = loss_inference = grad_norm_inference = logvar_min = logvar_max = zero
     if config.trains_inference:
-        (mu, logvar), (mu_fake, logvar_fake), logvar_all, reconstruction = encoded or inference_forward()
+        (mu, logvar), (mu_fake, logvar_fake), logvar_all, reconstruction, codes = encoded or inference_forward()
         logvar_min, logvar_max = torch.aminmax(logvar_all.detach())
         if config.weight_recon != 0:
             recon = reconstruction_loss(reconstruction, x)
@@ -502,6 +535,9 @@ def triangle_step(
         if config.weight_kl != 0:
             kl = kl_to_prior(mu, logvar, config.kl_reduction)
             loss_inference = loss_inference + config.weight_kl * kl
+        if config.weight_prior_mmd != 0:
+            mmd = prior_mmd(codes, z)  # this step's latents of G(z) are the prior draws
+            loss_inference = loss_inference + config.weight_prior_mmd * mmd
         if config.weight_latent != 0:
             nll = latent_nll(z, mu_fake, logvar_fake, config.nll_eps)
             loss_inference = loss_inference + config.weight_latent * nll
@@ -542,6 +578,7 @@ def triangle_step(
         "loss_generator": loss_generator,
         "recon": recon,
         "kl": kl,
+        "prior_mmd": mmd,
         "latent_nll": nll,
         "energy_real": energy_real,
         "energy_fake": energy_fake,

@@ -17,6 +17,7 @@ from progressive.objective import (
     kl_to_prior,
     langevin_refine,
     latent_nll,
+    prior_mmd,
     recipe_config,
     reconstruction_loss,
     train_step,
@@ -413,6 +414,7 @@ def test_old_checkpoint_configurations_resume_with_the_values_added_since():
         "generator_steps",
         "real_energy_variance",
         "reconstruction_negatives",
+        "weight_prior_mmd",
     ):
         del saved["objective"][key]
     for key in ("lr_rampdown_start_kimg", "lr_rampdown_kimg", "lr_rampdown_floor"):
@@ -483,6 +485,51 @@ def test_real_energy_variance_adds_the_spread_of_the_real_images_energies():
     torch.testing.assert_close(_flat(models.inference), _flat(plain.inference), rtol=0, atol=0)
     with pytest.raises(ValueError, match="real_energy_variance must be a finite number >= 0"):
         TriangleConfig(real_energy_variance=-0.1)
+
+
+def test_prior_mmd_by_hand_and_against_samples_of_near_and_far_distributions():
+    codes, prior = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]), torch.tensor([[1.0, 1.0], [-1.0, 0.0]])
+
+    def kernel(a, b):  # the sum of inverse multiquadratics C / (C + |a - b|^2), C = 2 d c, d = 2
+        return sum(4 * c / (4 * c + float((a - b).pow(2).sum())) for c in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0))
+
+    within_codes = sum(kernel(codes[i], codes[j]) for i in range(3) for j in range(3) if i != j) / 6
+    within_prior = 2 * kernel(prior[0], prior[1]) / 2
+    across = sum(kernel(a, b) for a in codes for b in prior) / 6
+    assert prior_mmd(codes, prior).item() == pytest.approx(within_codes + within_prior - 2 * across, rel=1e-6)
+
+    generator = torch.Generator().manual_seed(0)
+    draws = lambda shift: torch.randn(64, 8, generator=generator) + shift  # noqa: E731
+    same = [prior_mmd(draws(0.0), draws(0.0)).item() for _ in range(20)]
+    assert abs(sum(same) / 20) < 0.01  # unbiased: zero on average for one distribution
+    assert prior_mmd(draws(0.5), draws(0.0)) > max(same) and prior_mmd(draws(2.0), draws(0.0)) > prior_mmd(
+        draws(0.5), draws(0.0)
+    )
+    with pytest.raises(ValueError, match="at least two codes and two prior draws"):
+        prior_mmd(codes[:1], prior)
+
+
+def test_prior_mmd_adds_to_the_inference_step_only_with_the_steps_codes_and_latents():
+    """w_mmd * MMD^2(z_hat, z): z_hat = mu + sigma * eps1 of the real images before the update, z the latents of
+    G(z); the energy and generator steps are those of the same configuration without it."""
+    models, x, z, eps = _tiny_setup(seed=5)
+    weight = 3.0
+    before = copy.deepcopy(models)
+    stats = train_step(
+        models, build_optimizers(models), x, z=z, eps=eps, config=TriangleConfig(weight_prior_mmd=weight)
+    )
+    plain = copy.deepcopy(before)
+    plain_stats = train_step(plain, build_optimizers(plain), x, z=z, eps=eps, config=TriangleConfig())
+    with torch.no_grad():
+        mu, logvar = before.inference(x)
+    expected = prior_mmd(mu + torch.exp(0.5 * logvar) * eps[0], z).item()
+    assert plain_stats["prior_mmd"] == 0 and stats["prior_mmd"] == pytest.approx(expected, rel=1e-4)
+    assert stats["loss_inference"] == pytest.approx(plain_stats["loss_inference"] + weight * expected, rel=1e-4)
+    assert not torch.equal(_flat(models.inference), _flat(plain.inference))
+    torch.testing.assert_close(_flat(models.energy), _flat(plain.energy), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="weight_prior_mmd must be a finite number >= 0"):
+        TriangleConfig(weight_prior_mmd=-1.0)
+    assert TriangleConfig(weight_recon=0, weight_kl=0, weight_latent=0, weight_prior_mmd=1.0).trains_inference
 
 
 def test_reconstruction_negatives_contrast_real_images_with_their_own_reconstructions():

@@ -249,6 +249,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
         "noise_octaves": 0,
         "real_energy_variance": 0.0,
         "reconstruction_negatives": 0.0,
+        "weight_prior_mmd": 0.0,
         "langevin_steps": 0,
         "langevin_step_size": 2.0,  # inert without Langevin steps: the default, so an old checkpoint compares equal
         "langevin_noise": 0.01,
