@@ -63,6 +63,7 @@ from progressive.eval.statistics import (
     within_class_auroc,
 )
 from progressive.models import bare
+from progressive.objective import prior_mmd
 
 
 def reconstruction_metrics(
@@ -81,6 +82,8 @@ def reconstruction_metrics(
 
 # A latent unit is active when its posterior mean varies across images by more than this (Burda et al. 2016).
 ACTIVE_UNIT_VARIANCE = 0.01
+# posterior/prior_mmd compares at most this many codes with as many prior draws (its cost grows with the square).
+PRIOR_MMD_CODES = 2000
 
 
 def posterior_metrics(
@@ -91,8 +94,10 @@ def posterior_metrics(
     """How far the codes of held-out images lie from the prior N(0, I) that samples are drawn from.
 
     The Fréchet distance between the Gaussian fit of the posterior means mu(x) and N(0, I), the norm of their
-    mean, and the active units. A generator reconstructs from codes like these but samples from the prior: when
-    the two are far apart, prior samples land where reconstruction never trained it ("holes").
+    mean, the active units, and the MMD^2 between the first PRIOR_MMD_CODES means and as many prior draws (seed 0;
+    the kernels of the objective's weight_prior_mmd), which sees what a Gaussian fit cannot (codes crowded into a
+    cone or a few clusters). A generator reconstructs from codes like these but samples from the prior: when the
+    two are far apart, prior samples land where reconstruction never trained it ("holes").
     """
     means = shard.join([inference(images)[0].float().cpu() for images in shard.own(real_batches)])
     if not means:
@@ -107,7 +112,13 @@ def posterior_metrics(
         "posterior/mean_norm": float(mu.mean(dim=0).norm()),
         "posterior/active_units": int((variances > ACTIVE_UNIT_VARIANCE).sum()),
         "posterior/largest_variance": float(variances.max()),
+        "posterior/prior_mmd": _prior_mmd(mu[:PRIOR_MMD_CODES].float()),
     }
+
+
+def _prior_mmd(codes: torch.Tensor) -> float:
+    draws = torch.randn(codes.shape, generator=torch.Generator().manual_seed(0))
+    return float(prior_mmd(codes, draws))
 
 
 PAIRED = ("shuffled", "blurred")  # negatives made from each held-out image: also scored against their own image

@@ -532,6 +532,23 @@ def test_posterior_metrics_measure_the_codes_distance_from_the_prior_by_hand():
     assert result["posterior/mean_norm"] == pytest.approx(math.sqrt(30.0))
     assert result["posterior/active_units"] == 2
     assert result["posterior/largest_variance"] == pytest.approx(variance)
+    assert result["posterior/prior_mmd"] > 0.5  # four codes at 5 in the third unit: far from N(0, I)
+
+
+def test_posterior_mmd_is_near_zero_for_codes_drawn_from_the_prior_and_grows_with_their_crowding():
+    from progressive.eval.metrics import posterior_metrics
+
+    generator = torch.Generator().manual_seed(1)
+    codes = {"prior": torch.randn(600, 8, generator=generator)}
+    codes["shifted"] = codes["prior"] + 1.0
+    codes["cone"] = codes["prior"].abs()  # every code in one orthant: the prior's norms, 1/256 of its directions
+    images = torch.arange(600.0).view(600, 1, 1, 1).expand(600, 3, 2, 2)
+    mmd = {}
+    for name, mu in codes.items():
+        result = posterior_metrics(lambda x, mu=mu: (mu[x[:, 0, 0, 0].long()], torch.zeros(len(x), 8)), [images])
+        mmd[name] = result["posterior/prior_mmd"]
+    assert abs(mmd["prior"]) < 0.01
+    assert mmd["shifted"] > 0.1 and mmd["cone"] > 0.1
 
 
 def test_training_figures_carry_their_image_count_in_the_name():
