@@ -464,7 +464,7 @@ def triangle_step(
 
     def inference_forward() -> InferenceForward:
         """The inference step's forward: only the terms with a weight are computed (real images encoded for the
-        reconstruction and the KL, generated ones for the latent NLL)."""
+        reconstruction, the KL and the prior MMD, generated ones for the latent NLL)."""
         encode_real = config.weight_recon != 0 or config.weight_kl != 0 or config.weight_prior_mmd != 0
         encode_fake = config.weight_latent != 0
         real, fake, logvar_all = posterior_of(
