@@ -121,8 +121,8 @@ class TrainConfig:
         return int(round(self.kimg * 1000))
 
     def network_overrides(self) -> dict[str, int]:
-        """The run's --channel-base, --channel-max and --latent-dim that differ from the preset's, as build_models
-        keywords (ValueError: presets.network_overrides)."""
+        """The run's --channel-base, --channel-max and --latent-dim that it sets (None: the preset's), as
+        build_models keywords (ValueError: presets.network_overrides)."""
         return presets.network_overrides(self.preset, self.channel_base, self.channel_max, self.latent_dim)
 
     def to_dict(self) -> dict[str, Any]:
