@@ -206,6 +206,16 @@ def confident_share(logits: torch.Tensor, threshold: float = CONFIDENT) -> float
     return float((predicted_classes(logits)[1] >= threshold).double().mean())
 
 
+def confident_share_by_class(logits: torch.Tensor, threshold: float = CONFIDENT) -> list[float]:
+    """For each class K, the confident_share of the rows predicted as K; 0.0 for a class predicted by no row
+    (whose class_histogram share, 0, says so). Where a generator's lack of confidence lies, class by class."""
+    index, confidence = predicted_classes(logits)
+    classes = logits.shape[1]
+    rows = torch.bincount(index.cpu(), minlength=classes).double()
+    sure = torch.bincount(index.cpu(), weights=(confidence >= threshold).double().cpu(), minlength=classes)
+    return (sure / rows.clamp(min=1)).tolist()
+
+
 def classifier_metrics(
     sample_logits: torch.Tensor,  # (N, C) of generated images
     sample_features: torch.Tensor,  # (N, D) penultimate features of the same images
@@ -218,8 +228,9 @@ def classifier_metrics(
 
     classes / kl_uniform: class_coverage of the samples' predictions; share_class_K: the share of samples
     predicted as class K (their class_histogram); confident / confident_real: confident_share of samples and test
-    images; frechet: Frechet distance of the features, samples vs test images; frechet_floor: the same, training
-    vs test images (what a perfect generator would score, for that count).
+    images; confident_class_K / confident_real_class_K: the same among those predicted as K
+    (confident_share_by_class); frechet: Frechet distance of the features, samples vs test images; frechet_floor:
+    the same, training vs test images (what a perfect generator would score, for that count).
     """
     predicted, classes = predicted_classes(sample_logits)[0], sample_logits.shape[1]
     coverage, kl = class_coverage(predicted, classes)
@@ -233,6 +244,10 @@ def classifier_metrics(
     }
     for k, share in enumerate(class_histogram(predicted, classes).tolist()):
         results[f"classifier/share_class_{k}"] = share
+    for k, share in enumerate(confident_share_by_class(sample_logits, threshold)):
+        results[f"classifier/confident_class_{k}"] = share
+    for k, share in enumerate(confident_share_by_class(test_logits, threshold)):
+        results[f"classifier/confident_real_class_{k}"] = share
     if train_features is not None:
         results["classifier/frechet_floor"] = frechet_distance(feature_statistics(train_features), test_statistics)
     return results
@@ -246,13 +261,15 @@ def reconstruction_classifier_metrics(
     threshold: float = CONFIDENT,  # confidence counted by "confident"
 ) -> dict[str, float]:
     """The classifier's verdict on reconstructions (docs/evaluation.md): confident, their confident_share (beside
-    the samples' classifier/confident); frechet, their features against the images'; accuracy, the share put in
-    the image's own class."""
+    the samples' classifier/confident), and confident_class_K among those predicted as K; frechet, their features
+    against the images'; accuracy, the share put in the image's own class."""
     assert logits.shape[0] == features.shape[0] == test_features.shape[0], "one reconstruction per held-out image"
     results = {
         "recon_classifier/confident": confident_share(logits, threshold),
         "recon_classifier/frechet": frechet_distance(feature_statistics(features), feature_statistics(test_features)),
     }
+    for k, share in enumerate(confident_share_by_class(logits, threshold)):
+        results[f"recon_classifier/confident_class_{k}"] = share
     if labels is not None:
         assert labels.shape == (logits.shape[0],), f"{tuple(labels.shape)} labels for {logits.shape[0]} images"
         results["recon_classifier/accuracy"] = float((predicted_classes(logits)[0] == labels.cpu()).double().mean())

@@ -31,9 +31,11 @@ from progressive.eval.statistics import (
     blur_images,
     blur_sigma,
     class_coverage,
+    class_histogram,
     class_means,
     classifier_metrics,
     confident_share,
+    confident_share_by_class,
     constant_images,
     diversity_metrics,
     feature_statistics,
@@ -310,6 +312,22 @@ def test_predictions_and_confident_shares_of_known_logits():
     assert confident_share(logits, threshold=0.75) == pytest.approx(2 / 3)
 
 
+def test_confident_share_by_class_weighs_back_to_the_confident_share():
+    torch.manual_seed(0)
+    logits = 3.0 * torch.randn(500, 4)
+    logits[:, 3] -= 100.0  # class 3 never predicted
+    by_class = confident_share_by_class(logits, threshold=0.8)
+    index, confidence = predicted_classes(logits)
+    for k in range(3):  # by hand: the confident share among the rows predicted k
+        assert by_class[k] == pytest.approx(float((confidence[index == k] >= 0.8).double().mean()))
+    assert by_class[3] == 0.0
+    share = class_histogram(index, 4).tolist()
+    assert sum(s * c for s, c in zip(share, by_class, strict=True)) == pytest.approx(
+        confident_share(logits, threshold=0.8)
+    )
+    assert 0 < min(by_class[:3]) and max(by_class) < 1  # the case is not trivial
+
+
 def test_classifier_metrics_on_tiny_inputs():
     sure = 20.0 * torch.eye(3)  # rows predicting classes 0, 1, 2 with confidence ~1
     sample_logits = torch.stack([sure[0], sure[0], sure[1], torch.zeros(3)])  # the last: 1/3 each, class 0
@@ -329,6 +347,12 @@ def test_classifier_metrics_on_tiny_inputs():
             "classifier/share_class_0": 0.75,  # the class histogram of the samples' predictions
             "classifier/share_class_1": 0.25,
             "classifier/share_class_2": 0.0,
+            "classifier/confident_class_0": 2 / 3,  # of the three predicted 0, the unsure last one is not confident
+            "classifier/confident_class_1": 1.0,
+            "classifier/confident_class_2": 0.0,  # none predicted 2
+            "classifier/confident_real_class_0": 1.0,
+            "classifier/confident_real_class_1": 1.0,
+            "classifier/confident_real_class_2": 1.0,
         }
     )
     assert "classifier/frechet_floor" not in classifier_metrics(sample_logits, sample_features, sure, test_features)
@@ -346,6 +370,9 @@ def test_reconstruction_classifier_metrics_on_tiny_inputs():
             "recon_classifier/confident": 0.75,
             "recon_classifier/frechet": 1.0 + (math.sqrt(4 / 3) - math.sqrt(2)) ** 2,
             "recon_classifier/accuracy": 0.75,  # the second image's reconstruction is named class 2, not 1
+            "recon_classifier/confident_class_0": 0.5,  # the first sure, the third unsure
+            "recon_classifier/confident_class_1": 1.0,
+            "recon_classifier/confident_class_2": 1.0,
         }
     )
     assert "recon_classifier/accuracy" not in reconstruction_classifier_metrics(logits, features, test_features)
