@@ -55,5 +55,6 @@ def evaluate_run(
     options = dataclasses.replace(options or EvaluationOptions(), **changes).resolved()  # checked before loading
     say = progress or (lambda line: None)
     if isinstance(run, str | Path):
-        run = open_trained(run, pick_device(options.device), say)
+        device = pick_device(options.device)  # BadInput for an unusable one, before the checkpoint is read
+        run = open_trained(run, device, say)
     return evaluation_report(run, options, say, note, shard)

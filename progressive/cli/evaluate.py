@@ -35,7 +35,7 @@ from pathlib import Path
 from progressive.cli.checks import EXIT_BAD_INPUT, BadInput, check_output_suffix
 from progressive.cli.common import add_sample_flags, positive, run_main, write_atomically
 from progressive.eval.metrics import METRIC_NAMES
-from progressive.eval.sampling import Shard
+from progressive.eval.sampling import ONE_PROCESS, Shard
 from progressive.evaluation import PROTOCOLS, EvaluationOptions, evaluate_run, report_lines
 
 
@@ -93,27 +93,30 @@ def evaluate(args: argparse.Namespace) -> int:
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(EvaluationOptions)}
     )
     out = check_output_suffix(args.out, (".json",), "--out") if args.out else None  # refused before any work
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        report = evaluate_run(args.checkpoint, options)
-    else:
+    processes = None  # one process: evaluate_run picks the device itself
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
         processes = PartialState(cpu=options.device == "cpu")
         if options.device == "auto":  # each process its own GPU (or the CPU)
             options = dataclasses.replace(options, device=str(processes.device))
-        main = processes.is_main_process
-        try:
-            quiet = {} if main else {"progress": None, "note": None}  # the main process alone prints
-            report = evaluate_run(args.checkpoint, options, shard=Shard.of(processes), **quiet)
-            processes.wait_for_everyone()  # no process tears down its group while another is still in the last gather
-        except BadInput:
-            if main:
-                raise  # one error line, from the main process; the others fail as quietly
-            return EXIT_BAD_INPUT
-        finally:
+    main = processes is None or processes.is_main_process
+    quiet = {} if main else {"progress": None, "note": None}  # the main process alone prints
+    try:
+        report = evaluate_run(
+            args.checkpoint, options, shard=Shard.of(processes) if processes else ONE_PROCESS, **quiet
+        )
+        if processes:
+            processes.wait_for_everyone()  # no process tears down its group while another is in the last gather
+    except BadInput:
+        if main:
+            raise  # one error line, from the main process; the others fail as quietly
+        return EXIT_BAD_INPUT
+    finally:
+        if processes:
             processes.destroy_process_group()
-        if not main:
-            return 0
+    if not main:
+        return 0
     out = out or Path(report["run_directory"]) / f"evaluation-{report['images_shown']:09d}.json"
     write_atomically(out, lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
     for line in report_lines(report):
